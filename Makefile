@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch (a local wheel on the project's machines; PyPI elsewhere).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-timm timm-env clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/cpvt demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Long tests kept out of the default run (every model at 224/384/512, ...).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+# timm needs the full PyTorch build (with torchvision): a separate environment.
+TIMM_VENV ?= .venv-timm
+$(TIMM_VENV)/.installed: pyproject.toml
+	@test -x $(TIMM_VENV)/bin/python || $(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip --isolated install --quiet torch==2.13.0 torchvision==0.28.0 timm safetensors numpy pytest
+	$(TIMM_VENV)/bin/python -m pip --isolated install --quiet --no-deps -e .
+	@touch $@
+
+timm-env: $(TIMM_VENV)/.installed
+
+test-timm: $(TIMM_VENV)/.installed
+	$(TIMM_VENV)/bin/python -m pytest -q -m timm
+
+clean:
+	rm -rf $(VENV) $(TIMM_VENV) .pytest_cache

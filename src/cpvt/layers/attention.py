@@ -1,0 +1,46 @@
+"""Multi-head self-attention through ``scaled_dot_product_attention``.
+
+There is one attention class; position enters it only through the
+:class:`~cpvt.pos.BlockPosition` the model hands it: an additive logit bias
+(relative bias, passed to SDPA as a float mask) and an optional Q/K-only input.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..pos.base import BlockPosition
+
+
+class Attention(nn.Module):
+    """Self-attention with a fused ``qkv`` projection (timm's key names)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: Tensor, parts: int) -> Tensor:
+        b, n, _ = t.shape  # (B, T, parts*C) -> (parts, B, heads, T, head_dim)
+        return t.reshape(b, n, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: Tensor, pos: BlockPosition, qk_input: Tensor | None = None) -> Tensor:
+        """x: (B, T, C), already normed. ``qk_input``, if given, feeds the query and
+        key projections instead of ``x`` (the values always come from ``x``)."""
+        b, t, c = x.shape
+        if qk_input is None:
+            q, k, v = self._heads(self.qkv(x), 3).unbind(0)
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q, k = self._heads(F.linear(qk_input, w[: 2 * c], None if bias is None else bias[: 2 * c]), 2).unbind(0)
+            v = self._heads(F.linear(x, w[2 * c :], None if bias is None else bias[2 * c :]), 1)[0]
+        mask = None if pos.attn_bias is None else pos.attn_bias.to(q.dtype)  # (heads, T, T)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,43 @@
+"""Pre-norm transformer block."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..pos.base import BlockPosition
+from .attention import Attention
+from .drop_path import DropPath
+from .mlp import Mlp
+
+
+class Block(nn.Module):
+    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, with stochastic depth.
+
+    A Q/K-only position delta (``pos.qk_delta``) is added to the residual stream
+    only for the queries and keys of this block's attention: they read
+    ``norm1(x + delta)`` while the values read ``norm1(x)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor, pos: BlockPosition) -> Tensor:
+        qk_input = None if pos.qk_delta is None else self.norm1(x + pos.qk_delta)
+        x = x + self.drop_path1(self.attn(self.norm1(x), pos, qk_input))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x

@@ -1,0 +1,43 @@
+"""Patch embedding: a strided convolution that turns an image into a token grid."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..pos.base import Grid
+
+
+def check_image(x: Tensor, in_chans: int, patch_size: int) -> None:
+    """Raise a ValueError that names the problem if ``x`` is not a valid input."""
+    if x.ndim != 4:
+        raise ValueError(f"expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
+    c, h, w = x.shape[1:]
+    if c != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {c} (input shape {tuple(x.shape)})")
+    if h < patch_size or w < patch_size or h % patch_size or w % patch_size:
+        p = patch_size
+        raise ValueError(
+            f"input size {h}x{w} is not valid for patch size {p}: height and width must be positive "
+            f"multiples of {p} (any aspect ratio), e.g. {max(p, h // p * p)}x{max(p, w // p * p)} "
+            f"or {(h // p + 1) * p}x{(w // p + 1) * p}"
+        )
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> tokens (B, H/p * W/p, D) and their :class:`Grid`.
+
+    Any height and width that are multiples of the patch size are accepted; the
+    grid travels with the tokens so every position encoding knows the layout.
+    State-dict keys match timm's ``patch_embed.proj.weight`` / ``.bias``.
+    """
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
+        check_image(x, self.in_chans, self.patch_size)
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        grid = Grid(x.shape[2], x.shape[3])
+        return Grid.from_map(x), grid  # (B, N, D)

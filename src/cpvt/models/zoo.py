@@ -1,0 +1,52 @@
+"""The named models: DeiT with every encoding, CPVT and its variants.
+
+Sizes follow DeiT (patch 16, depth 12, MLP ratio 4; dims 192/384/768, heads
+3/6/12). ``micro`` is ours: 32 px input, patch 4 (an 8x8 grid, CIFAR-scale),
+small enough to train an epoch of CIFAR-10 in minutes on 2 CPU cores.
+
+Naming:
+    deit_<size>            learned APE (the DeiT baseline)
+    deit_<size>_nope       no position encoding
+    deit_<size>_sincos     2D sin-cos
+    deit_<size>_rpe        2D relative position bias, K=8
+    cpvt_<size>            one PEG after block 0 (CPVT's default, "position 0")
+    cpvt_<size>_gap        ... without class token, global average pooling
+    cpvt_<size>_plus       PEGs after blocks 0-4 (the paper's ‡ models)
+    cpvt_<size>_gap_plus   both (CPVT-Ti-GAP‡)
+    cpvt_<size>_ape        learned APE + one PEG after block 0
+with size tiny/small/base (DeiT) and ti/s/b (CPVT, as in the paper), or micro.
+"""
+
+from __future__ import annotations
+
+from .registry import register_model
+from .vit import VisionTransformer
+
+TINY = dict(embed_dim=192, depth=12, num_heads=3)
+SMALL = dict(embed_dim=384, depth=12, num_heads=6)
+BASE = dict(embed_dim=768, depth=12, num_heads=12)
+MICRO = dict(img_size=32, patch_size=4, embed_dim=128, depth=8, num_heads=4, num_classes=10)
+
+PLUS = dict(peg_positions=(0, 1, 2, 3, 4))
+GAP = dict(global_pool="avg")
+
+
+def _register(name: str, args: dict) -> None:
+    def variant() -> dict:
+        return dict(args)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f"{name}: {args}"
+    register_model(VisionTransformer)(variant)
+
+
+for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base", "b", BASE), ("micro", "micro", MICRO)):
+    _register(f"deit_{_deit}", dict(_size, pos="ape"))
+    _register(f"deit_{_deit}_nope", dict(_size, pos="none"))
+    _register(f"deit_{_deit}_sincos", dict(_size, pos="sincos"))
+    _register(f"deit_{_deit}_rpe", dict(_size, pos="rpe"))
+    _register(f"cpvt_{_cpvt}", dict(_size, pos="peg"))
+    _register(f"cpvt_{_cpvt}_gap", dict(_size, pos="peg", **GAP))
+    _register(f"cpvt_{_cpvt}_plus", dict(_size, pos="peg", **PLUS))
+    _register(f"cpvt_{_cpvt}_gap_plus", dict(_size, pos="peg", **GAP, **PLUS))
+    _register(f"cpvt_{_cpvt}_ape", dict(_size, pos="ape+peg"))

@@ -1,0 +1,140 @@
+"""Positional Encoding Generator (PEG), CPVT's conditional position encoding.
+
+Chu et al., "Conditional Positional Encodings for Vision Transformers",
+arXiv 2102.10882 (ICLR 2023).
+
+A PEG reshapes the patch tokens to their grid, applies a depth-wise ``k x k``
+convolution with zero padding and adds the result back::
+
+    PEG(x) = x + F(x),   F = DWConv_k(reshape(x)),   class token untouched.
+
+The encoding is generated from each token's neighbourhood, so it exists for
+any ``H x W``. Absolute position comes from the zero padding: border tokens see
+zeros where interior tokens see neighbours, and stacking blocks spreads that
+signal inwards (Islam et al. 2020). Circular or replicate padding keeps the
+shape but removes that border signal, which is CPVT's "no padding" ablation.
+
+Every knob the paper ablates is a constructor argument:
+
+* ``positions``: -1 = before block 0, ``i`` = after block ``i`` (default ``(0,)``;
+  CPVT‡ uses ``(0, 1, 2, 3, 4)``);
+* ``kernel_size``: 3 by default; 1 is the "no neighbourhood" control; a kernel
+  larger than the grid (27 at 14x14) is the paper's global-kernel row;
+* ``kind``: ``depthwise`` (default) or ``separable`` (depth-wise ``k x k``
+  followed by a point-wise ``1 x 1``); ``layers`` stacks that many convolutions
+  (linearly, no activation between) inside one generator;
+* ``padding``: ``zeros`` (default), ``circular``, ``replicate`` or ``reflect``;
+* ``frozen``: keep the random initialisation (no gradient);
+* ``qk_only``: ``F(x)`` is added only to the input of the next attention's query
+  and key projections; the residual stream and the values stay un-encoded.
+
+State-dict layout follows the official code (Twins ``PosCNN``):
+``pos_block.{j}.proj.0.weight`` (C, 1, k, k) and ``.bias`` (C,).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Grid, ModelShape, PositionEncoding
+
+PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
+KINDS = ("depthwise", "separable")
+
+
+class PosConv(nn.Module):
+    """One generator: the convolutional part ``F`` of ``PEG(x) = x + F(x)``."""
+
+    def __init__(self, dim: int, kernel_size: int, kind: str, layers: int, padding: str):
+        super().__init__()
+        convs: list[nn.Module] = []
+        for _ in range(layers):
+            convs.append(nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim, padding_mode=padding))
+            if kind == "separable":
+                convs.append(nn.Conv2d(dim, dim, 1))
+        self.proj = nn.Sequential(*convs)
+        for conv in self.proj:
+            # Official init: normal(0, sqrt(2 / fan_out)), fan_out = k * k * C_out / groups.
+            fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        return self.proj(fmap)  # (B, C, H, W) -> (B, C, H, W)
+
+
+class PEG(PositionEncoding):
+    """One or more PEGs inserted between transformer blocks (see module docstring)."""
+
+    name = "peg"
+    slot = "pos_block"
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        positions: Sequence[int] = (0,),
+        kernel_size: int = 3,
+        kind: str = "depthwise",
+        layers: int = 1,
+        padding: str = "zeros",
+        frozen: bool = False,
+        qk_only: bool = False,
+    ):
+        super().__init__()
+        positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
+        last = shape.depth - 2 if qk_only else shape.depth - 1
+        if not positions or any(not -1 <= p <= last for p in positions):
+            what = "a following attention block" if qk_only else "a block"
+            raise ValueError(
+                f"peg_positions {list(positions)} invalid for depth {shape.depth}: each must be in "
+                f"[-1, {last}] (-1 = before block 0, i = after block i; Q/K-only needs {what})"
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"peg_kernel_size must be a positive odd number (same-size output), got {kernel_size}")
+        if kind not in KINDS:
+            raise ValueError(f"peg_kind must be one of {KINDS}, got {kind!r}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"peg_padding must be one of {PADDING_MODES}, got {padding!r}")
+        if layers < 1:
+            raise ValueError(f"peg_layers must be >= 1, got {layers}")
+        self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
+        self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
+        for j in range(len(positions)):
+            self.add_module(str(j), PosConv(shape.dim, kernel_size, kind, layers, padding))
+        if frozen:
+            self.requires_grad_(False)
+
+    def generators_at(self, after: int) -> list[PosConv]:
+        return [self.get_submodule(str(j)) for j, p in enumerate(self.positions) if p == after]
+
+    def _check_grid(self, grid: Grid) -> None:
+        pad = self.kernel_size // 2
+        side = min(grid.h, grid.w)
+        if (self.padding == "circular" and pad > side) or (self.padding == "reflect" and pad >= side):
+            raise ValueError(
+                f"PEG with {self.padding} padding and kernel {self.kernel_size} needs a token grid of at least "
+                f"{pad + (self.padding == 'reflect')} per side; got {grid.h}x{grid.w}"
+            )
+
+    def between(self, x: Tensor, grid: Grid, after: int) -> tuple[Tensor, Tensor | None]:
+        qk_delta = None
+        for gen in self.generators_at(after):
+            self._check_grid(grid)
+            prefix, patches = grid.split(x)  # (B, P, C), (B, N, C)
+            delta = Grid.from_map(gen(grid.to_map(patches)))  # (B, N, C)
+            delta = torch.cat([torch.zeros_like(prefix), delta], dim=1)  # class token untouched
+            if self.qk_only:
+                qk_delta = delta if qk_delta is None else qk_delta + delta
+            else:
+                x = x + delta
+        return x, qk_delta
+
+    def extra_repr(self) -> str:
+        return (
+            f"positions={list(self.positions)}, kernel_size={self.kernel_size}, kind={self.kind!r}, "
+            f"layers={self.layers}, padding={self.padding!r}, frozen={self.frozen}, qk_only={self.qk_only}"
+        )

@@ -1,0 +1,64 @@
+"""Fixed 2D sin-cos position embedding (ViT's appendix, MAE, CPVT Table 1: 72.3).
+
+Half of the channels encode the row, half the column; each half is ``sin`` then
+``cos`` of the coordinate at geometrically spaced frequencies. The table is a
+pure function of the grid, so it is computed for whatever grid the input has;
+prefix tokens get zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Grid, ModelShape, PositionEncoding
+
+
+def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """(N,) positions -> (N, dim): ``sin(p * w_i)`` then ``cos(p * w_i)``, with
+    ``w_i = temperature ** (-i / (dim / 2))`` for ``i < dim / 2``."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2)
+    omega = temperature ** (-omega)
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """(h*w, dim) table in row-major token order: first half of the channels from
+    the row index, second half from the column index."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos needs an embedding dimension divisible by 4, got {dim}")
+    rows = sincos_1d(torch.arange(h), dim // 2, temperature)  # (h, dim/2)
+    cols = sincos_1d(torch.arange(w), dim // 2, temperature)  # (w, dim/2)
+    table = torch.cat(
+        [rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1
+    )
+    return table.reshape(h * w, dim).float()
+
+
+class SinCos2D(PositionEncoding):
+    """Fixed 2D sin-cos table, computed for the current grid (no parameters).
+
+    The table of the default grid is kept as a non-persistent buffer so it moves
+    with ``.to()``; other grids are computed on the fly.
+    """
+
+    name = "sincos"
+    slot = "pos_embed"
+
+    def __init__(self, shape: ModelShape, temperature: float = 10000.0):
+        super().__init__()
+        self.dim, self.num_prefix, self.temperature = shape.dim, shape.num_prefix, temperature
+        self.base_grid = tuple(shape.grid)
+        self.register_buffer("base_table", sincos_2d(*self.base_grid, self.dim, temperature), persistent=False)
+
+    def table(self, grid: Grid) -> Tensor:
+        """(N, C) table for the grid's patch tokens."""
+        if (grid.h, grid.w) == self.base_grid:
+            return self.base_table
+        return sincos_2d(grid.h, grid.w, self.dim, self.temperature).to(self.base_table.device)
+
+    def add(self, x: Tensor, grid: Grid) -> Tensor:
+        prefix, patches = grid.split(x)
+        patches = patches + self.table(grid).to(patches.dtype)
+        return torch.cat([prefix, patches], dim=1)

@@ -1,0 +1,229 @@
+"""One test per encoding for the property that defines it."""
+
+import math
+
+import pytest
+import torch
+
+import cpvt
+from cpvt.layers import Attention
+from cpvt.pos import PEG, BlockPosition, Grid, LearnedAPE, ModelShape, RelPosBias, SinCos2D, resample_abs_pos_embed
+from cpvt.pos.rpe import relative_index
+
+SHAPE = ModelShape(dim=16, depth=4, num_heads=2, num_prefix=1, grid=(4, 4))
+
+
+def shape(**kw):
+    return ModelShape(**{**SHAPE.__dict__, **kw})
+
+
+# -- 2D sin-cos ---------------------------------------------------------------
+def test_sincos_values_match_the_formula():
+    enc = SinCos2D(shape(dim=8, grid=(3, 5)))
+    grid = Grid(3, 5, 1)
+    table = enc.table(grid)
+    quarter = 2  # dim / 4 frequencies per (axis, sin|cos)
+    for token in range(15):
+        row, col = divmod(token, 5)
+        expected = []
+        for coord in (row, col):
+            omegas = [10000 ** (-i / quarter) for i in range(quarter)]
+            expected += [math.sin(coord * w) for w in omegas] + [math.cos(coord * w) for w in omegas]
+        assert table[token].tolist() == pytest.approx(expected, abs=1e-6)
+    x = torch.zeros(2, 16, 8)
+    out = enc.add(x, grid)
+    assert torch.equal(out[:, 0], torch.zeros(2, 8))  # the class token gets no sin-cos
+    assert torch.allclose(out[0, 1:], table)
+
+
+def test_sincos_is_computed_for_any_grid():
+    enc = SinCos2D(shape())
+    assert enc.table(Grid(7, 3)).shape == (21, 16)
+    assert torch.equal(enc.table(Grid(4, 4)), enc.base_table)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SinCos2D(shape(dim=18))
+
+
+# -- learned APE --------------------------------------------------------------
+def test_ape_resampling_is_identity_on_its_own_grid():
+    ape = LearnedAPE(shape())
+    assert resample_abs_pos_embed(ape.table, (4, 4), (4, 4), 1) is ape.table
+    x = torch.randn(2, 17, 16)
+    assert torch.equal(ape.add(x, Grid(4, 4, 1)), x + ape.table)
+
+
+def test_ape_resamples_bicubically_and_keeps_the_class_entry():
+    ape = LearnedAPE(shape())
+    out = resample_abs_pos_embed(ape.table, (6, 2), (4, 4), 1)
+    assert out.shape == (1, 1 + 12, 16)
+    assert torch.equal(out[:, 0], ape.table[:, 0])
+    # A table that is constant over the grid stays constant at any size.
+    with torch.no_grad():
+        ape.table[:, 1:] = 0.5
+    assert torch.allclose(resample_abs_pos_embed(ape.table, (9, 7), (4, 4), 1)[:, 1:], torch.tensor(0.5))
+    assert ape.add(torch.zeros(1, 1 + 63, 16), Grid(9, 7, 1)).shape == (1, 64, 16)
+
+
+def test_ape_state_dict_key_is_timms_bare_pos_embed():
+    model = cpvt.create_model("deit_micro")
+    assert "pos_embed" in model.state_dict() and "pos_embed.table" not in model.state_dict()
+    assert "pos_embed.table" in dict(model.named_parameters())
+    # ... also with a prefix, as inside a wrapper (DDP's `module.`)
+    wrapped = torch.nn.Sequential(model)
+    sd = wrapped.state_dict()
+    assert "0.pos_embed" in sd
+    twin = torch.nn.Sequential(cpvt.create_model("deit_micro"))
+    twin.load_state_dict(sd, strict=True)
+    assert torch.equal(twin[0].pos_embed.table, model.pos_embed.table)
+
+
+# -- 2D relative position bias ------------------------------------------------
+def test_relative_bias_depends_only_on_the_clipped_offset():
+    k = 2
+    rpe = RelPosBias(shape(), max_offset=k)
+    grid = Grid(5, 7, 1)
+    bias = rpe.attn_bias(grid, layer=1)  # (heads, T, T)
+    assert bias.shape == (2, 36, 36)
+    coords = [divmod(i, 7) for i in range(35)]
+    by_offset = {}
+    for i, (yi, xi) in enumerate(coords):
+        for j, (yj, xj) in enumerate(coords):
+            off = (max(-k, min(k, yi - yj)), max(-k, min(k, xi - xj)))
+            by_offset.setdefault(off, []).append(bias[:, 1 + i, 1 + j])
+    assert len(by_offset) == (2 * k + 1) ** 2
+    for values in by_offset.values():
+        assert all(torch.equal(values[0], v) for v in values)
+    # different offsets have different (random) entries
+    assert len({tuple(v[0].tolist()) for v in by_offset.values()}) == len(by_offset)
+    # and the same table serves any grid: the (1, 0) entry is the same at 3x3
+    small = rpe.attn_bias(Grid(3, 3, 1), layer=1)
+    assert torch.equal(small[:, 1 + 3, 1], by_offset[(1, 0)][0])
+
+
+def test_relative_bias_is_per_layer_unless_shared():
+    grid = Grid(3, 3, 1)
+    per_layer = RelPosBias(shape())
+    assert not torch.equal(per_layer.attn_bias(grid, 0), per_layer.attn_bias(grid, 1))
+    shared = RelPosBias(shape(), shared=True)
+    assert torch.equal(shared.attn_bias(grid, 0), shared.attn_bias(grid, 3))
+    idx = relative_index(3, 3, 1, 8)
+    assert idx[0, 0] == 17**2 + 2 and idx[0, 1] == 17**2 and idx[1, 0] == 17**2 + 1
+
+
+# -- PEG ----------------------------------------------------------------------
+def _peg(**kw):
+    return PEG(shape(num_prefix=kw.pop("num_prefix", 0)), **kw)
+
+
+def _roll(tokens, grid, dy, dx):
+    return Grid.from_map(torch.roll(grid.to_map(tokens), shifts=(dy, dx), dims=(2, 3)))
+
+
+def test_peg_with_circular_padding_is_equivariant_to_circular_shifts():
+    torch.manual_seed(0)
+    grid = Grid(5, 6)
+    x = torch.randn(2, 30, 16)
+    for padding, equivariant in (("circular", True), ("zeros", False)):
+        peg = _peg(padding=padding)
+        out_of_shifted, _ = peg.between(_roll(x, grid, 2, 3), grid, 0)
+        shifted_out = _roll(peg.between(x, grid, 0)[0], grid, 2, 3)
+        assert torch.allclose(out_of_shifted, shifted_out, atol=1e-6) == equivariant
+
+
+def test_zero_padding_makes_border_tokens_differ():
+    """On a constant input every token is alike; only zero padding tells borders apart."""
+    grid = Grid(5, 5)
+    x = torch.ones(1, 25, 16)
+    for padding in ("zeros", "circular", "replicate"):
+        delta = Grid(5, 5).to_map(_peg(padding=padding).between(x, grid, 0)[0] - x)  # (1, C, 5, 5)
+        interior = delta[..., 1:-1, 1:-1]
+        assert torch.allclose(interior, interior[..., :1, :1].expand_as(interior), atol=1e-6)
+        border_differs = not torch.allclose(delta, delta[..., 2:3, 2:3].expand_as(delta), atol=1e-6)
+        assert border_differs == (padding == "zeros"), padding
+
+
+def test_whole_model_with_circular_peg_and_gap_is_shift_invariant():
+    """No class token, no APE, circular PEG: circular whole-patch shifts of the image
+    leave the GAP logits unchanged; zero padding or an APE breaks that."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    shifted = torch.roll(x, shifts=(8, -12), dims=(2, 3))  # 2 and -3 patches
+    results = {}
+    for label, kw in {
+        "circular": dict(peg_padding="circular"),
+        "zeros": dict(),
+        "circular+ape": dict(peg_padding="circular", pos="ape+peg"),
+    }.items():
+        model = cpvt.create_model("cpvt_micro_gap", **kw).eval()
+        with torch.no_grad():
+            results[label] = torch.allclose(model(x), model(shifted), atol=1e-5)
+    assert results == {"circular": True, "zeros": False, "circular+ape": False}
+
+
+def test_frozen_peg_gets_no_gradient():
+    model = cpvt.create_model("cpvt_micro", peg_frozen=True)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    for name, p in model.pos_block.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+    assert model.pos_block.get_submodule("0").proj[0].weight.std() > 0.1  # random init kept
+
+
+def test_one_by_one_control_mixes_no_neighbours():
+    grid = Grid(4, 4)
+    x = torch.randn(1, 16, 16)
+    poke = x.clone()
+    poke[0, 5] += 1.0  # change one token
+    for k, changed in ((1, {5}), (3, {0, 1, 2, 4, 5, 6, 8, 9, 10})):
+        peg = _peg(kernel_size=k)
+        diff = (peg.between(poke, grid, 0)[0] - peg.between(x, grid, 0)[0]).abs().sum(-1)[0]
+        assert set(torch.nonzero(diff > 1e-7).flatten().tolist()) == changed
+
+
+def test_peg_leaves_the_class_token_untouched_and_runs_at_its_positions():
+    peg = _peg(num_prefix=1, positions=(-1, 2))
+    grid = Grid(3, 3, 1)
+    x = torch.randn(2, 10, 16)
+    for after in (-1, 0, 1, 2, 3):
+        out, qk = peg.between(x, grid, after)
+        assert qk is None and torch.equal(out[:, 0], x[:, 0])
+        assert torch.equal(out, x) == (after not in (-1, 2))
+
+
+def test_separable_and_stacked_generators():
+    peg = _peg(kind="separable", layers=2)
+    kinds = [(m.kernel_size, m.groups) for m in peg.get_submodule("0").proj]
+    assert kinds == [((3, 3), 16), ((1, 1), 1), ((3, 3), 16), ((1, 1), 1)]
+    assert peg.between(torch.randn(1, 9, 16), Grid(3, 3), 0)[0].shape == (1, 9, 16)
+
+
+def test_qk_only_peg_leaves_the_residual_stream_and_values_unencoded():
+    grid = Grid(3, 3, 1)
+    x = torch.randn(2, 10, 16)
+    out, delta = _peg(num_prefix=1, qk_only=True).between(x, grid, 0)
+    assert torch.equal(out, x) and delta is not None and delta.abs().sum() > 0
+    # Inside attention: q and k come from the encoded input, v from the plain one.
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    h = torch.randn(2, 10, 16)
+    h_qk = h + torch.randn(2, 10, 16)
+    got = attn(h, BlockPosition(grid), qk_input=h_qk)
+    q, k, _ = attn._heads(attn.qkv(h_qk), 3).unbind(0)
+    _, _, v = attn._heads(attn.qkv(h), 3).unbind(0)
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1)
+    expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 10, 16))
+    assert torch.allclose(got, expected, atol=1e-5)
+    # The model wires it: the next block's residual input carries no PEG output.
+    model = cpvt.create_model("cpvt_micro", peg_qk_only=True).eval()
+    seen = {}
+    model.blocks[1].register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
+    model.blocks[0].register_forward_hook(lambda m, a, o: seen.update(block0=o))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert torch.equal(seen["x"], seen["block0"])
+
+
+def test_ape_plus_peg_uses_both_hooks():
+    model = cpvt.create_model("cpvt_micro_ape")
+    assert [type(e).__name__ for e in model.position_encodings()] == ["LearnedAPE", "PEG"]
+    assert {"pos_embed", "pos_block.0.proj.0.weight"} <= set(model.state_dict())
