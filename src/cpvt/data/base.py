@@ -1,0 +1,60 @@
+"""The data interface the engine consumes.
+
+Every dataset, on disk or generated, hands the engine a :class:`Split`: uint8
+images of one size, ``(N, 3, S, S)``, with int64 labels. Decoding happens once
+(and is cached on disk for folders); augmentation then runs batched on the
+training device (see :mod:`cpvt.augment`), so loading never starves a GPU.
+
+A source implements :class:`DataSource`:
+
+* ``split(name, size, mode="train")``: the images of split ``name`` stored at
+  ``size x size``. ``mode="train"`` keeps the whole image (resized so the
+  shorter side is ``size``, centre-cropped to a square) for random crops later;
+  ``mode="eval"`` applies the standard evaluation preprocessing: resize the
+  shorter side to ``size / crop_pct``, then centre-crop ``size``.
+* ``splits``: which split names exist (``train``, and ``val`` or ``test``).
+* ``classes``: class names, index = label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
+
+
+@dataclass
+class Split:
+    """A decoded split: ``images`` uint8 (N, 3, S, S) (may be a memory map), ``labels`` int64 (N,)."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    name: str = ""
+    skipped: list[str] = field(default_factory=list)  # files that could not be read
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DataSource(Protocol):
+    """Anything that can produce :class:`Split` objects at a requested size."""
+
+    name: str
+    classes: list[str]
+    splits: tuple[str, ...]
+
+    def split(self, name: str, size: int, mode: str = "train", crop_pct: float = 0.875) -> Split: ...
+
+
+class DataError(ValueError):
+    """A problem with the user's data that deserves one clear message, not a traceback."""
