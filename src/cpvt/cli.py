@@ -3,16 +3,16 @@
     cpvt models [PATTERN]                 list registered models
     cpvt encodings                        list position encodings and their options
     cpvt info MODEL [--img-size N] [--json] [--set key=value ...]
-    cpvt demo                             the showcase (``make demo``)
+    cpvt train --model M --data D [...]   train (see `cpvt train -h`)
+    cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F]
+    cpvt demo                             train 3 micro models and test them at 3 resolutions
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
-import time
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ from . import __version__
 from .info import count_params, model_info
 from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
+from .config import RECIPES, parse_set
+from .errors import TrainingDiverged
 from .table import format_table
 
 
@@ -38,15 +40,10 @@ def parse_size(text: str) -> int | tuple[int, int]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with a Python literal value (``peg_positions=[0,1]``), else a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, raw = text.split("=", 1)
     try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
+        return parse_set(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -95,32 +92,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Showcase until the training engine lands: every Ti-size encoding, its cost,
-    and the same weights running at resolutions they were not built for."""
-    names = list_models("deit_tiny*") + list_models("cpvt_ti*")
-    sizes = [224, 384, 512, (384, 224)]
-    print(f"cpvt {__version__}: DeiT-tiny with every position encoding, and CPVT-Ti variants.\n")
-    torch.manual_seed(0)
-    rows = []
-    for name in names:
-        model = create_model(name).eval()
-        info = model_info(model, 224)
-        ran = []
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for s in sizes:
-                h, w = (s, s) if isinstance(s, int) else s
-                out = model(torch.randn(1, 3, h, w))
-                ran.append(f"{h}x{w}" if out.shape == (1, 1000) else "FAIL")
-        rows.append([name, info["pos"], info["params"], info["pos_params"], info["gflops"], " ".join(ran), round(time.perf_counter() - t0, 2)])
-    print(format_table(rows, ["model", "pos", "params", "pos params", "GFLOPs@224", "ran at (no fine-tuning)", "s"]))
-    print(
-        "\nOne PEG (3x3 depth-wise conv, 1,920 parameters) replaces DeiT-tiny's 37,824-parameter learned table,"
-        "\nand the same weights run at any size that is a multiple of the patch (16): the APE is resampled,"
-        "\nthe PEG generates its encoding from the tokens. Training and evaluation arrive with `cpvt train`."
-    )
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .engine import train
+
+    flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
+             "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir}
+    recipe = args.recipe or _default_recipe(args.data)
+    cfg = resolve_config(recipe, flags, args.set)
+    train(cfg, resume=args.resume)
     return 0
+
+
+def _default_recipe(data: str | None) -> str:
+    """The recipe that fits the dataset: cifar10, imagenette, synthetic; DeiT's otherwise."""
+    return data if data in ("cifar10", "imagenette", "synthetic") else "deit"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_runs, plot_results, results_table, write_json
+
+    results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
+                            batch_size=args.batch_size, device=args.device, data_root=args.data_root,
+                            cache_dir=args.cache_dir, limit=args.limit)
+    print(results_table(results))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot_results(results, args.plot)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, fresh=args.fresh, sets=args.set)
+    return 0
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 96,128,160, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +157,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(fn=cmd_info)
 
-    s = sub.add_parser("demo", help="the showcase run by `make demo`")
+    s = sub.add_parser("train", help="train a model (DeiT recipe by default)")
+    s.add_argument("--model", help="registry name (see `cpvt models`)")
+    s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int, help="global batch size (over all processes)")
+    s.add_argument("--out", help="run folder (config, log, checkpoints, metrics)")
+    s.add_argument("--recipe", help=f"built-in ({', '.join(RECIPES)}) or a .toml path; default: by --data")
+    s.add_argument("--data-root", help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")
+    s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable; model.<key> for the model")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="top-1/top-5 of runs at several resolutions, no fine-tuning")
+    s.add_argument("runs", nargs="+", help="run folders or checkpoint files (several: curves overlaid)")
+    s.add_argument("--data", help="dataset (default: the one each run was trained on)")
+    s.add_argument("--img-sizes", type=parse_sizes, help="comma-separated, e.g. 96,128,160,224 (default: training size)")
+    s.add_argument("--crop-pct", type=float, help="eval resize = size / crop_pct (default: the run's, 0.875)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--limit", type=int, help="evaluate a fixed random subset of this many images")
+    s.add_argument("--data-root")
+    s.add_argument("--cache-dir")
+    s.add_argument("--json", help="write results to this JSON file")
+    s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished demo runs")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for all three runs")
     s.set_defaults(fn=cmd_demo)
     return p
 
@@ -151,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ValueError as e:  # bad user input: one clear line, no traceback
+    except ValueError as e:  # bad user input (DataError, CheckpointError too): one clear line
         print(f"cpvt: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"cpvt: training stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

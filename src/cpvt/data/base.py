@@ -12,6 +12,8 @@ A source implements :class:`DataSource`:
   shorter side is ``size``, centre-cropped to a square) for random crops later;
   ``mode="eval"`` applies the standard evaluation preprocessing: resize the
   shorter side to ``size / crop_pct``, then centre-crop ``size``.
+* ``limit``: if given, only a fixed subset of that many images (the same for
+  every call: seeded, not the first files, so every class is represented).
 * ``splits``: which split names exist (``train``, and ``val`` or ``test``).
 * ``classes``: class names, index = label.
 """
@@ -53,7 +55,9 @@ class DataSource(Protocol):
     classes: list[str]
     splits: tuple[str, ...]
 
-    def split(self, name: str, size: int, mode: str = "train", crop_pct: float = 0.875) -> Split: ...
+    def split(
+        self, name: str, size: int, mode: str = "train", crop_pct: float = 0.875, limit: int | None = None
+    ) -> Split: ...
 
 
 class DataError(ValueError):

@@ -73,8 +73,7 @@ class VisionTransformer(nn.Module):
         img_size = _pair(img_size)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if img_size[0] % patch_size or img_size[1] % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        check_image(torch.empty(1, in_chans, *img_size, device="meta"), in_chans, patch_size)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_classes, self.embed_dim, self.global_pool = num_classes, embed_dim, global_pool
         self.num_prefix = 1 if global_pool == "token" else 0

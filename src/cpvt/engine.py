@@ -1,0 +1,326 @@
+"""The training and evaluation loops. The CLI only assembles the parts.
+
+:func:`train` runs a whole job from a :class:`~cpvt.config.TrainConfig`:
+data, model, optimiser (AdamW with weight-decay groups), per-step cosine
+schedule with linear warm-up, bf16 autocast, optional EMA, DDP under
+torchrun, atomic checkpoints and exact resume. :func:`evaluate` measures
+top-1 / top-5 on a decoded split.
+
+Exact resume: the batch order of every epoch is a permutation seeded by
+``(seed, epoch)``, so it needs no state beyond the epoch and step; the RNG
+(augmentation, mixing, drop path), optimizer, scheduler and EMA states are in
+the checkpoint. On the CPU with the same thread count a resumed run ends with
+the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .augment import EvalTransform, TrainAugment, mix_batch
+from .checkpoint import Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import TrainConfig
+from .data.base import DataError, Split
+from .errors import TrainingDiverged
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .models import create_model
+
+
+# -- pieces --------------------------------------------------------------------
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """bf16 where the device supports it (``auto``), or as asked."""
+    if amp == "off":
+        return None
+    if amp not in ("auto", "bf16"):
+        raise ValueError(f"amp must be auto, bf16 or off, got {amp!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16
+
+
+def attention_context(cfg: TrainConfig, device: torch.device, tokens: int):
+    """SDPA backend. ``auto``: the math path on the CPU for short sequences, where
+    PyTorch's fused CPU kernel is slower in bf16 (benchmarks/attention_backends.py);
+    PyTorch's own choice everywhere else."""
+    if cfg.attention == "math" or (cfg.attention == "auto" and device.type == "cpu" and tokens <= 128):
+        return sdpa_kernel(SDPBackend.MATH)
+    if cfg.attention not in ("auto", "default", "math"):
+        raise ValueError(f"attention must be auto, default or math, got {cfg.attention!r}")
+    return contextlib.nullcontext()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay for biases, norms and the model's ``no_weight_decay()`` names."""
+    skip = model.no_weight_decay()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step linear warm-up from ``warmup_lr``, then cosine down to ``min_lr``."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    lr = cfg.scaled_lr()
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total - warmup, 1), eta_min=min(cfg.min_lr, lr))
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=min(cfg.warmup_lr / lr, 1.0), total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+@dataclass
+class BatchOrder:
+    """Seeded batch order over ``n`` samples: global batches of ``batch_size``, each
+    split evenly over the processes. Incomplete last batches are dropped (train)."""
+
+    n: int
+    batch_size: int
+    seed: int
+    info: DistInfo
+
+    def __post_init__(self):
+        if self.batch_size % self.info.world_size:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by {self.info.world_size} processes")
+        if self.n < self.batch_size:
+            raise DataError(f"the training split has {self.n} images, fewer than one batch of {self.batch_size}")
+
+    @property
+    def steps(self) -> int:
+        return self.n // self.batch_size
+
+    def indices(self, epoch: int, step: int) -> Tensor:
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        batch = perm[step * self.batch_size : (step + 1) * self.batch_size]
+        local = self.batch_size // self.info.world_size
+        return batch[self.info.rank * local : (self.info.rank + 1) * local]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    batch_size: int = 256,
+    amp: str = "auto",
+    info: DistInfo = DistInfo(),
+    progress: bool = False,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean loss on a decoded split.
+
+    Under DDP each process evaluates a shard and the counts are summed.
+    """
+    was_training = model.training
+    model.eval()
+    transform = EvalTransform(mean, std).to(device)
+    dtype = autocast_dtype(device, amp)
+    idx = torch.arange(info.rank, len(split), info.world_size)
+    stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
+    k = min(5, split.num_classes)
+    batches = range(0, len(idx), batch_size)
+    for start in tqdm(batches, desc=f"eval {split.size}px", leave=False, disable=not (progress and info.is_main)):
+        b = idx[start : start + batch_size]
+        x = transform(split.images[b].to(device))
+        y = split.labels[b].to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x).float()
+        top = logits.topk(k, dim=1).indices
+        stats[0] += (top[:, 0] == y).sum()
+        stats[1] += (top == y[:, None]).any(dim=1).sum()
+        stats[2] += F.cross_entropy(logits, y, reduction="sum")
+        stats[3] += len(b)
+    all_reduce_sum(stats, info)
+    model.train(was_training)
+    n = max(stats[3].item(), 1)
+    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "loss": stats[2].item() / n}
+
+
+# -- the job -------------------------------------------------------------------
+def _log(info: DistInfo, *args) -> None:
+    if info.is_main:
+        print(*args, flush=True)
+
+
+def _config_diff(a: dict, b: dict, ignore=("epochs", "out")) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if k not in ignore and a.get(k) != b.get(k)]
+
+
+def load_data(cfg: TrainConfig, info: DistInfo):
+    """Open the source, decode the training and validation splits (rank 0 first,
+    so the others read its disk cache)."""
+    from .data import open_source
+
+    source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers)
+    val_name = cfg.val_split or ("val" if "val" in source.splits else "test")
+    for name in (cfg.train_split, val_name):
+        if name not in source.splits:
+            raise DataError(f"dataset {cfg.data!r} has no split {name!r}; it has {', '.join(source.splits)}")
+    storage = cfg.img_size if cfg.crop != "rrc" else int(round(cfg.img_size * cfg.storage_scale))
+    if info.enabled and not info.is_main:
+        barrier(info)  # wait until rank 0 has filled the decode cache
+    train_split = source.split(cfg.train_split, storage, mode="train", limit=cfg.train_limit)
+    val_split = source.split(val_name, cfg.img_size, mode="eval", crop_pct=cfg.crop_pct, limit=cfg.val_limit)
+    if info.enabled and info.is_main:
+        barrier(info)
+    return source, train_split, val_split
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
+    info, device = init_distributed(cfg.device)
+    try:
+        return _train(cfg, resume, info, device)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict[str, Any]:
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    ckpt: Checkpoint | None = None
+    if resume and info.is_main and out.exists():
+        remove_stale_temporaries(out)
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        diff = _config_diff(ckpt.config, cfg.to_dict())
+        if diff:
+            raise ValueError(f"--resume with a different config than the run in {out}: " + "; ".join(diff))
+        _log(info, f"resuming {out} from epoch {ckpt.progress['epoch']} step {ckpt.progress['step']}")
+    elif resume:
+        _log(info, f"nothing to resume in {out}: starting a new run")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    torch.manual_seed(cfg.seed)
+    if cfg.img_size is None:
+        with torch.device("meta"):
+            cfg.img_size = int(create_model(cfg.model, **cfg.model_args).img_size[0])
+    source, train_split, val_split = load_data(cfg, info)
+    num_classes = train_split.num_classes
+    model = create_model(
+        cfg.model, **{"num_classes": num_classes, "img_size": cfg.img_size, "drop_path_rate": cfg.drop_path, **cfg.model_args}
+    )
+    model.grid_for(cfg.img_size)  # a clear error now if the model cannot take this size
+    model.to(device)
+    torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process
+
+    order = BatchOrder(len(train_split), cfg.batch_size, cfg.seed, info)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.scaled_lr(), betas=cfg.betas)
+    scheduler = build_scheduler(optimizer, cfg, order.steps)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    epoch, step, best = 0, 0, -1.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.weights, strict=True)
+        ckpt.restore_training(optimizer, scheduler, ema)
+        epoch, step, best = ckpt.progress["epoch"], ckpt.progress["step"], ckpt.progress.get("best_top1", -1.0)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
+
+    augment = TrainAugment(cfg, cfg.img_size).to(device)
+    dtype = autocast_dtype(device, cfg.amp)
+    tokens = model.grid_for(cfg.img_size)[0] * model.grid_for(cfg.img_size)[1] + model.num_prefix
+    config = cfg.to_dict()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        n_params = sum(p.numel() for p in model.parameters())
+        _log(info, f"{cfg.model} ({n_params:,} params) on {cfg.data}: {len(train_split):,} train / {len(val_split):,} "
+             f"val images at {cfg.img_size}px, {num_classes} classes; {cfg.epochs} epochs x {order.steps} steps of "
+             f"{cfg.batch_size} on {info.world_size} x {device.type}, amp={dtype or 'off'}")
+
+    def save_last(e: int, s: int) -> None:
+        if info.is_main:
+            save_checkpoint(last_path, model, config=config, classes=train_split.classes, optimizer=optimizer,
+                            scheduler=scheduler, ema=ema, progress={"epoch": e, "step": s, "best_top1": best})
+
+    log_path = out / "log.jsonl"
+    metrics: dict[str, Any] = {}
+    while epoch < cfg.epochs:
+        ddp.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+        bar = tqdm(range(step, order.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not info.is_main, file=sys.stderr)
+        for step in bar:
+            idx = order.indices(epoch, step)
+            x = augment(train_split.images[idx].to(device, non_blocking=True))
+            x, target = mix_batch(x, train_split.labels[idx].to(device), num_classes, cfg)
+            with attention_context(cfg, device, tokens), torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                logits = ddp(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+            bad = torch.tensor(float(not torch.isfinite(loss)), device=device)
+            if all_reduce_sum(bad, info).item() > 0:
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; stopping. The last good "
+                    f"checkpoint is kept in {last_path if last_path.exists() else '(none written yet)'}. "
+                    f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            with attention_context(cfg, device, tokens):
+                loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and step + 1 < order.steps:
+                save_last(epoch, step + 1)
+        bar.close()
+        epoch, step = epoch + 1, 0
+        elapsed = time.perf_counter() - t0
+        stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+        all_reduce_sum(stats, info)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": stats[0].item() / max(stats[1].item(), 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "img_per_s": stats[1].item() / elapsed,
+            "epoch_time_s": elapsed,
+        }
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            val = evaluate(model, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
+            record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+            if ema is not None:
+                val_ema = evaluate(ema.module, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
+                record.update(val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
+            if val["top1"] > best:
+                best = val["top1"]
+                if info.is_main:
+                    save_checkpoint(best_path, model, config=config, classes=train_split.classes,
+                                    progress={"epoch": epoch, "step": 0, "best_top1": best})
+        save_last(epoch, 0)
+        if info.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _log(info, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        metrics = record
+    metrics = {**metrics, "best_val_top1": best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
+               "params": sum(p.numel() for p in model.parameters())}
+    if info.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    barrier(info)
+    return metrics

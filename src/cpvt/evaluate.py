@@ -1,0 +1,130 @@
+"""Evaluate trained runs at many resolutions without fine-tuning, and plot them.
+
+Each checkpoint rebuilds its model from the config stored inside it; APE models
+resample their table, PEG models generate their encoding for the new grid.
+Images get the standard preprocessing: resize the shorter side to
+``size / crop_pct``, centre-crop ``size`` (synthetic scenes are rendered
+natively at each size instead).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .data.base import DataError
+from .engine import evaluate
+from .table import format_table
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).exists():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
+    return p
+
+
+def evaluate_runs(
+    runs: list[str],
+    data: str | None = None,
+    img_sizes: list[int] | None = None,
+    crop_pct: float | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    amp: str = "auto",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own."""
+    from .data import open_source
+
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    results, sources = [], {}
+    for run in runs:
+        ckpt = load_checkpoint(resolve_checkpoint(run))
+        cfg = ckpt.config
+        if not ckpt.meta:
+            raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
+        model = ckpt.build_model().to(dev).eval()
+        sizes = img_sizes or [cfg.get("img_size") or model.img_size[0]]
+        for s in sizes:
+            model.grid_for(s)  # clear error before any decoding
+        name = data or cfg.get("data")
+        key = (name, data_root or cfg.get("data_root"), cache_dir or cfg.get("cache_dir"))
+        if key not in sources:
+            sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
+        source = sources[key]
+        if len(source.classes) != model.num_classes:
+            raise DataError(
+                f"{run} was trained on {model.num_classes} classes but {name!r} has {len(source.classes)}: "
+                f"evaluate on the data it was trained on (its classes: {', '.join(ckpt.classes[:10])}...)"
+            )
+        split = "val" if "val" in source.splits else "test"
+        pct = crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)
+        row: dict[str, Any] = {
+            "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
+            "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
+        }
+        for s in sizes:
+            images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
+            mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+            row["sizes"][str(s)] = evaluate(model, images, dev, mean, std, batch_size, amp, progress=True)
+        results.append(row)
+    return results
+
+
+def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
+    sizes = sorted({int(s) for r in results for s in r["sizes"]})
+    headers = ["run", "model", "pos", "train px"] + [f"top-1 @{s}" for s in sizes]
+    rows = []
+    for r in results:
+        cells = [r["sizes"][str(s)]["top1"] if str(s) in r["sizes"] else "" for s in sizes]
+        rows.append([Path(r["run"]).name or r["run"], r["model"], r["pos"], r["train_size"]] + [
+            round(c, 2) if isinstance(c, float) else c for c in cells
+        ])
+    return format_table(rows, headers, markdown=markdown)
+
+
+def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Top-1 against test resolution, one curve per run, training size marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in results:
+        sizes = sorted(int(s) for s in r["sizes"])
+        top1 = [r["sizes"][str(s)]["top1"] for s in sizes]
+        label = f"{Path(r['run']).name} ({r['pos']})"
+        (line,) = ax.plot(sizes, top1, marker="o", label=label)
+        if r["train_size"] in sizes:
+            ax.plot([r["train_size"]], [r["sizes"][str(r["train_size"])]["top1"]], marker="*", ms=14,
+                    color=line.get_color())
+    ax.set_xlabel("test resolution (px), no fine-tuning  (star: training resolution)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "Accuracy across resolutions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(results: list[dict[str, Any]], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))

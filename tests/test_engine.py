@@ -1,0 +1,231 @@
+"""Training engine: config, checkpoints, exact resume, NaN stop, DDP, eval, errors."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cpvt
+from cpvt.checkpoint import CheckpointError, load_checkpoint
+from cpvt.cli import main
+from cpvt.config import TrainConfig, apply_overrides, resolve_config
+from cpvt.engine import train
+from cpvt.errors import TrainingDiverged
+from cpvt.evaluate import evaluate_runs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    cfg = resolve_config("synthetic", {"out": str(out)})
+    apply_overrides(cfg, {"model": "cpvt_micro_gap", "img_size": 16, "epochs": 2, "batch_size": 32,
+                          "train_limit": 256, "val_limit": 64, "warmup_epochs": 0.5, **TINY, **kw})
+    return cfg
+
+
+def weights(run) -> dict:
+    return load_file(str(Path(run) / "last.safetensors"))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    model_keys = [k for k in a if "/" not in k]
+    return all(torch.equal(a[k], b[k]) for k in model_keys)
+
+
+# -- config ------------------------------------------------------------------
+def test_recipes_resolve_and_set_overrides_validate():
+    cfg = resolve_config("cifar10", {"epochs": 3}, ["lr=0.002", "model.peg_kernel_size=5", "rrc_scale=[0.5,1]"])
+    assert cfg.data == "cifar10" and cfg.epochs == 3 and cfg.lr == 0.002 and cfg.img_size == 32
+    assert cfg.model_args == {"peg_kernel_size": 5} and cfg.rrc_scale == (0.5, 1)
+    assert TrainConfig().scaled_lr() == pytest.approx(1e-3)  # 5e-4 * 1024 / 512
+    with pytest.raises(ValueError, match="unknown config key 'learning_rate'"):
+        resolve_config(None, None, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="expects int"):
+        resolve_config(None, None, ["epochs=many"])
+    with pytest.raises(ValueError, match="unknown recipe 'imagenet21k'"):
+        resolve_config("imagenet21k")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_recipe_key_in_set_is_a_clear_cli_error(capsys, tmp_path):
+    assert main(["train", "--data", "synthetic", "--out", str(tmp_path), "--set", "warmup=3"]) == 2
+    assert "unknown config key 'warmup'" in capsys.readouterr().err
+
+
+# -- training, checkpoints, resume --------------------------------------------
+def test_train_writes_config_log_checkpoints_and_metrics(tmp_path):
+    metrics = train(tiny_config(tmp_path))
+    for name in ("config.json", "log.jsonl", "last.safetensors", "best.safetensors", "metrics.json"):
+        assert (tmp_path / name).exists(), name
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    for key in ("train_loss", "val_top1", "val_top5", "lr", "img_per_s"):
+        assert key in log[0]
+    assert metrics["best_val_top1"] == max(r["val_top1"] for r in log)
+    ckpt = load_checkpoint(tmp_path / "best.safetensors")
+    model = ckpt.build_model()
+    assert model.model_name == "cpvt_micro_gap" and model.embed_dim == 32 and model.num_classes == 10
+
+
+def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypatch):
+    train(tiny_config(tmp_path / "full", ckpt_every_steps=3))
+    import cpvt.engine as engine
+
+    calls, real = {"n": 0}, engine.mix_batch
+
+    def crash_on_the_12th_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12:  # epoch 2, step 4: one step after a mid-epoch checkpoint
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "mix_batch", crash_on_the_12th_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "part", ckpt_every_steps=3))
+    monkeypatch.setattr(engine, "mix_batch", real)
+    progress = load_checkpoint(tmp_path / "part" / "last.safetensors").progress
+    assert (progress["epoch"], progress["step"]) == (1, 3)
+    train(tiny_config(tmp_path / "part", ckpt_every_steps=3), resume=True)
+    assert same_weights(weights(tmp_path / "full"), weights(tmp_path / "part"))
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="different config.*lr"):
+        train(tiny_config(tmp_path, epochs=1, lr=0.5), resume=True)
+
+
+def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path):
+    """A run killed with SIGKILL mid-training and resumed ends exactly like an uninterrupted one."""
+    args = ["--data", "synthetic", "--model", "cpvt_micro_gap", "--img-size", "16", "--epochs", "3",
+            "--batch-size", "16", "--recipe", "synthetic"]
+    sets = ["train_limit=320", "val_limit=32", "ckpt_every_steps=3", "model.depth=2", "model.embed_dim=32",
+            "model.num_heads=2", "randaug_n=1", "mixup=0.8", "cutmix=1.0", "drop_path=0.1"]
+    cmd = [sys.executable, "-m", "cpvt", "train", *args] + [f"--set={s}" for s in sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after the first checkpoint, mid-epoch or mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd + ["--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+    assert same_weights(weights(tmp_path / "ref"), weights(run))
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import cpvt.engine as engine
+
+    calls, real = {"n": 0}, engine.mix_batch
+
+    def poison_the_7th_batch(x, *args, **kwargs):
+        calls["n"] += 1
+        x, target = real(x, *args, **kwargs)
+        return (x * float("nan"), target) if calls["n"] == 7 else (x, target)
+
+    monkeypatch.setattr(engine, "mix_batch", poison_the_7th_batch)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1 step 7.*last good checkpoint is kept"):
+        train(tiny_config(tmp_path, ckpt_every_steps=3))
+    progress = load_checkpoint(tmp_path / "last.safetensors").progress
+    assert (progress["epoch"], progress["step"]) == (0, 6)
+    assert all(torch.isfinite(v).all() for k, v in weights(tmp_path).items() if "/" not in k)
+
+
+# -- checkpoint safety -----------------------------------------------------------
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickled_checkpoint_with_payload_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {"w": torch.zeros(1)}, "evil": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.pth"):
+        load_checkpoint(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()
+    assert main(["eval", str(tmp_path / "evil.pth")]) == 2
+
+
+def test_plain_state_dict_and_corrupt_files(tmp_path):
+    torch.save({"model": {"w": torch.ones(2)}}, tmp_path / "plain.pth")
+    assert torch.equal(load_checkpoint(tmp_path / "plain.pth").weights["w"], torch.ones(2))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+# -- evaluation -----------------------------------------------------------------
+def test_eval_at_several_sizes_json_and_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=1))
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["eval", str(run), str(run / "last.safetensors"), "--img-sizes", "16,24,32", "--limit", "64",
+                 "--json", str(out_json), "--plot", str(out_png)]) == 0
+    results = json.loads(out_json.read_text())
+    assert len(results) == 2 and set(results[0]["sizes"]) == {"16", "24", "32"}
+    assert 0 <= results[0]["sizes"]["24"]["top1"] <= 100
+    assert out_png.stat().st_size > 1000
+    assert "top-1 @32" in capsys.readouterr().out
+
+
+def test_eval_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=1))
+    assert main(["eval", str(run), "--img-sizes", "18"]) == 2
+    assert "input size 18x18 is not valid for patch size 4" in capsys.readouterr().err
+    # a class-count mismatch between checkpoint and data
+    folder = tmp_path / "three"
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b", "c"):
+            (folder / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (10, 20, 30)).save(folder / split / c / "x.png")
+    assert main(["eval", str(run), "--data", str(folder)]) == 2
+    assert "trained on 10 classes but" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+
+
+def test_train_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--model", "cpvt_micro", "--out", str(tmp_path)]) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--model", "cpvt_micro", "--img-size", "30", "--out", str(tmp_path),
+                 "--set", "train_limit=64", "--set", "val_limit=16", "--epochs", "1"]) == 2
+    assert "input size 30x30 is not valid" in capsys.readouterr().err
+
+
+# -- distributed ----------------------------------------------------------------
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) and one process with the same global batch
+    end with the same weights when the step has no per-process randomness."""
+    sets = ["train_limit=128", "val_limit=32", "model.depth=2", "model.embed_dim=32", "model.num_heads=2",
+            "amp=off", "clip_grad=None"]
+    common = ["train", "--data", "synthetic", "--model", "cpvt_micro_gap", "--img-size", "16", "--epochs", "1",
+              "--batch-size", "32", "--recipe", "synthetic"] + [f"--set={s}" for s in sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "cpvt", *common, "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    r = subprocess.run(torchrun + ["-m", "cpvt", *common, "--out", str(tmp_path / "two")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if "/" not in k)
+    assert "on 2 x cpu" in r.stdout
