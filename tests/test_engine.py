@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -13,13 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import cpvt
 from cpvt.checkpoint import CheckpointError, load_checkpoint
 from cpvt.cli import main
 from cpvt.config import TrainConfig, apply_overrides, resolve_config
 from cpvt.engine import train
 from cpvt.errors import TrainingDiverged
-from cpvt.evaluate import evaluate_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
@@ -77,7 +74,7 @@ def test_train_writes_config_log_checkpoints_and_metrics(tmp_path):
 
 
 def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypatch):
-    train(tiny_config(tmp_path / "full", ckpt_every_steps=3))
+    train(tiny_config(tmp_path / "full", ckpt_every_steps=3, ema=True, ema_decay=0.9))
     import cpvt.engine as engine
 
     calls, real = {"n": 0}, engine.mix_batch
@@ -90,12 +87,17 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
 
     monkeypatch.setattr(engine, "mix_batch", crash_on_the_12th_step)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path / "part", ckpt_every_steps=3))
+        train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9))
     monkeypatch.setattr(engine, "mix_batch", real)
     progress = load_checkpoint(tmp_path / "part" / "last.safetensors").progress
     assert (progress["epoch"], progress["step"]) == (1, 3)
-    train(tiny_config(tmp_path / "part", ckpt_every_steps=3), resume=True)
-    assert same_weights(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9), resume=True)
+    full, part = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert same_weights(full, part)
+    ema_keys = [k for k in full if k.startswith("ema/")]
+    assert ema_keys and all(torch.equal(full[k], part[k]) for k in ema_keys)
+    log = (tmp_path / "part" / "log.jsonl").read_text()
+    assert "val_top1_ema" in log
 
 
 def test_resume_refuses_a_different_config(tmp_path):
