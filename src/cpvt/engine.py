@@ -105,9 +105,15 @@ class BatchOrder:
     def steps(self) -> int:
         return self.n // self.batch_size
 
+    def permutation(self, epoch: int) -> Tensor:
+        """The epoch's sample order: a function of (seed, epoch) only, so resuming needs no state."""
+        if getattr(self, "_cached", (None,))[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cached = (epoch, torch.randperm(self.n, generator=gen))
+        return self._cached[1]
+
     def indices(self, epoch: int, step: int) -> Tensor:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        batch = perm[step * self.batch_size : (step + 1) * self.batch_size]
+        batch = self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
         local = self.batch_size // self.info.world_size
         return batch[self.info.rank * local : (self.info.rank + 1) * local]
 
