@@ -8,7 +8,7 @@ label is the shape *and* the half of the image it is in, so position matters):
 * ``deit_micro_nope``: no position encoding at all.
 
 All three are slimmed to depth 6 and width 64 (the ``demo`` recipe) so that
-each gets ~620 optimiser steps. Each is then tested, without fine-tuning, on the *same scenes* rendered at
+each gets ~550 optimiser steps. Each is then tested, without fine-tuning, on the *same scenes* rendered at
 1x, 1.5x and 2x the training resolution (32, 48, 64 px).
 """
 

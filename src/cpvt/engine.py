@@ -142,7 +142,7 @@ def evaluate(
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
     k = min(5, split.num_classes)
     batches = range(0, len(idx), batch_size)
-    for start in tqdm(batches, desc=f"eval {split.size}px", leave=False, disable=not (progress and info.is_main)):
+    for start in tqdm(batches, desc=f"eval {split.size}px", leave=False, disable=None if (progress and info.is_main) else True):
         b = idx[start : start + batch_size]
         x = transform(split.images[b].to(device))
         y = split.labels[b].to(device)
@@ -263,7 +263,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         ddp.train()
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
         bar = tqdm(range(step, order.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not info.is_main, file=sys.stderr)
+                   disable=None if info.is_main else True, file=sys.stderr)  # None: off when not a terminal
         for step in bar:
             idx = order.indices(epoch, step)
             x = augment(train_split.images[idx].to(device, non_blocking=True))
