@@ -35,7 +35,7 @@ $(TIMM_VENV)/.installed: pyproject.toml
 timm-env: $(TIMM_VENV)/.installed
 
 test-timm: $(TIMM_VENV)/.installed
-	$(TIMM_VENV)/bin/python -m pytest -q -m timm
+	$(TIMM_VENV)/bin/python -m pytest -q -m timm tests/test_timm_compat.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) .pytest_cache
