@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     model = create_model(
         cfg.model, **{"num_classes": num_classes, "img_size": cfg.img_size, "drop_path_rate": cfg.drop_path, **cfg.model_args}
     )
-    model.grid_for(cfg.img_size)  # a clear error now if the model cannot take this size
+    grid_h, grid_w = model.grid_for(cfg.img_size)  # a clear error now if the model cannot take this size
     model.to(device)
     torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process
 
@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
 
     augment = TrainAugment(cfg, cfg.img_size).to(device)
     dtype = autocast_dtype(device, cfg.amp)
-    tokens = model.grid_for(cfg.img_size)[0] * model.grid_for(cfg.img_size)[1] + model.num_prefix
+    tokens = grid_h * grid_w + model.num_prefix
     config = cfg.to_dict()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

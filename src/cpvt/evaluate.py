@@ -76,9 +76,9 @@ def evaluate_runs(
             "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
             "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
         }
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
-            mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
             row["sizes"][str(s)] = evaluate(model, images, dev, mean, std, batch_size, amp, progress=True)
         results.append(row)
     return results
