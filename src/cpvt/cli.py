@@ -131,6 +131,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
+              data_root=args.data_root, cache_dir=args.cache_dir)
+    return 0
+
+
 def parse_sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -190,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished demo runs")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for all three runs")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
+    s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
+    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~2 h, 2 cores) | gpu (~25 min, one H200)")
+    s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's, 2 for T1/T2 at cpu)")
+    s.add_argument("--out", help="runs and report go here (default: runs/reproduce/<budget>); finished runs are skipped")
+    s.add_argument("--experiments", help="row, budget and claim files (default: ./experiments or the repository's)")
+    s.add_argument("--data-root")
+    s.add_argument("--cache-dir")
+    s.set_defaults(fn=cmd_reproduce)
     return p
 
 

@@ -156,7 +156,8 @@ def evaluate(
     all_reduce_sum(stats, info)
     model.train(was_training)
     n = max(stats[3].item(), 1)
-    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "loss": stats[2].item() / n}
+    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "loss": stats[2].item() / n,
+            "images": int(stats[3].item())}
 
 
 # -- the job -------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""The markdown report of a ``cpvt reproduce`` sweep: our numbers beside the paper's.
+
+Everything here reads finished results (``result.json`` per run, ``cost.json``
+for T5); nothing trains. Means and standard deviations are over seeds; a
+claim's verdict compares means and says when the difference is inside the
+seed-to-seed noise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .table import format_table
+
+BASELINES = {"T1": "t1_encodings/ape", "T3": "t3_placement/pos0", "T4": "t4_peg/kernel3"}
+
+
+class Stats:
+    """Per-seed values of one metric of one row on one dataset."""
+
+    def __init__(self, values: list[float]):
+        self.values = values
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values) if self.values else math.nan
+
+    @property
+    def sd(self) -> float | None:
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+    def fmt(self) -> str:
+        if not self.values:
+            return "—"
+        if self.n == 1:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.sd:.2f} ({self.n})"
+
+
+class Results:
+    """Per-seed top-1 by (dataset, row id, scale)."""
+
+    def __init__(self, results: list[dict[str, Any]], rows: dict[str, Any]):
+        self.rows = rows
+        self.by: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+        for r in results:
+            for rid in r["rows"]:
+                self.by[(r["data"], rid)][r["seed"]] = r
+        self.datasets = list(dict.fromkeys(r["data"] for r in results))
+
+    def runs(self, data: str, rid: str) -> dict[int, dict[str, Any]]:
+        row = self.rows.get(rid)
+        if row is not None and row.table == "T2":
+            rid = row.run
+        return self.by.get((data, rid), {})
+
+    def has(self, data: str, rid: str) -> bool:
+        return bool(self.runs(data, rid))
+
+    def metric(self, data: str, operand: str) -> Stats:
+        """``row`` | ``row:top1`` | ``row:top1@S`` | ``row:drop@S``, per seed."""
+        rid, _, metric = operand.partition(":")
+        metric = metric or "top1"
+        runs = self.runs(data, rid)
+        kind, _, scale = metric.partition("@")
+        scale = f"{float(scale):g}" if scale else "1"
+        vals = []
+        for seed in sorted(runs):
+            s = runs[seed]["scales"]
+            if scale not in s:
+                continue
+            if kind == "top1":
+                vals.append(s[scale])
+            elif kind == "drop":
+                vals.append(s[scale] - s["1"])
+            else:
+                raise ValueError(f"unknown metric {metric!r} in {operand!r}; use top1, top1@S or drop@S")
+        return Stats(vals)
+
+    def paired_diff(self, data: str, a: str, b: str) -> Stats:
+        """Per-seed a - b where both have the seed, else the difference of the means."""
+        sa, sb = self.metric(data, a), self.metric(data, b)
+        if sa.n == sb.n and sa.n >= 2:
+            return Stats([x - y for x, y in zip(sa.values, sb.values)])
+        return Stats([sa.mean - sb.mean])
+
+    def noise(self, data: str) -> float | None:
+        """Pooled seed standard deviation of top-1 over rows with 2+ seeds (None if none)."""
+        sds = [Stats([r["scales"]["1"] for r in runs.values()]).sd for (d, _), runs in self.by.items() if d == data]
+        sds = [s for s in sds if s is not None]
+        return math.sqrt(statistics.mean(s * s for s in sds)) if sds else None
+
+
+def _delta(a: float, b: float) -> str:
+    return "—" if math.isnan(a) or math.isnan(b) else f"{a - b:+.2f}"
+
+
+def _num(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def judge(claim: dict[str, Any], res: Results, data: str) -> dict[str, Any] | None:
+    """Evaluate one claim on one dataset; None when a side has no results there."""
+    a = claim["a"]
+    b = claim["b"]
+    sa = res.metric(data, a)
+    if not sa.n:
+        return None
+    if isinstance(b, (int, float)):
+        sb = Stats([float(b)] * sa.n)
+        diff = Stats([x - float(b) for x in sa.values])
+    else:
+        sb = res.metric(data, b)
+        if not sb.n:
+            return None
+        diff = res.paired_diff(data, a, b)
+    d = sa.mean - sb.mean
+    rel = claim["relation"]
+    tol = float(claim.get("tolerance", 1.0))
+    ok = {">": d > 0, "<": d < 0, "~": abs(d) <= tol}[rel]
+    # noise of the difference: per-seed paired sd / sqrt(n) when there are 2+ seeds, else the pooled seed sd
+    if diff.n >= 2:
+        noise, how = diff.sd / math.sqrt(diff.n), f"paired over {diff.n} seeds"
+    else:
+        pooled = res.noise(data)
+        noise, how = (pooled * math.sqrt(2), "1 seed; noise from the pooled seed sd") if pooled else (None, "1 seed")
+    within = noise is not None and rel != "~" and abs(d) <= noise
+    verdict = ("reproduced" if ok else "not reproduced") + (" (within seed noise)" if within else "")
+    return {"claim": claim["text"], "data": data, "a": sa.mean, "b": sb.mean, "diff": d, "noise": noise,
+            "noise_basis": how, "relation": rel, "ok": ok, "within_noise": within, "verdict": verdict,
+            "paper": claim.get("paper", "")}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_deltas(res: Results, data: str, table: str, rows: list[Any], base: str, path: Path, title: str) -> Path:
+    """Grouped bars: each row's top-1 minus the baseline row's, ours (with seed sd) beside the paper's."""
+    plt = _plt()
+    labels, ours, ours_err, paper = [], [], [], []
+    base_ours, base_paper = res.metric(data, base).mean, res.rows[base].paper.get("top1")
+    for r in rows:
+        if not res.has(data, r.id):
+            continue
+        s = res.metric(data, r.id)
+        labels.append(r.label)
+        ours.append(s.mean - base_ours)
+        ours_err.append(s.sd or 0.0)
+        p = r.paper.get("top1")
+        paper.append(p - base_paper if p is not None and base_paper is not None else math.nan)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6), dpi=120)
+    y = range(len(labels))
+    ax.barh([i - 0.2 for i in y], ours, height=0.38, xerr=ours_err, label=f"ours ({data})", color="tab:blue")
+    ax.barh([i + 0.2 for i in y], [0 if math.isnan(p) else p for p in paper], height=0.38, label="paper (ImageNet)",
+            color=["tab:orange" if not math.isnan(p) else "none" for p in paper])
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"top-1 minus '{res.rows[base].label}' (points); error bar: seed sd")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str], train_size: int, path: Path) -> Path:
+    """T2: top-1 against test scale; ours (mean, seed-sd band) on the left, the paper's on the right."""
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for r in rows:
+        if not res.has(data, r.id):
+            continue
+        xs, mean, sd = [], [], []
+        for s in scales:
+            st = res.metric(data, f"{r.id}:top1@{s}")
+            if st.n:
+                xs.append(float(s))
+                mean.append(st.mean)
+                sd.append(st.sd or 0.0)
+        (line,) = ax.plot(xs, mean, marker="o", label=r.label)
+        ax.fill_between(xs, [m - e for m, e in zip(mean, sd)], [m + e for m, e in zip(mean, sd)], alpha=0.15,
+                        color=line.get_color())
+        pr = r.paper.get("resolution", {})
+        if pr:
+            px = sorted(pr, key=float)
+            bx.plot([float(p) for p in px], [pr[p] for p in px], marker="o", label=r.label, color=line.get_color())
+    ax.set_title(f"ours: {data}, trained at {train_size} px", fontsize=10)
+    bx.set_title("paper: ImageNet, trained at 224 px", fontsize=10)
+    for a in (ax, bx):
+        a.set_xlabel("test size / training size (no fine-tuning)")
+        a.set_ylabel("top-1 (%)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_cost(cost: list[dict[str, Any]], rows: dict[str, Any], path: Path) -> Path:
+    """T5: throughput relative to DeiT of the same size, ours beside the paper's."""
+    plt = _plt()
+    base_for = _cost_baselines(cost)
+    labels, ours, paper = [], [], []
+    for c in cost:
+        b = base_for[c["row"]]
+        labels.append(rows[c["row"]].label)
+        ours.append(c["img_per_s"] / b["img_per_s"])
+        pp, pb = rows[c["row"]].paper.get("img_per_s"), rows[b["row"]].paper.get("img_per_s")
+        paper.append(pp / pb if pp and pb else math.nan)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6), dpi=120)
+    y = range(len(labels))
+    ax.barh([i - 0.2 for i in y], ours, height=0.38, label="ours (measured here)", color="tab:blue")
+    ax.barh([i + 0.2 for i in y], [0 if math.isnan(p) else p for p in paper], height=0.38, label="paper (V100)",
+            color="tab:orange")
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xlim(min([0.8] + [v for v in ours + paper if not math.isnan(v)]) - 0.02,
+                max([1.05] + [v for v in ours + paper if not math.isnan(v)]) + 0.02)
+    ax.set_xlabel("inference throughput relative to DeiT of the same size")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _cost_baselines(cost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each model's DeiT of the same width (deit_tiny for *_ti*, deit_small for *_s*, ...)."""
+    by_model = {c["model"]: c for c in cost}
+    size_of = {"ti": "deit_tiny", "tiny": "deit_tiny", "s": "deit_small", "small": "deit_small", "b": "deit_base",
+               "base": "deit_base", "micro": "deit_micro"}
+    out = {}
+    for c in cost:
+        parts = c["model"].split("_")
+        base = size_of.get(parts[1]) if len(parts) > 1 else None
+        out[c["row"]] = by_model.get(base, c)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str], results: list[dict[str, Any]],
+                 cost: list[dict[str, Any]] | None, out: Path, command: str, elapsed: float) -> Path:
+    from .reproduce import TITLES, environment, load_claims, load_rows
+
+    rows = load_rows(root)
+    res = Results(results, rows)
+    scales = [f"{s:g}" for s in spec.get("scales", [1.0])]
+    lines = [f"# CPVT reproduction, `{budget}` budget", ""]
+    lines += [f"Produced by `{command}` on {_dt.date.today().isoformat()} ({environment()}); "
+              f"this invocation took {elapsed / 60:.1f} min (finished runs are reused, so a rerun is quick; "
+              f"training time per run is in `results.json`).", ""]
+    lines += [spec.get("description", ""), ""]
+    total_train = sum(r.get("train_s", 0) + r.get("eval_s", 0) for r in results)
+    lines += [f"{len(results)} training runs; their training and evaluation took {total_train / 60:.1f} min in all. "
+              "Paper numbers are ImageNet-1k, 300 epochs, 224 px (SPEC.md section 2); ours are far smaller, so "
+              "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
+              ""]
+    summary: list[dict[str, Any]] = []
+    for data in res.datasets:
+        entry = next((e for e in spec.get("datasets", []) if e["data"] == data), {})
+        sample = next(r for r in results if r["data"] == data)
+        lines += [f"## {data}", ""]
+        lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
+                  f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
+                  f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sample['sizes'].values())} "
+                  f"on {sample.get('eval_images') or 'all'} held-out images.", ""]
+        for table in ("T1", "T2", "T3", "T4"):
+            if table not in tables or table not in entry.get("tables", []):
+                continue
+            trows = [r for r in rows.values() if r.table == table]
+            lines += [f"### {TITLES[table]}", ""]
+            stem = f"{table.lower()}_{data}"
+            if table == "T2":
+                lines += _t2_table(res, data, trows, scales)
+                png = plot_resolution(res, data, trows, scales, sample["train_size"], out / f"{stem}.png")
+            else:
+                base = BASELINES[table]
+                lines += _delta_table(res, data, table, trows, base)
+                png = plot_deltas(res, data, table, trows, base, out / f"{stem}.png", f"{TITLES[table]} — {data}")
+            lines += ["", f"![{table} {data}]({png.name})", ""]
+    if cost:
+        lines += [f"## {TITLES['T5']}", ""]
+        lines += _t5_table(cost, rows)
+        png = plot_cost(cost, rows, out / "t5_cost.png")
+        lines += ["", f"![T5]({png.name})", ""]
+    claims = load_claims(root)
+    verdicts = [v for data in res.datasets for c in claims if (v := judge(c, res, data)) is not None]
+    if verdicts:
+        n_ok = sum(v["ok"] for v in verdicts)
+        lines += ["## The paper's claims, checked", "",
+                  f"{n_ok} of {len(verdicts)} checks go the paper's way. \"Within seed noise\" marks a difference "
+                  "smaller than its noise estimate (the sd of the per-seed paired difference over sqrt(n), or, "
+                  "with one seed, the pooled seed sd times sqrt 2): its direction is not established by this run.", ""]
+        for v in verdicts:
+            mark = "✅" if v["ok"] and not v["within_noise"] else ("⚠️" if v["within_noise"] else "❌")
+            noise = f", noise {v['noise']:.2f}" if v["noise"] is not None else ""
+            lines.append(f"- {mark} **{v['verdict']}** [{v['data']}]: {v['claim']}. Ours {v['a']:.2f} vs "
+                         f"{v['b']:.2f} ({v['diff']:+.2f}{noise}; {v['noise_basis']}); paper {v['paper']}.")
+        lines.append("")
+        summary = verdicts
+    (out / "results.json").write_text(json.dumps({"budget": budget, "command": command, "runs": results, "cost": cost,
+                                                  "claims": summary}, indent=2))
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: str) -> list[str]:
+    base_ours = res.metric(data, base).mean
+    base_paper = res.rows[base].paper.get("top1")
+    headers = ["row", "model", "overrides", "PE params", "ours top-1", f"ours Δ", "paper top-1", "paper Δ"]
+    body = []
+    for r in trows:
+        runs = res.runs(data, r.id)
+        if not runs:
+            continue
+        first = runs[min(runs)]
+        s = res.metric(data, r.id)
+        p = r.paper.get("top1")
+        over = ", ".join(f"{k}={v}" for k, v in first["model_args"].items()
+                         if k in r.model_args) or "—"
+        body.append([r.label, first["model"], over, first.get("pos_params", "—"), s.fmt(), _delta(s.mean, base_ours),
+                     _num(p), _delta(p, base_paper) if p is not None and base_paper is not None else "—"])
+    note = f"Δ: minus the '{res.rows[base].label}' row ({base})."
+    return [format_table(body, headers, markdown=True), "", note]
+
+
+def _t2_table(res: Results, data: str, trows: list[Any], scales: list[str]) -> list[str]:
+    paper_scales = sorted({k for r in trows for k in r.paper.get("resolution", {})}, key=float)
+    top = scales[-1]
+    headers = (["row"] + [f"ours {s}x" for s in scales] + [f"ours Δ{top}x"] + [f"paper {s}x" for s in paper_scales]
+               + ["paper Δ2x"])
+    body = []
+    for r in trows:
+        if not res.has(data, r.id):
+            continue
+        ours = [res.metric(data, f"{r.id}:top1@{s}").fmt() for s in scales]
+        drop = res.metric(data, f"{r.id}:drop@{top}")
+        pr = r.paper.get("resolution", {})
+        paper = [_num(pr.get(s)) for s in paper_scales]
+        pdrop = f"{pr['2.0'] - pr['1.0']:+.1f}" if "2.0" in pr and "1.0" in pr else "—"
+        body.append([r.label] + ours + [drop.fmt() if drop.n else "—"] + paper + [pdrop])
+    return [format_table(body, headers, markdown=True), "",
+            f"Paper columns: tested at 224, 384, 448 and 512 px after training at 224 (1x, 1.71x, 2x, 2.29x). "
+            f"Δ: top-1 at {top}x minus top-1 at 1x (per seed, then averaged)."]
+
+
+def _t5_table(cost: list[dict[str, Any]], rows: dict[str, Any]) -> list[str]:
+    base_for = _cost_baselines(cost)
+    headers = ["model", "params", "PE params", "GFLOPs", "img/s (ours)", "ratio to DeiT (ours)", "params (paper)",
+               "img/s (paper, V100)", "ratio (paper)"]
+    body = []
+    for c in cost:
+        r, b = rows[c["row"]], base_for[c["row"]]
+        pp, pb = r.paper.get("img_per_s"), rows[b["row"]].paper.get("img_per_s")
+        body.append([c["model"], c["params"], c["pos_params"], round(c["flops"] / 1e9, 3), round(c["img_per_s"], 1),
+                     f"{c['img_per_s'] / b['img_per_s']:.3f}", r.paper.get("params", "—"), _num(pp),
+                     f"{pp / pb:.3f}" if pp and pb else "—"])
+    size = cost[0]["img_size"] if cost else "?"
+    return [format_table(body, headers, markdown=True), "",
+            f"Measured at {size} px, fp32 inference, batch and repeats from the budget, models timed round-robin in "
+            "one process; compare the ratios, not the absolute img/s (different hardware)."]

@@ -1,0 +1,361 @@
+"""``cpvt reproduce``: CPVT's tables at a budget one machine can afford, beside the paper's numbers.
+
+The experiments are data, under ``experiments/`` at the repository root:
+
+* one TOML file per table row (``t1_encodings/peg.toml`` ...), saying *what* is
+  compared: a model name with ``{size}`` left open, model overrides, and the
+  paper's number for that row;
+* ``budgets.toml``: *how much*: model size, datasets, training overrides,
+  test scales and seeds for ``smoke``, ``cpu`` and ``gpu``;
+* ``claims.toml``: the paper's claims as comparisons between rows, each
+  checked on our numbers.
+
+A sweep turns rows into training runs (identical runs shared by several rows
+are trained once), trains what is not finished (an interrupted run resumes
+from its last checkpoint; a finished one is skipped), evaluates each run at
+every test scale without fine-tuning, and writes ``report.md`` with one table
+per experiment, plots, and one reproduced / not reproduced line per claim.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TABLES = ("T1", "T2", "T3", "T4", "T5")
+TRAINED = ("T1", "T3", "T4")  # tables whose rows train a model (T2 reuses T1's runs, T5 trains nothing)
+BUDGETS = ("smoke", "cpu", "gpu")
+TITLES = {
+    "T1": "T1: position encodings (top-1 at the training resolution)",
+    "T2": "T2: resolution, trained at one size and tested without fine-tuning",
+    "T3": "T3: where the PEG goes",
+    "T4": "T4: what makes a PEG work",
+    "T5": "T5: cost",
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def experiments_dir(path: str | Path | None = None) -> Path:
+    """``path``, else ``$CPVT_EXPERIMENTS``, else ``./experiments``, else the repository's."""
+    candidates = [path, os.environ.get("CPVT_EXPERIMENTS"), "experiments", Path(__file__).resolve().parents[2] / "experiments"]
+    for c in candidates:
+        if c is not None and (Path(c) / "budgets.toml").exists():
+            return Path(c)
+    where = path or os.environ.get("CPVT_EXPERIMENTS") or "./experiments"
+    raise ValueError(f"no experiments folder with a budgets.toml at {where}; pass --experiments DIR (the repository's experiments/)")
+
+
+@dataclass
+class Row:
+    """One table row: a file under ``experiments/<table folder>/``."""
+
+    id: str  # "t1_encodings/peg"
+    table: str
+    label: str
+    model: str | None = None  # may contain {size}
+    model_args: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None  # T2: the T1 row whose runs it reads
+    order: int = 0  # position in its table
+
+
+def load_rows(root: Path) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for path in sorted(root.glob("t*/*.toml")):
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+        rid = f"{path.parent.name}/{path.stem}"
+        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order"}
+        if unknown or d.get("table") not in TABLES:
+            raise ValueError(f"{path}: needs table = one of {TABLES}; unknown keys {sorted(unknown)}")
+        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)))
+    for r in rows.values():
+        if r.table == "T2" and r.run not in rows:
+            raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")
+        if r.table != "T2" and not r.model:
+            raise ValueError(f"experiments/{r.id}.toml: needs model = ...")
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1].table, kv[1].order, kv[0])))
+
+
+def load_budget(root: Path, name: str) -> dict[str, Any]:
+    with open(root / "budgets.toml", "rb") as f:
+        budgets = tomllib.load(f)
+    if name not in budgets:
+        raise ValueError(f"unknown budget {name!r}; {root / 'budgets.toml'} defines {', '.join(budgets)}")
+    return budgets[name]
+
+
+def load_claims(root: Path) -> list[dict[str, Any]]:
+    path = root / "claims.toml"
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("claim", [])
+
+
+def parse_tables(spec: str) -> list[str]:
+    """``all``, ``T1`` or ``t1,t3`` -> canonical table names, in order."""
+    if spec.lower() == "all":
+        return list(TABLES)
+    out = []
+    for part in spec.replace(" ", "").split(","):
+        t = part.upper()
+        if t not in TABLES:
+            raise ValueError(f"unknown table {part!r}; choose from {', '.join(TABLES)} or all (comma-separate several)")
+        out.append(t)
+    return sorted(set(out), key=TABLES.index)
+
+
+# ----------------------------------------------------------------------------- formulas
+
+_FUNCS = {"round": round, "list": list, "range": range, "min": min, "max": max, "int": int}
+_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple,
+          ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.USub)
+
+
+def evaluate_formula(text: str, **names: int) -> Any:
+    """A row's ``"= ..."`` value: arithmetic over ``depth`` and ``grid`` plus round/list/range/min/max/int."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"formula {text!r} does not parse: {e.msg}") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _NODES) or (isinstance(node, ast.Name) and node.id not in {**_FUNCS, **names}):
+            raise ValueError(f"formula {text!r}: only arithmetic over {sorted(names)} and {sorted(_FUNCS)} is allowed")
+    return eval(compile(tree, "<formula>", "eval"), {"__builtins__": {}}, {**_FUNCS, **names})  # noqa: S307 (checked above)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Job:
+    """One training run, shared by every (row, seed) that resolves to it."""
+
+    data: str
+    dir: Path
+    config: Any  # TrainConfig
+    sizes: dict[str, int]  # scale label -> test size in px
+    eval_limit: int | None
+    members: list[tuple[str, int]] = field(default_factory=list)  # (row id, seed)
+
+    @property
+    def result_path(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def done(self) -> bool:
+        return self.result_path.exists()
+
+
+def _seeds(table: str, entry: dict, budget: dict, override: int | None) -> int:
+    if override:
+        return override
+    t = "T1" if table == "T2" else table
+    return int(entry.get("seeds", {}).get(t) or budget.get("seeds", {}).get(t) or 1)
+
+
+def _test_sizes(img_size: int, patch: int, scales: list[float]) -> dict[str, int]:
+    grid = img_size // patch
+    return {f"{s:g}": patch * max(1, round(s * grid)) for s in scales}
+
+
+def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_root: str | None = None,
+               cache_dir: str | None = None):
+    """The TrainConfig of one (row, dataset, seed): recipe <- budget [train] <- model <- model_args <- seed."""
+    from .config import apply_overrides, resolve_config
+    from .models import model_args as registry_args
+
+    size = entry.get("size", budget.get("size", "micro"))
+    model = row.model.format(size=size)
+    cfg = resolve_config(entry.get("recipe"), {"model": model, "data": entry["data"], "img_size": entry.get("img_size"),
+                                               "data_root": data_root, "cache_dir": cache_dir})
+    apply_overrides(cfg, dict(entry.get("train", {})))
+    args = {**entry.get("model_args", {}), **row.model_args}
+    base = registry_args(model, **{k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))})
+    img_size = cfg.img_size or base["img_size"]
+    img_size = img_size if isinstance(img_size, int) else img_size[0]
+    names = {"depth": int(base["depth"]), "grid": int(img_size) // int(base["patch_size"])}
+    cfg.model_args = {k: evaluate_formula(v[1:], **names) if isinstance(v, str) and v.startswith("=") else v
+                      for k, v in args.items()}
+    from .pos import all_encoding_options
+
+    defaults = {**all_encoding_options(), **registry_args(model)}
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    # an override equal to the model's default is dropped, so rows that mean the same run share it
+    cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
+    cfg.img_size, cfg.seed = int(img_size), seed
+    key = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "seed", "data_root", "cache_dir", "workers")}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    cfg.out = str(out / "runs" / entry["data"] / f"{model}-{digest}-s{seed}")
+    return cfg, int(base["patch_size"])
+
+
+def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,
+         data_root: str | None = None, cache_dir: str | None = None) -> list[Job]:
+    """Every training run the tables need, deduplicated, in a stable order."""
+    rows, budget = load_rows(root), load_budget(root, budget_name)
+    jobs: dict[str, Job] = {}
+    for entry in budget.get("datasets", []):
+        for table in tables:
+            if table not in entry.get("tables", []) or table == "T5":
+                continue
+            table_rows = [r for r in rows.values() if r.table == table]
+            if table == "T2":
+                table_rows = [rows[r.run] for r in table_rows]
+            for row in table_rows:
+                for seed in range(_seeds(table, entry, budget, seeds)):
+                    cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
+                    job = jobs.get(cfg.out)
+                    if job is None:
+                        sizes = _test_sizes(cfg.img_size, patch, budget.get("scales", [1.0]))
+                        job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"))
+                    if (row.id, seed) not in job.members:
+                        job.members.append((row.id, seed))
+    return list(jobs.values())
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train (or resume) one run, then evaluate its final weights at every test size."""
+    from .engine import train
+    from .evaluate import evaluate_runs
+    from .info import count_params
+    from .checkpoint import load_checkpoint
+
+    t0 = time.perf_counter()
+    metrics = train(job.config, resume=True)
+    train_s = time.perf_counter() - t0
+    last = job.dir / "last.safetensors"
+    [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit)
+    model = load_checkpoint(last).build_model()
+    result = {
+        "data": job.data, "model": job.config.model, "model_args": job.config.model_args, "seed": job.config.seed,
+        "rows": [m[0] for m in job.members], "train_size": job.config.img_size, "epochs": job.config.epochs,
+        "sizes": job.sizes,
+        "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
+        "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
+        "eval_images": res["sizes"][str(job.sizes[next(iter(job.sizes))])].get("images"),
+        **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
+        "eval_s": round(time.perf_counter() - t0 - train_s, 1),
+    }
+    _write_json(job.result_path, result)
+    return result
+
+
+def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """T5: parameters, FLOPs and inference throughput, measured round-robin in one process (ratios compare)."""
+    import torch
+
+    from .info import count_flops, count_params
+    from .models import create_model
+
+    path = out / "cost.json"
+    key = {"rows": [r.id for r in rows], "cost": cost}
+    if path.exists():
+        prev = json.loads(path.read_text())
+        if prev.get("key") == key:
+            print("T5: cost already measured (cost.json)", flush=True)
+            return prev["rows"]
+    batch, iters, warmup = int(cost.get("batch_size", 16)), int(cost.get("iters", 3)), int(cost.get("warmup", 1))
+    models, results = {}, []
+    for r in rows:
+        m = create_model(r.model, **({"img_size": cost["img_size"]} if "img_size" in cost else {})).eval()
+        size = m.img_size[0]
+        info = {"row": r.id, "model": r.model, "img_size": size, **count_params(m), "flops": count_flops(m, size)}
+        models[r.id] = (m, torch.randn(batch, 3, size, size))
+        results.append(info)
+    times: dict[str, list[float]] = {r.id: [] for r in rows}
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            for r in rows:  # round-robin so that drifts in machine speed hit every model alike
+                m, x = models[r.id]
+                t = time.perf_counter()
+                m(x)
+                if i >= warmup:
+                    times[r.id].append(time.perf_counter() - t)
+            print(f"T5: timing round {i + 1}/{warmup + iters}", flush=True)
+    for info in results:
+        info["img_per_s"] = batch / statistics.median(times[info["row"]])
+    _write_json(path, {"key": key, "rows": results})
+    return results
+
+
+def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None, out: str | None = None,
+              experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None) -> Path:
+    """Run (or resume) a sweep and write its report; returns the report path."""
+    root = experiments_dir(experiments)
+    wanted = parse_tables(tables)
+    if budget not in BUDGETS and budget not in tomllib.loads((root / "budgets.toml").read_text()):
+        raise ValueError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    spec = load_budget(root, budget)
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    out_dir = Path(out or f"runs/reproduce/{budget}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    todo = [j for j in jobs if not j.done]
+    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}: {len(jobs)} training runs, "
+          f"{len(jobs) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}", flush=True)
+    spent: list[float] = []
+    for k, job in enumerate(todo, 1):
+        eta = f", about {statistics.mean(spent) * (len(todo) - k + 1) / 60:.0f} min left" if spent else ""
+        print(f"\n[{k}/{len(todo)}{eta}] {job.data}: {', '.join(sorted({m[0] for m in job.members}))} "
+              f"(seed {job.config.seed}) -> {job.dir}", flush=True)
+        t = time.perf_counter()
+        res = run_job(job)
+        spent.append(time.perf_counter() - t)
+        print(f"    top-1 by scale: " + ", ".join(f"{s}x {v:.2f}" for s, v in res["scales"].items()), flush=True)
+    cost = None
+    if "T5" in wanted:
+        rows = [r for r in load_rows(root).values() if r.table == "T5"]
+        cost = measure_cost(rows, spec.get("cost", {}), out_dir)
+    results = [json.loads(j.result_path.read_text()) for j in jobs]
+    from .report import write_report
+
+    path = write_report(root, budget, spec, wanted, results, cost, out_dir,
+                        command=_command(tables, budget, seeds, out), elapsed=time.perf_counter() - t0)
+    print(f"\nreport: {path}", flush=True)
+    return path
+
+
+def _command(tables: str, budget: str, seeds: int | None, out: str | None) -> str:
+    parts = ["cpvt reproduce", tables, "--budget", budget]
+    if seeds:
+        parts += ["--seeds", str(seeds)]
+    if out:
+        parts += ["--out", out]
+    return " ".join(parts)
+
+
+def environment() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+
+
+def nan_safe_mean(v: list[float]) -> float:
+    return statistics.mean(v) if v else math.nan
