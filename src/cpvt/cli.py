@@ -139,6 +139,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    analyze(args.kind, args.models, data=args.data, out=args.out, images=args.images, img_size=args.img_size,
+            seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
+            data_root=args.data_root, cache_dir=args.cache_dir)
+    return 0
+
+
 def parse_sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -208,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_reproduce)
+
+    s = sub.add_parser("analyze", help="equivariance, position probe, attention and PEG maps of models or runs")
+    s.add_argument("kind", choices=["equivariance", "position", "attention", "peg"])
+    s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders")
+    s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
+    s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
+    s.add_argument("--images", type=int, default=64, help="number of real images (default 64)")
+    s.add_argument("--img-size", type=int, help="input size (default: each model's training size)")
+    s.add_argument("--seed", type=int, default=0, help="seed for random weights and generated images")
+    s.add_argument("--offsets", type=parse_sizes, help="equivariance: shifts in px, e.g. 1,2,4,8 (default: sub-patch and 1-3 patches)")
+    s.add_argument("--shift-mode", default="canvas", help="equivariance: canvas (padded, nothing cropped) | circular (rolled)")
+    s.add_argument("--blocks", type=parse_sizes, help="attention: blocks whose query maps are drawn (default: first, middle, last)")
+    s.add_argument("--data-root")
+    s.add_argument("--cache-dir")
+    s.set_defaults(fn=cmd_analyze)
     return p
 
 

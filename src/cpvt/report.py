@@ -113,16 +113,17 @@ def judge(claim: dict[str, Any], res: Results, data: str) -> dict[str, Any] | No
     """Evaluate one claim on one dataset; None when a side has no results there."""
     a = claim["a"]
     b = claim["b"]
+    sides = [a] + ([] if isinstance(b, (int, float)) else [b])
+    if not all(res.has(data, s.partition(":")[0]) for s in sides):
+        return None  # a row this dataset does not train
     sa = res.metric(data, a)
-    if not sa.n:
-        return None
+    sb = Stats([float(b)] * sa.n) if isinstance(b, (int, float)) else res.metric(data, b)
+    if not sa.n or not sb.n:
+        return {"claim": claim["text"], "data": data, "ok": False, "within_noise": False, "checked": False,
+                "verdict": "not checked (this budget does not test that resolution)", "paper": claim.get("paper", "")}
     if isinstance(b, (int, float)):
-        sb = Stats([float(b)] * sa.n)
         diff = Stats([x - float(b) for x in sa.values])
     else:
-        sb = res.metric(data, b)
-        if not sb.n:
-            return None
         diff = res.paired_diff(data, a, b)
     d = sa.mean - sb.mean
     rel = claim["relation"]
@@ -136,7 +137,7 @@ def judge(claim: dict[str, Any], res: Results, data: str) -> dict[str, Any] | No
         noise, how = (pooled * math.sqrt(2), "1 seed; noise from the pooled seed sd") if pooled else (None, "1 seed")
     within = noise is not None and rel != "~" and abs(d) <= noise
     verdict = ("reproduced" if ok else "not reproduced") + (" (within seed noise)" if within else "")
-    return {"claim": claim["text"], "data": data, "a": sa.mean, "b": sb.mean, "diff": d, "noise": noise,
+    return {"claim": claim["text"], "data": data, "checked": True, "a": sa.mean, "b": sb.mean, "diff": d, "noise": noise,
             "noise_basis": how, "relation": rel, "ok": ok, "within_noise": within, "verdict": verdict,
             "paper": claim.get("paper", "")}
 
@@ -314,11 +315,16 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     verdicts = [v for data in res.datasets for c in claims if (v := judge(c, res, data)) is not None]
     if verdicts:
         n_ok = sum(v["ok"] for v in verdicts)
+        n_checked = sum(v["checked"] for v in verdicts)
+        n_clear = sum(v["ok"] and not v["within_noise"] for v in verdicts)
         lines += ["## The paper's claims, checked", "",
-                  f"{n_ok} of {len(verdicts)} checks go the paper's way. \"Within seed noise\" marks a difference "
+                  f"{n_ok} of {n_checked} checks go the paper's way, {n_clear} of them by more than the seed noise. \"Within seed noise\" marks a difference "
                   "smaller than its noise estimate (the sd of the per-seed paired difference over sqrt(n), or, "
                   "with one seed, the pooled seed sd times sqrt 2): its direction is not established by this run.", ""]
         for v in verdicts:
+            if not v["checked"]:
+                lines.append(f"- ➖ **{v['verdict']}** [{v['data']}]: {v['claim']}; paper {v['paper']}.")
+                continue
             mark = "✅" if v["ok"] and not v["within_noise"] else ("⚠️" if v["within_noise"] else "❌")
             noise = f", noise {v['noise']:.2f}" if v["noise"] is not None else ""
             lines.append(f"- {mark} **{v['verdict']}** [{v['data']}]: {v['claim']}. Ours {v['a']:.2f} vs "

@@ -25,6 +25,8 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.keep_attn = False  # analysis: also compute and keep the attention probabilities
+        self.last_attn: Tensor | None = None  # (B, heads, T, T) when keep_attn
 
     def _heads(self, t: Tensor, parts: int) -> Tensor:
         b, n, _ = t.shape  # (B, T, parts*C) -> (parts, B, heads, T, head_dim)
@@ -41,6 +43,9 @@ class Attention(nn.Module):
             q, k = self._heads(F.linear(qk_input, w[: 2 * c], None if bias is None else bias[: 2 * c]), 2).unbind(0)
             v = self._heads(F.linear(x, w[2 * c :], None if bias is None else bias[2 * c :]), 1)[0]
         mask = None if pos.attn_bias is None else pos.attn_bias.to(q.dtype)  # (heads, T, T)
+        if self.keep_attn:  # the same logits SDPA uses, made explicit
+            logits = (q.float() @ k.float().transpose(-2, -1)) * self.head_dim**-0.5
+            self.last_attn = (logits if mask is None else logits + mask.float()).softmax(dim=-1).detach()
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
         return self.proj_drop(self.proj(x))

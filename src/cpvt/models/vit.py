@@ -126,6 +126,18 @@ class VisionTransformer(nn.Module):
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> normed tokens (B, P + H/p * W/p, D)."""
+        *_, last = self._stages(x)
+        return self.norm(last)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The token stream at every stage, ``depth + 1`` tensors (B, P + N, D), un-normed.
+
+        Entry 0 is the input to block 0 (patch embedding, added encodings, a PEG at
+        -1); entry ``i + 1`` is the output of block ``i`` (and of a PEG after it).
+        """
+        return list(self._stages(x))
+
+    def _stages(self, x: Tensor):
         x, grid = self.patch_embed(x)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
@@ -134,10 +146,11 @@ class VisionTransformer(nn.Module):
             x = enc.add(x, grid)
         x = self.pos_drop(x)
         x, qk = self._between(x, grid, -1)
+        yield x
         for i, blk in enumerate(self.blocks):
             x = blk(x, self._block_position(grid, i, qk))
             x, qk = self._between(x, grid, i)
-        return self.norm(x)
+            yield x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes), or pooled features (B, D)."""

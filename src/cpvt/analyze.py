@@ -1,0 +1,551 @@
+"""``cpvt analyze``: see the position information inside a model.
+
+Four measurements, each for one or several models side by side (registry names
+with random weights, or trained runs), each writing PNG plots and a JSON of
+the numbers and printing a short table:
+
+* ``equivariance``: shift the image content and compare ``F(shift(x))`` with
+  ``shift(F(x))`` token by token at every block, and count how often the top-1
+  prediction survives the shift;
+* ``position``: a position-information probe after Islam et al. 2020 ("How
+  much position information do convolutional neural networks encode?"): a
+  per-token linear readout, fitted in closed form on frozen tokens, predicts
+  position maps (horizontal and vertical gradients, a centred Gaussian) on real,
+  constant and noise images;
+* ``attention``: mean attention distance per block and head, and the attention
+  maps of centre, edge and corner queries (CPVT's Fig. 3/4);
+* ``peg``: what each PEG adds to each token, ``||PEG(x) - x||``, on constant
+  and real images: the border signal that zero padding creates.
+
+A model is named as ``MODEL`` or ``MODEL:key=value,key=value`` (registry
+overrides, e.g. ``cpvt_micro_gap:peg_padding=circular``), or as a run folder /
+checkpoint file.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .table import format_table
+
+KINDS = ("equivariance", "position", "attention", "peg")
+
+
+# ----------------------------------------------------------------------------- models and images
+
+
+@dataclass
+class Subject:
+    """A model under analysis and what it expects."""
+
+    label: str
+    model: nn.Module
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    data: str | None  # the dataset it was trained on (None: random weights)
+
+
+def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = spec.partition(":")
+    overrides: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        if "=" not in part:
+            raise ValueError(f"model spec {spec!r}: expected MODEL:key=value,key=value")
+        k, v = part.split("=", 1)
+        try:
+            overrides[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            overrides[k.strip()] = v
+    return name, overrides
+
+
+def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Subject:
+    """A registry model (random weights, seeded) or a trained run folder / checkpoint."""
+    from .models import create_model, list_models
+
+    p = Path(spec)
+    if p.exists():
+        from .checkpoint import load_checkpoint
+        from .evaluate import resolve_checkpoint
+
+        ckpt = load_checkpoint(resolve_checkpoint(p))
+        if not ckpt.meta:
+            raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
+        model = ckpt.build_model().eval()
+        cfg = ckpt.config
+        label = p.name if p.is_dir() else p.parent.name
+        return Subject(f"{label} ({ckpt.meta['model_name']})", model, int(cfg.get("img_size") or model.img_size[0]),
+                       tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                       cfg.get("data"))
+    name, overrides = _parse_spec(spec)
+    if name not in list_models():
+        raise ValueError(f"{spec!r} is neither a run folder, a checkpoint nor a registered model (see `cpvt models`)")
+    torch.manual_seed(seed)
+    if num_classes is not None:
+        overrides.setdefault("num_classes", num_classes)
+    model = create_model(name, **overrides).eval()
+    return Subject(spec, model, int(model.img_size[0]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None)
+
+
+def image_batch(kind: str, n: int, size: int, seed: int = 0, data: str | None = None, data_root: str | None = None,
+                cache_dir: str | None = None) -> Tensor:
+    """uint8 images (n, 3, size, size): ``real`` (from ``data``), ``constant`` (one random colour each) or ``noise``."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "constant":
+        return (torch.randint(0, 256, (n, 3, 1, 1), generator=g, dtype=torch.uint8)).expand(n, 3, size, size).clone()
+    if kind == "noise":
+        return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    if kind == "real":
+        from .data import open_source
+
+        source = open_source(data or "synthetic", data_root=data_root, cache_dir=cache_dir)
+        split = "val" if "val" in source.splits else "test"
+        return source.split(split, size, mode="eval", crop_pct=1.0, limit=n).images[:n]
+    raise ValueError(f"unknown image kind {kind!r}; use real, constant or noise")
+
+
+def normalise(images: Tensor, subject: Subject) -> Tensor:
+    mean = torch.tensor(subject.mean).view(1, 3, 1, 1)
+    std = torch.tensor(subject.std).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def _patch_tokens(tokens: Tensor, model: nn.Module, grid: tuple[int, int]) -> Tensor:
+    """(B, P + N, D) -> (B, D, H, W), prefix tokens dropped."""
+    x = tokens[:, model.num_prefix :]
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+
+
+@torch.no_grad()
+def stage_maps(model: nn.Module, x: Tensor, batch: int = 64) -> list[Tensor]:
+    """Patch-token maps (B, D, H, W) at every stage (input to block 0, then after each block)."""
+    grid = model.grid_for(tuple(x.shape[-2:]))
+    out: list[list[Tensor]] = []
+    for i in range(0, len(x), batch):
+        stages = model.forward_intermediates(x[i : i + batch])
+        for j, t in enumerate(stages):
+            if len(out) <= j:
+                out.append([])
+            out[j].append(_patch_tokens(t.float(), model, grid))
+    return [torch.cat(o) for o in out]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- equivariance
+
+
+def _shift(images: Tensor, d: int, mode: str, margin: int) -> Tensor:
+    """Move the content by ``d`` pixels right and down: rolled (circular) or on a padded canvas."""
+    if mode == "circular":
+        return torch.roll(images, shifts=(d, d), dims=(2, 3))
+    b, c, h, w = images.shape
+    canvas = images.new_zeros(b, c, h + 2 * margin, w + 2 * margin)
+    canvas[:, :, margin + d : margin + d + h, margin + d : margin + d + w] = images
+    return canvas
+
+
+@torch.no_grad()
+def equivariance(subject: Subject, images: Tensor, offsets: list[int], mode: str = "canvas") -> dict[str, Any]:
+    """Per-offset, per-stage relative token error and top-1 agreement.
+
+    Error at stage s: ``||F_s(shift(x))[aligned] - F_s(x)[aligned]|| / ||F_s(x)[aligned]||`` over the patch tokens
+    both grids hold, the token shift being ``round(d / patch)``. Inputs are already normalised (0 = mean colour, so
+    the canvas is filled with the dataset's mean colour).
+    """
+    model, p = subject.model, subject.model.patch_size
+    margin = 0 if mode == "circular" else p * math.ceil(max(max(offsets), 0) / p)
+    base_img = _shift(images, 0, mode, margin)
+    base = stage_maps(model, base_img)
+    base_pred = model(base_img).argmax(-1)
+    out: dict[str, Any] = {"offsets": offsets, "mode": mode, "error": {}, "agreement": {}}
+    for d in offsets:
+        shifted_img = _shift(images, d, mode, margin)
+        shifted = stage_maps(model, shifted_img)
+        t = round(d / p)
+        errs = []
+        for a, b in zip(base, shifted):
+            if mode == "circular":
+                a_al, b_al = torch.roll(a, shifts=(t, t), dims=(2, 3)), b
+            else:
+                h, w = a.shape[-2:]
+                a_al, b_al = a[:, :, : h - t, : w - t], b[:, :, t:, t:]
+            errs.append(((b_al - a_al).norm() / a_al.norm().clamp_min(1e-12)).item())
+        out["error"][str(d)] = errs
+        out["agreement"][str(d)] = 100 * (model(shifted_img).argmax(-1) == base_pred).float().mean().item()
+    return out
+
+
+def plot_equivariance(results: dict[str, dict[str, Any]], patch: int, path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    for label, r in results.items():
+        offs = r["offsets"]
+        axes[0].plot(offs, [r["error"][str(d)][-1] for d in offs], marker="o", label=label)
+        whole = [d for d in offs if d % patch == 0 and d > 0]
+        d = whole[0] if whole else offs[-1]
+        axes[1].plot(range(len(r["error"][str(d)])), r["error"][str(d)], marker="o", label=f"{label} (shift {d}px)")
+        axes[2].plot(offs, [r["agreement"][str(d)] for d in offs], marker="o", label=label)
+    axes[0].set(xlabel="shift (px)", ylabel="relative token error, last block", title="equivariance error vs shift")
+    axes[1].set(xlabel="stage (0 = input to block 0)", ylabel="relative token error", title="equivariance error vs depth")
+    axes[2].set(xlabel="shift (px)", ylabel="top-1 unchanged (%)", title="prediction stability")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        for x in range(patch, max(max(r["offsets"]) for r in results.values()) + 1, patch):
+            if ax is not axes[1]:
+                ax.axvline(x, color="grey", lw=0.5, ls=":")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- position probe
+
+
+def position_targets(h: int, w: int) -> Tensor:
+    """(3, h, w): horizontal gradient, vertical gradient, centred Gaussian (all in [0, 1])."""
+    ys = torch.linspace(0, 1, h).view(h, 1).expand(h, w)
+    xs = torch.linspace(0, 1, w).view(1, w).expand(h, w)
+    gauss = torch.exp(-((xs - 0.5) ** 2 + (ys - 0.5) ** 2) / (2 * 0.25**2))
+    return torch.stack([xs, ys, gauss])
+
+
+TARGETS = ("horizontal", "vertical", "gaussian")
+
+
+def _ranks(v: Tensor) -> Tensor:
+    return v.argsort(dim=-1).argsort(dim=-1).float()
+
+
+def spearman(pred: Tensor, target: Tensor) -> Tensor:
+    """Rank correlation along the last dim; 0 where either side is constant."""
+    a, b = _ranks(pred), _ranks(target)
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    den = a.norm(dim=-1) * b.norm(dim=-1)
+    constant = (pred.std(dim=-1) < 1e-6) | (target.std(dim=-1) < 1e-6)
+    return torch.where(constant, torch.zeros_like(den), (a * b).sum(-1) / den.clamp_min(1e-12))
+
+
+def probe_stage(train: Tensor, test: Tensor, ridge: float = 1e-3) -> dict[str, Any]:
+    """Fit a per-token linear readout (ridge, closed form) from (B, D, H, W) tokens to the position maps."""
+    _, d, h, w = train.shape
+    target = position_targets(h, w)  # (3, H, W)
+    X = train.permute(0, 2, 3, 1).reshape(-1, d)
+    mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
+    Xn = torch.cat([(X - mu) / sd, torch.ones(len(X), 1)], 1).double()
+    Y = target.permute(1, 2, 0).reshape(1, h * w, 3).expand(train.shape[0], -1, -1).reshape(-1, 3).double()
+    A = Xn.T @ Xn + ridge * len(Xn) * torch.eye(d + 1, dtype=torch.double)
+    W = torch.linalg.solve(A, Xn.T @ Y)
+    Xt = torch.cat([(test.permute(0, 2, 3, 1).reshape(-1, d) - mu) / sd, torch.ones(test.shape[0] * h * w, 1)], 1)
+    pred = (Xt.double() @ W).float().reshape(test.shape[0], h * w, 3).permute(0, 2, 1)  # (B, 3, N)
+    tgt = target.reshape(1, 3, h * w).expand_as(pred)
+    rho = spearman(pred, tgt).mean(0)  # (3,)
+    mae = (pred - tgt).abs().mean(dim=(0, 2))  # (3,)
+    return {"spearman": dict(zip(TARGETS, rho.tolist())), "mae": dict(zip(TARGETS, mae.tolist())),
+            "example": pred[0].reshape(3, h, w)}
+
+
+@torch.no_grad()
+def position_probe(subject: Subject, images: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Any]:
+    """For each image kind: per-stage Spearman / MAE of the probe (fitted on train images, scored on test images)."""
+    out: dict[str, Any] = {}
+    for kind, (train_u8, test_u8) in images.items():
+        tr = stage_maps(subject.model, normalise(train_u8, subject))
+        te = stage_maps(subject.model, normalise(test_u8, subject))
+        per_stage = [probe_stage(a, b) for a, b in zip(tr, te)]
+        out[kind] = {
+            "spearman": [sum(s["spearman"].values()) / 3 for s in per_stage],
+            "mae": [sum(s["mae"].values()) / 3 for s in per_stage],
+            "per_target": [{"spearman": s["spearman"], "mae": s["mae"]} for s in per_stage],
+            "example": per_stage[-1]["example"].tolist(),
+        }
+    return out
+
+
+def plot_position(results: dict[str, dict[str, Any]], curves: Path, maps: Path) -> tuple[Path, Path]:
+    plt = _plt()
+    kinds = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), dpi=110, squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for label, r in results.items():
+            ax.plot(range(len(r[kind]["spearman"])), r[kind]["spearman"], marker="o", label=label)
+        ax.set(title=f"{kind} images", xlabel="stage (0 = input to block 0)", ylabel="probe Spearman ρ (mean of 3 maps)",
+               ylim=(-0.1, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, curves)
+    kind = "constant" if "constant" in kinds else kinds[0]
+    n = len(results)
+    fig, axes = plt.subplots(n + 1, 3, figsize=(7, 2.3 * (n + 1)), dpi=110, squeeze=False)
+    example = torch.tensor(next(iter(results.values()))[kind]["example"])
+    target = position_targets(*example.shape[-2:])
+    for j, name in enumerate(TARGETS):
+        axes[0][j].imshow(target[j], cmap="viridis", vmin=0, vmax=1)
+        axes[0][j].set_title(f"target: {name}", fontsize=8)
+    for i, (label, r) in enumerate(results.items(), 1):
+        ex = torch.tensor(r[kind]["example"])
+        for j in range(3):
+            axes[i][j].imshow(ex[j], cmap="viridis", vmin=0, vmax=1)
+            axes[i][j].set_title(f"{label}\nρ={r[kind]['per_target'][-1]['spearman'][TARGETS[j]]:.2f}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"probe predictions from the last block, {kind} input", fontsize=9)
+    return curves, _save(fig, maps)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    return [blk.attn for blk in model.blocks]
+
+
+@torch.no_grad()
+def attention_maps(subject: Subject, x: Tensor) -> list[Tensor]:
+    """Attention probabilities of every block, (B, heads, T, T), with the model's own biases."""
+    mods = _attention_modules(subject.model)
+    for m in mods:
+        m.keep_attn = True
+    try:
+        subject.model(x)
+        return [m.last_attn for m in mods]
+    finally:
+        for m in mods:
+            m.keep_attn, m.last_attn = False, None
+
+
+def query_tokens(h: int, w: int) -> dict[str, int]:
+    """Patch-grid indices of the centre, the middle of the left edge, and the top-left corner."""
+    return {"centre": (h // 2) * w + w // 2, "edge": (h // 2) * w, "corner": 0}
+
+
+@torch.no_grad()
+def attention_analysis(subject: Subject, x: Tensor, blocks: list[int] | None = None) -> dict[str, Any]:
+    model = subject.model
+    h, w = model.grid_for(tuple(x.shape[-2:]))
+    p, pre = model.patch_size, model.num_prefix
+    attn = attention_maps(subject, x)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], 1).float() * p
+    dist = torch.cdist(coords, coords)  # (N, N) pixels
+    mean_dist = []
+    for a in attn:
+        patch = a[:, :, pre:, pre:]  # patch queries to patch keys
+        patch = patch / patch.sum(-1, keepdim=True).clamp_min(1e-12)
+        mean_dist.append((patch * dist).sum(-1).mean(dim=(0, 2)).tolist())  # per head
+    depth = len(attn)
+    blocks = blocks if blocks is not None else sorted({0, depth // 2, depth - 1})
+    for b in blocks:
+        if not -depth <= b < depth:
+            raise ValueError(f"block {b} out of range for depth {depth}")
+    queries = query_tokens(h, w)
+    maps = {}
+    for b in blocks:
+        a = attn[b][:, :, pre:, pre:].mean(dim=(0, 1))  # (N, N), averaged over images and heads
+        maps[str(b % depth)] = {q: (a[i] / a[i].max().clamp_min(1e-12)).reshape(h, w).tolist() for q, i in queries.items()}
+    return {"grid": [h, w], "patch": p, "mean_distance": mean_dist, "maps": maps,
+            "row_sums_max_error": max((a.sum(-1) - 1).abs().max().item() for a in attn)}
+
+
+def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dist_path: Path, maps_path: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, r in results.items():
+        md = torch.tensor(r["mean_distance"])  # (blocks, heads)
+        (line,) = ax.plot(range(len(md)), md.mean(1).tolist(), marker="o", label=label)
+        for hd in range(md.shape[1]):
+            ax.scatter(range(len(md)), md[:, hd].tolist(), s=8, color=line.get_color(), alpha=0.4)
+    ax.set(xlabel="block", ylabel="mean attention distance (px)", title="attention distance (dots: heads)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, dist_path)
+    rows = [(label, b) for label, r in results.items() for b in r["maps"]]
+    queries = list(query_tokens(2, 2))
+    fig, axes = plt.subplots(len(rows), len(queries), figsize=(2.4 * len(queries), 2.3 * len(rows)), dpi=110,
+                             squeeze=False)
+    for i, (label, b) in enumerate(rows):
+        r = results[label]
+        h, w = r["grid"]
+        for j, q in enumerate(queries):
+            ax = axes[i][j]
+            m = torch.tensor(r["maps"][b][q])
+            if image is not None and tuple(image.shape[-2:]) == (h * r["patch"], w * r["patch"]):
+                ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, w, h, 0))
+                ax.imshow(m.numpy(), cmap="inferno", alpha=0.6, extent=(0, w, h, 0))
+            else:
+                ax.imshow(m.numpy(), cmap="inferno", extent=(0, w, h, 0))
+            qi = query_tokens(h, w)[q]
+            ax.scatter([qi % w + 0.5], [qi // w + 0.5], marker="x", color="cyan", s=30)
+            ax.set_title(f"{label}\nblock {b}, {q} query", fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return dist_path, _save(fig, maps_path)
+
+
+# ----------------------------------------------------------------------------- PEG response
+
+
+@torch.no_grad()
+def peg_response(subject: Subject, x: Tensor) -> dict[str, Any]:
+    """Mean ``||F(x)||`` (the PEG's added term) per token, for every PEG generator."""
+    model = subject.model
+    peg = getattr(model, "pos_block", None)
+    if peg is None or not hasattr(peg, "generators_at"):
+        raise ValueError(f"{subject.label} has no PEG (pos_block); `cpvt analyze peg` needs a CPVT-style model")
+    captured: dict[str, Tensor] = {}
+    hooks = []
+    for j, pos in enumerate(peg.positions):
+        gen = peg.get_submodule(str(j))
+        hooks.append(gen.register_forward_hook(
+            lambda _m, _i, out, key=f"{j}@{pos}": captured.__setitem__(key, out.float().norm(dim=1).mean(0))))
+    try:
+        model(x)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    out = {}
+    for key, m in captured.items():
+        interior = m[1:-1, 1:-1] if min(m.shape) > 2 else m
+        border = torch.cat([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
+        out[key] = {"map": m.tolist(), "interior_mean": interior.mean().item(), "border_mean": border.mean().item(),
+                    "interior_spread": (interior.max() - interior.min()).item() / max(interior.mean().item(), 1e-12)}
+    return out
+
+
+def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
+    plt = _plt()
+    cells = [(label, kind, key) for label, per in results.items() for kind, r in per.items() for key in r]
+    cols = min(4, len(cells))
+    rows = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.6 * rows), dpi=110, squeeze=False)
+    for ax, (label, kind, key) in zip(axes.flat, cells):
+        r = results[label][kind][key]
+        im = ax.imshow(torch.tensor(r["map"]).numpy(), cmap="magma")
+        j, pos = key.split("@")
+        ax.set_title(f"{label}\n{kind} input, PEG after block {pos}\nborder/interior {r['border_mean'] / max(r['interior_mean'], 1e-12):.2f}",
+                     fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in list(axes.flat)[len(cells):]:
+        ax.axis("off")
+    fig.suptitle("||PEG(x) - x|| per token", fontsize=9)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    return obj
+
+
+def analyze(kind: str, specs: list[str], data: str | None = None, out: str | None = None, images: int = 64,
+            img_size: int | None = None, seed: int = 0, offsets: list[int] | None = None, shift_mode: str = "canvas",
+            blocks: list[int] | None = None, data_root: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """Run one analysis over several models; writes ``<out>/<kind>.json`` and PNGs, prints a table."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown analysis {kind!r}; choose from {', '.join(KINDS)}")
+    if shift_mode not in ("canvas", "circular"):
+        raise ValueError(f"--shift-mode must be canvas or circular, got {shift_mode!r}")
+    if images < 2:
+        raise ValueError(f"--images must be at least 2, got {images}")
+    subjects = [load_subject(s, seed) for s in specs]
+    if len({s.label for s in subjects}) < len(subjects):
+        raise ValueError("the same model was given twice")
+    data = data or next((s.data for s in subjects if s.data), None) or "synthetic"
+    out_dir = Path(out or f"runs/analysis/{kind}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    results: dict[str, Any] = {}
+    files: list[Path] = []
+    table_rows: list[list[Any]] = []
+    shown: Tensor | None = None
+    for s in subjects:
+        size = img_size or s.img_size
+        s.model.grid_for(size)  # clear error for a bad size
+        real = image_batch("real", images, size, seed, data, data_root, cache_dir)
+        if kind == "equivariance":
+            p = s.model.patch_size
+            offs = offsets or sorted({1, 2, p // 2, p, 2 * p, 3 * p} - {0})
+            r = equivariance(s, normalise(real, s), offs, shift_mode)
+            whole = next((d for d in offs if d % p == 0), offs[-1])
+            table_rows.append([s.label, f"{r['error'][str(whole)][0]:.3g}", f"{r['error'][str(whole)][-1]:.3g}",
+                               f"{r['agreement'][str(whole)]:.1f}", f"{min(r['agreement'].values()):.1f}"])
+            headers = ["model", f"error @{whole}px stage 0", f"error @{whole}px last", f"top-1 kept @{whole}px (%)",
+                       "worst top-1 kept (%)"]
+        elif kind == "position":
+            half = images // 2
+            kinds = {
+                "real": (real[:half], real[half:]),
+                "constant": (image_batch("constant", half, size, seed), image_batch("constant", half, size, seed + 1)),
+                "noise": (image_batch("noise", half, size, seed), image_batch("noise", half, size, seed + 1)),
+            }
+            r = position_probe(s, kinds)
+            table_rows.append([s.label] + [f"{max(r[k]['spearman']):.3f}" for k in kinds]
+                              + [f"{r['constant']['spearman'][-1]:.3f}", f"{r['constant']['mae'][-1]:.3f}"])
+            headers = ["model"] + [f"best ρ {k}" for k in kinds] + ["ρ constant, last", "MAE constant, last"]
+        elif kind == "attention":
+            r = attention_analysis(s, normalise(real[: min(images, 16)], s), blocks)
+            md = torch.tensor(r["mean_distance"]).mean(1)
+            table_rows.append([s.label, f"{md[0]:.2f}", f"{md[len(md) // 2]:.2f}", f"{md[-1]:.2f}",
+                               f"{r['row_sums_max_error']:.1e}"])
+            headers = ["model", "mean dist block 0 (px)", "middle", "last", "max |row sum - 1|"]
+            shown = real[0] if shown is None else shown
+        else:
+            headers = ["model", "PEG after block", "border/interior (constant)", "interior spread (constant)",
+                       "border/interior (real)"]
+            if not hasattr(getattr(s.model, "pos_block", None), "generators_at"):
+                print(f"skipping {s.label}: it has no PEG")
+                continue
+            const = image_batch("constant", 1, size, seed)
+            r = {"constant": peg_response(s, normalise(const, s)), "real": peg_response(s, normalise(real, s))}
+            for key, c in r["constant"].items():
+                table_rows.append([s.label, key.split("@")[1], f"{c['border_mean'] / max(c['interior_mean'], 1e-12):.3f}",
+                                   f"{c['interior_spread']:.2e}",
+                                   f"{r['real'][key]['border_mean'] / max(r['real'][key]['interior_mean'], 1e-12):.3f}"])
+        results[s.label] = r
+    if not results:
+        raise ValueError(f"none of {', '.join(specs)} has a PEG; `cpvt analyze peg` needs a CPVT-style model")
+    if kind == "equivariance":
+        files.append(plot_equivariance(results, subjects[0].model.patch_size, out_dir / "equivariance.png"))
+    elif kind == "position":
+        files.extend(plot_position(results, out_dir / "position_curves.png", out_dir / "position_maps.png"))
+    elif kind == "attention":
+        files.extend(plot_attention(results, shown, out_dir / "attention_distance.png", out_dir / "attention_maps.png"))
+    else:
+        files.append(plot_peg(results, out_dir / "peg_response.png"))
+    meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed}
+    (out_dir / f"{kind}.json").write_text(json.dumps({"meta": meta, "results": _to_jsonable(results)}, indent=1))
+    print(format_table(table_rows, headers))
+    print("\nwrote " + ", ".join(str(f) for f in files + [out_dir / f"{kind}.json"]))
+    return results

@@ -1,0 +1,133 @@
+"""`cpvt analyze`: the defining properties of each measurement, on micro models with random weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cpvt.analyze import (
+    attention_analysis,
+    attention_maps,
+    equivariance,
+    image_batch,
+    load_subject,
+    normalise,
+    peg_response,
+    position_probe,
+    spearman,
+)
+from cpvt.cli import main
+
+
+def _images(n=8, size=32, seed=0):
+    return image_batch("real", n, size, seed, "synthetic")
+
+
+def test_circular_peg_without_prefix_or_ape_is_exactly_equivariant_to_whole_patch_rolls():
+    peg = load_subject("cpvt_micro_gap:peg_padding=circular")
+    ape = load_subject("deit_micro")
+    x = normalise(_images(), peg)
+    r_peg = equivariance(peg, x, [4, 8, 12], mode="circular")
+    r_ape = equivariance(ape, x, [4, 8, 12], mode="circular")
+    for d in ("4", "8", "12"):
+        assert max(r_peg["error"][d]) < 1e-5
+        assert r_peg["agreement"][d] == 100.0
+        assert max(r_ape["error"][d]) > 1e-2  # the APE is added to fixed grid cells, so shifting content changes tokens
+    # with zero padding the border signal breaks circular equivariance after the PEG
+    zeros = equivariance(load_subject("cpvt_micro_gap"), x, [4], mode="circular")
+    assert zeros["error"]["4"][0] < 1e-5 and zeros["error"]["4"][-1] > 1e-2
+
+
+def test_sub_patch_shifts_break_equivariance_even_without_position_encoding():
+    nope = load_subject("deit_micro_nope")
+    r = equivariance(nope, normalise(_images(), nope), [1, 4], mode="canvas")
+    assert max(r["error"]["4"]) < 1e-5  # whole patches on a canvas: the token set only moves
+    assert r["error"]["1"][0] > 1e-2  # a 1 px shift changes every patch's content
+
+
+def test_probe_reads_position_from_an_ape_but_not_from_no_encoding_on_constant_images():
+    images = {"constant": (image_batch("constant", 16, 32, 0), image_batch("constant", 16, 32, 1))}
+    ape = position_probe(load_subject("deit_micro"), images)["constant"]
+    nope = position_probe(load_subject("deit_micro_nope"), images)["constant"]
+    assert max(ape["spearman"]) > 0.8
+    assert max(abs(v) for v in nope["spearman"]) < 0.05  # every token identical: nothing to read
+    assert min(ape["mae"]) < min(nope["mae"])
+
+
+def test_spearman_is_rank_correlation():
+    t = torch.arange(10.0)
+    assert spearman(t**3, t).item() == pytest.approx(1.0)
+    assert spearman(-t, t).item() == pytest.approx(-1.0)
+    assert spearman(torch.ones(10), t).item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["deit_micro", "cpvt_micro_gap", "deit_micro_rpe"])
+def test_attention_maps_sum_to_one_per_query(name):
+    s = load_subject(name)
+    x = normalise(_images(4), s)
+    maps = attention_maps(s, x)
+    assert len(maps) == len(s.model.blocks)
+    for a in maps:
+        assert a.shape[-1] == a.shape[-2] == 64 + s.model.num_prefix
+        torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5, rtol=0)
+    r = attention_analysis(s, x)
+    assert r["row_sums_max_error"] < 1e-5
+    assert all(0 < d < 32 * 1.5 for row in r["mean_distance"] for d in row)
+    # the attention hooks are switched off afterwards: the fast path is back
+    assert all(not blk.attn.keep_attn and blk.attn.last_attn is None for blk in s.model.blocks)
+
+
+def test_peg_on_a_constant_image_shows_the_zero_padding_border_and_nothing_with_circular_padding():
+    const = image_batch("constant", 1, 32, 0)
+    zeros = load_subject("cpvt_micro_gap")
+    circ = load_subject("cpvt_micro_gap:peg_padding=circular")
+    z = torch.tensor(peg_response(zeros, normalise(const, zeros))["0@0"]["map"])
+    c = torch.tensor(peg_response(circ, normalise(const, circ))["0@0"]["map"])
+    interior = z[1:-1, 1:-1]
+    assert (interior - interior[0, 0]).abs().max() < 1e-4 * interior.abs().max()  # uniform inside
+    border = torch.cat([z[0], z[-1], z[:, 0], z[:, -1]])
+    assert (border - interior[0, 0]).abs().min() > 1e-3  # every border token differs
+    assert (c - c[0, 0]).abs().max() < 1e-4 * c.abs().max()  # circular: uniform everywhere
+
+
+def test_cli_writes_plots_and_json_for_several_models(tmp_path: Path, capsys):
+    for kind, files in [("equivariance", ["equivariance.png"]), ("position", ["position_curves.png", "position_maps.png"]),
+                        ("attention", ["attention_distance.png", "attention_maps.png"]), ("peg", ["peg_response.png"])]:
+        out = tmp_path / kind
+        assert main(["analyze", kind, "deit_micro", "cpvt_micro:peg_padding=circular", "--images", "8",
+                     "--out", str(out)]) == 0
+        for f in files:
+            assert (out / f).stat().st_size > 1000
+        data = json.loads((out / f"{kind}.json").read_text())
+        assert data["meta"]["kind"] == kind
+        expected = {"cpvt_micro:peg_padding=circular"} if kind == "peg" else {"deit_micro", "cpvt_micro:peg_padding=circular"}
+        assert set(data["results"]) == expected
+    printed = capsys.readouterr().out
+    assert "skipping deit_micro: it has no PEG" in printed
+
+
+def test_analyze_errors_are_one_clear_line(capsys, tmp_path: Path):
+    assert main(["analyze", "peg", "deit_micro", "--out", str(tmp_path)]) == 2
+    assert "has a PEG" in capsys.readouterr().err
+    assert main(["analyze", "attention", "no_such_model", "--out", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert main(["analyze", "attention", "deit_micro", "--img-size", "30", "--out", str(tmp_path)]) == 2
+    capsys.readouterr()
+
+
+def test_trained_run_is_analysed_from_its_folder(tmp_path: Path):
+    from cpvt.config import resolve_config
+    from cpvt.engine import train
+
+    cfg = resolve_config("demo", {"model": "cpvt_micro", "out": str(tmp_path / "run")},
+                         ["epochs=1", "train_limit=64", "val_limit=32", "batch_size=32", "model.depth=2",
+                          "model.embed_dim=16"])
+    train(cfg)
+    assert main(["analyze", "peg", str(tmp_path / "run"), "--images", "4", "--out", str(tmp_path / "a")]) == 0
+    data = json.loads((tmp_path / "a" / "peg.json").read_text())
+    assert data["meta"]["data"] == "synthetic"
+    [label] = data["results"]
+    assert "cpvt_micro" in label

@@ -1,0 +1,121 @@
+"""`cpvt reproduce`: the smoke budget end to end, skipping finished rows, and the claim logic."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cpvt.cli import main
+from cpvt.report import Results, judge
+from cpvt.reproduce import TABLES, evaluate_formula, experiments_dir, load_claims, load_rows, parse_tables, plan
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["reproduce", "all", "--budget", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_report_has_every_table_and_claim(smoke: Path):
+    report = (smoke / "report.md").read_text()
+    for title in ("T1: position encodings", "T2: resolution", "T3: where the PEG goes", "T4: what makes a PEG work",
+                  "T5: cost"):
+        assert title in report
+    for png in ("t1_synthetic.png", "t2_synthetic.png", "t3_synthetic.png", "t4_synthetic.png", "t5_cost.png"):
+        assert (smoke / png).stat().st_size > 1000
+        assert f"]({png})" in report
+    claims = load_claims(experiments_dir())
+    lines = [l for l in report.splitlines() if re.match(r"- (✅|❌|⚠️|➖) \*\*(not )?(reproduced|checked)", l)]
+    assert len(lines) == len(claims) > 10  # one line per claim (one dataset in the smoke budget)
+    # paper numbers sit beside ours
+    assert "| 72.2" in report and "| 74.9" in report and "2536.5" in report
+    data = json.loads((smoke / "results.json").read_text())
+    assert len(data["claims"]) == len(claims)
+    rows = load_rows(experiments_dir())
+    trained = {r.id for r in rows.values() if r.table in ("T1", "T3", "T4")}
+    covered = {rid for run in data["runs"] for rid in run["rows"]}
+    assert covered == trained
+    for run in data["runs"]:
+        assert set(run["scales"]) == {"1", "1.5", "2"}
+        assert run["sizes"] == {"1": 32, "1.5": 48, "2": 64}
+        assert all(0.0 <= v <= 100.0 for v in run["scales"].values())
+
+
+def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys):
+    results = sorted(smoke.glob("runs/*/*/result.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    capsys.readouterr()
+    assert main(["reproduce", "all", "--budget", "smoke", "--out", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(results)} training runs, {len(results)} already finished, 0 to run" in out
+    assert "cost already measured" in out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # a run whose result is missing (interrupted after training) is the only one redone
+    victim = results[0]
+    victim.unlink()
+    assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    assert "1 to run" in out and victim.exists()
+    assert "resuming" not in out or "from epoch 1" in out  # the finished checkpoint is reused, not retrained
+
+
+def test_rows_sharing_a_configuration_share_one_run(tmp_path: Path):
+    jobs = plan(experiments_dir(), "cpu", list(TABLES), tmp_path)
+    cifar = [j for j in jobs if j.data == "cifar10"]
+    shared = [j for j in cifar if ("t3_placement/pos0", 0) in j.members]
+    assert len(shared) == 1
+    assert {("t1_encodings/peg", 0), ("t4_peg/kernel3", 0)} <= set(shared[0].members)
+    # T1 at 2 seeds, T3 / T4 at 1: 8*2 + 5 + 8 distinct CIFAR runs
+    assert len(cifar) == 8 * 2 + 5 + 8
+    # formulas scale the paper's 12-block positions and the 27x27 kernel to the budget's model
+    by_row = {m[0]: j for j in cifar for m in j.members}
+    assert by_row["t3_placement/cover_m1"].config.model_args["peg_kernel_size"] == 2 * 8 - 1
+    assert by_row["t4_peg/conv1x1_all"].config.model_args["peg_positions"] == list(range(6))
+    assert by_row["t1_encodings/ape"].sizes == {"1": 32, "1.25": 40, "1.5": 48, "1.75": 56, "2": 64}
+
+
+def test_formulas_allow_arithmetic_only():
+    assert evaluate_formula("2 * grid - 1", grid=14, depth=12) == 27
+    assert evaluate_formula("[round(10 * (depth - 1) / 11)]", grid=8, depth=12) == [10]
+    for bad in ("__import__('os')", "grid.__class__", "open('x')", "[x for x in range(3)]"):
+        with pytest.raises(ValueError):
+            evaluate_formula(bad, grid=8, depth=6)
+
+
+def test_bad_requests_fail_with_one_clear_line(tmp_path: Path, capsys):
+    assert main(["reproduce", "T9", "--budget", "smoke", "--out", str(tmp_path)]) == 2
+    assert "unknown table 'T9'" in capsys.readouterr().err
+    assert main(["reproduce", "T1", "--budget", "huge", "--out", str(tmp_path)]) == 2
+    assert "unknown budget 'huge'" in capsys.readouterr().err
+    assert main(["reproduce", "T1", "--budget", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert parse_tables("t1, T3") == ["T1", "T3"]
+
+
+def _fake(data, rid, seed, s1, s2):
+    return {"data": data, "rows": [rid], "seed": seed, "scales": {"1": s1, "2": s2}}
+
+
+def test_claim_verdicts_follow_the_means_and_flag_noise():
+    rows = load_rows(experiments_dir())
+    res = Results([_fake("d", "t1_encodings/ape", 0, 60.0, 50.0), _fake("d", "t1_encodings/ape", 1, 61.0, 52.0),
+                   _fake("d", "t1_encodings/none", 0, 55.0, 54.0), _fake("d", "t1_encodings/none", 1, 56.0, 54.0),
+                   _fake("d", "t1_encodings/peg", 0, 60.2, 59.0), _fake("d", "t1_encodings/peg", 1, 60.6, 58.0)], rows)
+    ape_none = judge({"text": "", "a": "t1_encodings/ape", "b": "t1_encodings/none", "relation": ">"}, res, "d")
+    assert ape_none["ok"] and not ape_none["within_noise"] and ape_none["diff"] == pytest.approx(5.0)
+    reverse = judge({"text": "", "a": "t1_encodings/ape", "b": "t1_encodings/none", "relation": "<"}, res, "d")
+    assert not reverse["ok"]
+    # peg - ape per seed: +0.2, -0.4 -> mean -0.1 inside a paired noise of 0.3
+    close = judge({"text": "", "a": "t1_encodings/peg", "b": "t1_encodings/ape", "relation": ">"}, res, "d")
+    assert not close["ok"] and close["within_noise"]
+    drop = judge({"text": "", "a": "t1_encodings/peg:drop@2", "b": "t1_encodings/ape:drop@2.0", "relation": ">"}, res, "d")
+    assert drop["a"] == pytest.approx(-1.9) and drop["b"] == pytest.approx(-9.5) and drop["ok"]
+    const = judge({"text": "", "a": "t1_encodings/ape:drop@2.0", "b": 0, "relation": "<"}, res, "d")
+    assert const["ok"]
+    assert judge({"text": "", "a": "t3_placement/pos_m1", "b": "t1_encodings/ape", "relation": ">"}, res, "d") is None
+    similar = judge({"text": "", "a": "t1_encodings/peg", "b": "t1_encodings/ape", "relation": "~", "tolerance": 1.0},
+                    res, "d")
+    assert similar["ok"]
