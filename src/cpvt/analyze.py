@@ -304,12 +304,12 @@ def plot_position(results: dict[str, dict[str, Any]], curves: Path, maps: Path) 
     example = torch.tensor(next(iter(results.values()))[kind]["example"])
     target = position_targets(*example.shape[-2:])
     for j, name in enumerate(TARGETS):
-        axes[0][j].imshow(target[j], cmap="viridis", vmin=0, vmax=1)
+        axes[0][j].imshow(target[j].numpy(), cmap="viridis", vmin=0, vmax=1)
         axes[0][j].set_title(f"target: {name}", fontsize=8)
     for i, (label, r) in enumerate(results.items(), 1):
         ex = torch.tensor(r[kind]["example"])
         for j in range(3):
-            axes[i][j].imshow(ex[j], cmap="viridis", vmin=0, vmax=1)
+            axes[i][j].imshow(ex[j].numpy(), cmap="viridis", vmin=0, vmax=1)
             axes[i][j].set_title(f"{label}\nρ={r[kind]['per_target'][-1]['spearman'][TARGETS[j]]:.2f}", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
