@@ -36,6 +36,7 @@ from typing import Any
 TABLES = ("T1", "T2", "T3", "T4", "T5")
 TRAINED = ("T1", "T3", "T4")  # tables whose rows train a model (T2 reuses T1's runs, T5 trains nothing)
 BUDGETS = ("smoke", "cpu", "gpu")
+DEIT_SIZES = {"ti": "tiny", "s": "small", "b": "base"}
 TITLES = {
     "T1": "T1: position encodings (top-1 at the training resolution)",
     "T2": "T2: resolution, trained at one size and tested without fine-tuning",
@@ -180,15 +181,21 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     from .models import model_args as registry_args
 
     size = entry.get("size", budget.get("size", "micro"))
-    model = row.model.format(size=size)
+    family = row.model.split("_")[0]  # DeiT sizes are spelled out (deit_tiny), CPVT's abbreviated (cpvt_ti)
+    model = row.model.format(size=DEIT_SIZES.get(size, size) if family == "deit" else size)
     cfg = resolve_config(entry.get("recipe"), {"model": model, "data": entry["data"], "img_size": entry.get("img_size"),
                                                "data_root": data_root, "cache_dir": cache_dir})
     apply_overrides(cfg, dict(entry.get("train", {})))
     args = {**entry.get("model_args", {}), **row.model_args}
-    base = registry_args(model, **{k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))})
-    img_size = cfg.img_size or base["img_size"]
-    img_size = img_size if isinstance(img_size, int) else img_size[0]
-    names = {"depth": int(base["depth"]), "grid": int(img_size) // int(base["patch_size"])}
+    import torch
+
+    from .models import create_model
+
+    with torch.device("meta"):  # the model's shape, no memory
+        base = create_model(model, **{k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))})
+    img_size = int(cfg.img_size or base.img_size[0])
+    patch = int(base.patch_size)
+    names = {"depth": len(base.blocks), "grid": img_size // patch}
     cfg.model_args = {k: evaluate_formula(v[1:], **names) if isinstance(v, str) and v.startswith("=") else v
                       for k, v in args.items()}
     from .pos import all_encoding_options
@@ -197,11 +204,11 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     # an override equal to the model's default is dropped, so rows that mean the same run share it
     cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
-    cfg.img_size, cfg.seed = int(img_size), seed
+    cfg.img_size, cfg.seed = img_size, seed
     key = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "seed", "data_root", "cache_dir", "workers")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     cfg.out = str(out / "runs" / entry["data"] / f"{model}-{digest}-s{seed}")
-    return cfg, int(base["patch_size"])
+    return cfg, patch
 
 
 def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,
