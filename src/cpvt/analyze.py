@@ -83,8 +83,10 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Su
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
         model = ckpt.build_model().eval()
         cfg = ckpt.config
-        label = p.name if p.is_dir() else p.parent.name
-        return Subject(f"{label} ({ckpt.meta['model_name']})", model, int(cfg.get("img_size") or model.img_size[0]),
+        shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes"}
+        extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
+        label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained)"
+        return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
                        tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
                        cfg.get("data"))
     name, overrides = _parse_spec(spec)
@@ -480,8 +482,13 @@ def analyze(kind: str, specs: list[str], data: str | None = None, out: str | Non
     if images < 2:
         raise ValueError(f"--images must be at least 2, got {images}")
     subjects = [load_subject(s, seed) for s in specs]
-    if len({s.label for s in subjects}) < len(subjects):
+    if len(set(specs)) < len(specs):
         raise ValueError("the same model was given twice")
+    seen: dict[str, int] = {}
+    for s in subjects:  # two runs of the same configuration: number them
+        seen[s.label] = seen.get(s.label, 0) + 1
+        if seen[s.label] > 1:
+            s.label = f"{s.label} #{seen[s.label]}"
     data = data or next((s.data for s in subjects if s.data), None) or "synthetic"
     out_dir = Path(out or f"runs/analysis/{kind}")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,50 @@
+"""The figures of docs/analysis.md: `cpvt analyze` on the cpu-budget CIFAR-10 runs of the reproduction suite.
+
+    .venv/bin/python scripts/analysis_figures.py --sweep docs/results/cpu --out docs/analysis
+
+Finds the seed-0 CIFAR-10 runs of the rows below in the sweep's results.json and
+runs the four analyses on them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cpvt.analyze import analyze
+
+ROWS = {
+    "t1_encodings/ape": "APE",
+    "t1_encodings/none": "no PE",
+    "t1_encodings/peg": "PEG",
+    "t4_peg/circular": "PEG circular",
+    "t1_encodings/rpe": "RPE",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", default="docs/results/cpu", help="a `cpvt reproduce` output folder")
+    ap.add_argument("--data", default="cifar10")
+    ap.add_argument("--out", default="docs/analysis")
+    ap.add_argument("--images", type=int, default=128)
+    args = ap.parse_args()
+    runs = json.loads((Path(args.sweep) / "results.json").read_text())["runs"]
+    found = {}
+    for row in ROWS:
+        match = [r for r in runs if r["data"] == args.data and r["seed"] == 0 and row in r["rows"]]
+        if not match:
+            raise SystemExit(f"{args.sweep} has no finished seed-0 {args.data} run for {row}; run `cpvt reproduce` first")
+        base = Path(args.sweep) / "runs" / args.data
+        found[row] = next(p for p in base.iterdir() if (p / "result.json").exists()
+                          and json.loads((p / "result.json").read_text()) == match[0])
+    specs = [str(found[row]) for row in ROWS]
+    print("runs:", *(f"  {ROWS[r]}: {found[r]}" for r in ROWS), sep="\n")
+    for kind in ("equivariance", "position", "attention", "peg"):
+        print(f"\n== {kind}")
+        analyze(kind, specs, data=args.data, out=str(Path(args.out)), images=args.images)
+
+
+if __name__ == "__main__":
+    main()
