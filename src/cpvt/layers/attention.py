@@ -7,10 +7,12 @@ There is one attention class; position enters it only through the
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..pos.base import BlockPosition
+from ..pos.rope import rotate_pairs
 
 
 class Attention(nn.Module):
@@ -42,6 +44,10 @@ class Attention(nn.Module):
             w, bias = self.qkv.weight, self.qkv.bias
             q, k = self._heads(F.linear(qk_input, w[: 2 * c], None if bias is None else bias[: 2 * c]), 2).unbind(0)
             v = self._heads(F.linear(x, w[2 * c :], None if bias is None else bias[2 * c :]), 1)[0]
+        if pos.qk_angles is not None:  # RoPE: rotate the patch tokens' queries and keys
+            p = pos.grid.num_prefix
+            q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], pos.qk_angles)], dim=2)
+            k = torch.cat([k[:, :, :p], rotate_pairs(k[:, :, p:], pos.qk_angles)], dim=2)
         mask = None if pos.attn_bias is None else pos.attn_bias.to(q.dtype)  # (heads, T, T)
         if self.keep_attn:  # the same logits SDPA uses, made explicit
             logits = (q.float() @ k.float().transpose(-2, -1)) * self.head_dim**-0.5

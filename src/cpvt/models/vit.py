@@ -118,10 +118,11 @@ class VisionTransformer(nn.Module):
         return x, qk
 
     def _block_position(self, grid: Grid, layer: int, qk: Tensor | None) -> BlockPosition:
-        bias = None
+        bias = angles = None
         for enc in self.position_encodings():
             bias = add_tensors(bias, enc.attn_bias(grid, layer))
-        return BlockPosition(grid, bias, qk)
+            angles = add_tensors(angles, enc.qk_angles(grid, layer))
+        return BlockPosition(grid, bias, qk, angles)
 
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:

@@ -9,6 +9,9 @@ Naming:
     deit_<size>_nope       no position encoding
     deit_<size>_sincos     2D sin-cos
     deit_<size>_rpe        2D relative position bias, K=8
+    deit_<size>_rope       2D RoPE, axial (RoPE-ViT)
+    deit_<size>_rope_mixed 2D RoPE with learned mixed frequencies (RoPE-ViT)
+    deit_<size>_alibi      2D-ALiBi (distance-proportional logit bias)
     cpvt_<size>            one PEG after block 0 (CPVT's default, "position 0")
     cpvt_<size>_gap        ... without class token, global average pooling
     cpvt_<size>_plus       PEGs after blocks 0-4 (the paper's ‡ models)
@@ -45,6 +48,9 @@ for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base"
     _register(f"deit_{_deit}_nope", dict(_size, pos="none"))
     _register(f"deit_{_deit}_sincos", dict(_size, pos="sincos"))
     _register(f"deit_{_deit}_rpe", dict(_size, pos="rpe"))
+    _register(f"deit_{_deit}_rope", dict(_size, pos="rope"))
+    _register(f"deit_{_deit}_rope_mixed", dict(_size, pos="rope", rope_mode="mixed"))
+    _register(f"deit_{_deit}_alibi", dict(_size, pos="alibi"))
     _register(f"cpvt_{_cpvt}", dict(_size, pos="peg"))
     _register(f"cpvt_{_cpvt}_gap", dict(_size, pos="peg", **GAP))
     _register(f"cpvt_{_cpvt}_plus", dict(_size, pos="peg", **PLUS))

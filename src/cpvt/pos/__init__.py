@@ -12,15 +12,17 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from .alibi import ALiBi2D
 from .ape import LearnedAPE, resample_abs_pos_embed
 from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
 from .peg import PEG, PosConv
+from .rope import RoPE2D
 from .rpe import RelPosBias
 from .sincos import SinCos2D
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {
-    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG)
+    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D)
 }
 
 
@@ -78,6 +80,8 @@ def build_position_encodings(spec: str | Sequence[str], shape: ModelShape, **opt
 
 __all__ = [
     "ENCODINGS",
+    "ALiBi2D",
+    "RoPE2D",
     "PEG",
     "BlockPosition",
     "Grid",

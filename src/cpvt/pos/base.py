@@ -8,7 +8,9 @@ hook               what it does                                 schemes
 =================  ==========================================  ==================
 ``add``            added to the tokens after the patch embed    APE, 2D sin-cos
 ``between``        mixes tokens before block 0 / after block i  PEG
-``attn_bias``      added to the attention logits of block i     2D relative bias
+``attn_bias``      added to the attention logits of block i     2D relative bias,
+                                                                2D-ALiBi
+``qk_angles``      rotates query/key channel pairs of block i   2D RoPE
 =================  ==========================================  ==================
 
 A scheme subclasses :class:`PositionEncoding` and overrides only the hooks it
@@ -79,11 +81,14 @@ class BlockPosition:
     ``attn_bias`` (heads, T, T) is added to the attention logits; ``qk_delta``
     (B, T, C) is added to the input of the query and key projections only (a
     PEG in Q/K-only mode), so the values see the un-encoded tokens.
+    ``qk_angles`` rotates channel pairs ``(2i, 2i+1)`` of the patch tokens'
+    queries and keys (RoPE); prefix tokens are not rotated.
     """
 
     grid: Grid
     attn_bias: Tensor | None = None
     qk_delta: Tensor | None = None
+    qk_angles: Tensor | None = None  # (heads or 1, N, head_dim / 2): rotation of patch-token q/k pairs
 
 
 class PositionEncoding(nn.Module):
@@ -114,6 +119,11 @@ class PositionEncoding(nn.Module):
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor | None:
         """Attention hook: an additive bias (heads, T, T) for block ``layer``, or None."""
+        return None
+
+    def qk_angles(self, grid: Grid, layer: int) -> Tensor | None:
+        """Rotation hook: angles (heads or 1, N, head_dim / 2) for the patch tokens'
+        queries and keys in block ``layer`` (angles of several schemes add), or None."""
         return None
 
     def no_weight_decay(self) -> set[str]:

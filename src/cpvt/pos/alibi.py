@@ -1,0 +1,60 @@
+"""2D-ALiBi: an attention-logit bias proportional to the distance between patches.
+
+Press et al. (ALiBi, ICLR 2022) penalise attention linearly with distance, with
+one fixed slope per head (a geometric sequence ``2 ** (-8 h / H)``, h = 1..H);
+the 2D version uses the Euclidean distance between token grid positions
+(as compared in LookHere, NeurIPS 2024). Nothing is learned by default and the
+bias exists for any grid, which is why it holds up well above the training
+resolution. Prefix (class) tokens get no bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Grid, ModelShape, PositionEncoding
+from .rope import grid_positions
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's geometric per-head slopes ``2 ** (-8 h / H)``, h = 1..H."""
+    return 2.0 ** (-8.0 * torch.arange(1, num_heads + 1, dtype=torch.float32) / num_heads)
+
+
+class ALiBi2D(PositionEncoding):
+    """Distance-proportional logit bias ``-slope_h * ||p_query - p_key||``.
+
+    Args:
+        learned: make the slopes trainable (initialised to ALiBi's).
+    """
+
+    name = "alibi"
+    slot = "alibi"
+
+    def __init__(self, shape: ModelShape, learned: bool = False):
+        super().__init__()
+        self.learned = learned
+        slopes = alibi_slopes(shape.num_heads)
+        if learned:
+            self.slopes = nn.Parameter(slopes)
+        else:
+            self.register_buffer("slopes", slopes, persistent=False)
+        self._dist_cache: dict[tuple, Tensor] = {}
+
+    def distances(self, grid: Grid) -> Tensor:
+        """(T, T) Euclidean distance between token grid positions; 0 on prefix rows and columns."""
+        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
+        if key not in self._dist_cache:
+            ys, xs = grid_positions(grid.h, grid.w, self.slopes.device)
+            pos = torch.stack([ys, xs], dim=1)
+            d = torch.zeros(grid.num_tokens, grid.num_tokens, device=self.slopes.device)
+            d[grid.num_prefix :, grid.num_prefix :] = torch.cdist(pos, pos)
+            self._dist_cache[key] = d
+        return self._dist_cache[key]
+
+    def attn_bias(self, grid: Grid, layer: int) -> Tensor:
+        return -self.slopes[:, None, None] * self.distances(grid)  # (heads, T, T)
+
+    def extra_repr(self) -> str:
+        return f"heads={len(self.slopes)}, learned={self.learned}"

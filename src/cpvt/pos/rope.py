@@ -1,0 +1,88 @@
+"""2D rotary position embedding (RoPE) of queries and keys, axial or mixed (RoPE-ViT).
+
+Heo et al., "Rotary Position Embedding for Vision Transformer" (ECCV 2024).
+Each pair of channels ``(2i, 2i+1)`` of a head's query and key is rotated by an
+angle ``theta_i(y, x)`` that is *linear* in the token's grid position, so the
+logit ``q_a . k_b`` depends on the positions only through their offset
+``(y_a - y_b, x_a - x_b)``: relative position, with no table and no limit on
+the grid size.
+
+* ``axial``: half of the pairs turn with ``x``, the other half with ``y``, at
+  fixed frequencies ``theta ** (-4j / head_dim)`` (``theta = 100``);
+* ``mixed``: every pair turns with a learned mix ``f_x * x + f_y * y``,
+  frequencies per block and head (initialised with random directions,
+  ``theta = 10``), so heads can attend along diagonals.
+
+Prefix (class) tokens are not rotated. Positions are token indices; a larger
+image simply has larger indices (extrapolation, as in RoPE-ViT).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import Grid, ModelShape, PositionEncoding
+
+MODES = ("axial", "mixed")
+
+
+def grid_positions(h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
+    """Row-major (y, x) token indices, each (N,) float."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    return ys.flatten(), xs.flatten()
+
+
+def rotate_pairs(t: Tensor, angles: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of ``t`` (..., N, D) by ``angles`` (..., N, D/2)."""
+    x = t.float().unflatten(-1, (-1, 2))
+    cos, sin = angles.cos(), angles.sin()
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(t.dtype)
+
+
+class RoPE2D(PositionEncoding):
+    """Rotary 2D encoding of queries and keys.
+
+    Args:
+        mode: ``axial`` (fixed frequencies, x on half the pairs and y on the other) or
+            ``mixed`` (learned per-block, per-head frequencies over both axes).
+        theta: frequency base (RoPE-ViT: 100 for axial, 10 for mixed; None picks that).
+    """
+
+    name = "rope"
+    slot = "rope"
+
+    def __init__(self, shape: ModelShape, mode: str = "axial", theta: float | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"rope_mode must be one of {MODES}, got {mode!r}")
+        head_dim = shape.dim // shape.num_heads
+        if head_dim % 4:
+            raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+        self.mode, self.num_heads, self.head_dim = mode, shape.num_heads, head_dim
+        self.theta = float(theta if theta is not None else (100.0 if mode == "axial" else 10.0))
+        mag = 1.0 / self.theta ** (torch.arange(0, head_dim, 4, dtype=torch.float32) / head_dim)  # (D/4,)
+        if mode == "axial":
+            self.register_buffer("freqs", mag, persistent=False)
+        else:
+            # per block and head: a random direction, the two halves of the pairs at right angles (RoPE-ViT)
+            angle = torch.rand(shape.depth, shape.num_heads, 1) * 2 * math.pi
+            fx = torch.cat([mag * torch.cos(angle), mag * torch.cos(angle + math.pi / 2)], dim=-1)
+            fy = torch.cat([mag * torch.sin(angle), mag * torch.sin(angle + math.pi / 2)], dim=-1)
+            self.freqs = nn.Parameter(torch.stack([fx, fy]))  # (2, depth, heads, D/2)
+
+    def qk_angles(self, grid: Grid, layer: int) -> Tensor:
+        ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
+        if self.mode == "axial":
+            ax = xs[:, None] * self.freqs  # (N, D/4)
+            ay = ys[:, None] * self.freqs
+            return torch.cat([ax, ay], dim=-1)[None]  # (1, N, D/2), shared by heads
+        fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
+        return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, theta={self.theta}, head_dim={self.head_dim}"

@@ -1,0 +1,99 @@
+"""2D RoPE and 2D-ALiBi: their defining properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cpvt.models import create_model
+from cpvt.pos import ALiBi2D, Grid, ModelShape, RoPE2D
+from cpvt.pos.alibi import alibi_slopes
+from cpvt.pos.rope import rotate_pairs
+
+SHAPE = ModelShape(dim=64, depth=3, num_heads=2, num_prefix=1, grid=(6, 6))
+
+
+@pytest.mark.parametrize("mode", ["axial", "mixed"])
+def test_rope_logit_depends_only_on_the_relative_offset(mode):
+    torch.manual_seed(0)
+    rope = RoPE2D(SHAPE, mode=mode)
+    grid = Grid(7, 9, 1)
+    angles = rope.qk_angles(grid, layer=1)  # (heads or 1, N, D/2)
+    q, k = torch.randn(2, 32), torch.randn(2, 32)  # one query and key vector per head
+
+    def logit(a, b):  # query at token a, key at token b
+        qa = rotate_pairs(q[:, None], angles[:, a : a + 1])[:, 0]
+        kb = rotate_pairs(k[:, None], angles[:, b : b + 1])[:, 0]
+        return (qa * kb).sum(-1)  # (heads,)
+
+    idx = lambda y, x: y * grid.w + x  # noqa: E731
+    for dy, dx in [(0, 0), (1, 2), (-2, 3), (3, -4)]:
+        ref = logit(idx(3, 4), idx(3 + dy, 4 + dx))
+        for y, x in [(0, 4), (2, 0), (3, 1), (1, 5)]:
+            if 0 <= y + dy < grid.h and 0 <= x + dx < grid.w:
+                torch.testing.assert_close(logit(idx(y, x), idx(y + dy, x + dx)), ref, atol=1e-4, rtol=1e-4)
+    # and it does depend on the offset
+    assert not torch.allclose(logit(idx(0, 0), idx(0, 1)), logit(idx(0, 0), idx(1, 0)), atol=1e-3)
+
+
+def test_rope_is_a_rotation_and_leaves_the_class_token_alone():
+    torch.manual_seed(0)
+    model = create_model("deit_micro_rope_mixed").eval()
+    attn = model.blocks[0].attn
+    attn.keep_attn = True
+    model(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(attn.last_attn.sum(-1), torch.ones(2, 4, 65), atol=1e-5, rtol=0)
+    rope = model.rope
+    t = torch.randn(4, 64, 32)  # (heads, N, head_dim)
+    r = rotate_pairs(t, rope.qk_angles(Grid(8, 8, 1), 0))
+    torch.testing.assert_close(r.norm(dim=-1), t.norm(dim=-1).expand_as(r.norm(dim=-1)), atol=1e-4, rtol=1e-4)
+    assert {n for n, _ in model.named_parameters() if n.startswith("rope")} == {"rope.freqs"}
+    assert "rope.freqs" in model.no_weight_decay()
+    assert "rope.freqs" not in create_model("deit_micro_rope").state_dict()  # axial: nothing learned
+
+
+def test_rope_sdpa_path_matches_the_explicit_softmax():
+    torch.manual_seed(0)
+    model = create_model("deit_micro_rope").eval()
+    x = torch.randn(2, 3, 40, 32)
+    out = model(x)
+    for blk in model.blocks:
+        blk.attn.keep_attn = True
+    torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+
+
+def test_alibi_bias_is_distance_times_the_configured_slopes():
+    alibi = ALiBi2D(SHAPE)
+    grid = Grid(4, 5, 1)
+    bias = alibi.attn_bias(grid, 0)
+    assert bias.shape == (2, 21, 21)
+    slopes = alibi_slopes(2)
+    torch.testing.assert_close(slopes, torch.tensor([2.0**-4, 2.0**-8]))
+    assert (bias[:, 0] == 0).all() and (bias[:, :, 0] == 0).all()  # class token: no bias
+    a, b = 1 + 0 * 5 + 0, 1 + 3 * 5 + 4  # (0, 0) and (3, 4): distance 5
+    torch.testing.assert_close(bias[:, a, b], -5 * slopes)
+    torch.testing.assert_close(bias[:, b, a], -5 * slopes)
+    assert (bias.diagonal(dim1=1, dim2=2) == 0).all()
+    # a function of distance only: equal distances, equal bias, anywhere on the grid
+    c, d = 1 + 1 * 5 + 1, 1 + 1 * 5 + 4  # (1, 1)-(1, 4): distance 3
+    e, f = 1 + 0 * 5 + 2, 1 + 3 * 5 + 2  # (0, 2)-(3, 2): distance 3
+    torch.testing.assert_close(bias[:, c, d], bias[:, e, f])
+    assert not any(True for _ in alibi.parameters())
+    learned = ALiBi2D(SHAPE, learned=True)
+    assert [n for n, _ in learned.named_parameters()] == ["slopes"]
+
+
+@pytest.mark.parametrize("name", ["deit_micro_rope", "deit_micro_rope_mixed", "deit_micro_alibi"])
+def test_new_encodings_run_at_any_grid_and_combine_with_a_peg(name):
+    m = create_model(name).eval()
+    for size in [(32, 32), (48, 64), (64, 64)]:
+        assert m(torch.randn(1, 3, *size)).shape == (1, 10)
+    both = create_model(name, pos=m.model_args["pos"] + "+peg").eval()
+    assert both(torch.randn(1, 3, 40, 40)).shape == (1, 10)
+
+
+def test_rope_rejects_head_dims_it_cannot_split():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        create_model("deit_micro_rope", embed_dim=24, num_heads=4)
+    with pytest.raises(ValueError, match="rope_mode"):
+        create_model("deit_micro_rope", rope_mode="spiral")
