@@ -39,5 +39,5 @@ class Block(nn.Module):
     def forward(self, x: Tensor, pos: BlockPosition) -> Tensor:
         qk_input = None if pos.qk_delta is None else self.norm1(x + pos.qk_delta)
         x = x + self.drop_path1(self.attn(self.norm1(x), pos, qk_input))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x), pos.ffn_hidden))
         return x

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 
@@ -16,5 +18,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+    def forward(self, x: Tensor, hidden_hook: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        h = self.fc1(x)
+        if hidden_hook is not None:  # ConvFFN: a depth-wise conv on the hidden tokens
+            h = hidden_hook(h)
+        return self.drop2(self.fc2(self.drop1(self.act(h))))

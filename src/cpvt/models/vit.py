@@ -81,7 +81,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix else None
         grid = (img_size[0] // patch_size, img_size[1] // patch_size)
-        shape = ModelShape(embed_dim, depth, num_heads, self.num_prefix, grid)
+        shape = ModelShape(embed_dim, depth, num_heads, self.num_prefix, grid, int(embed_dim * mlp_ratio))
         self.pos_slots: tuple[str, ...] = ()
         for enc in build_position_encodings(pos, shape, **pos_options):
             self.add_module(enc.slot, enc)  # pos_embed / pos_block / rel_pos
@@ -122,7 +122,21 @@ class VisionTransformer(nn.Module):
         for enc in self.position_encodings():
             bias = add_tensors(bias, enc.attn_bias(grid, layer))
             angles = add_tensors(angles, enc.qk_angles(grid, layer))
-        return BlockPosition(grid, bias, qk, angles)
+        hooks = [enc for enc in self.position_encodings() if type(enc).ffn_hidden is not PositionEncoding.ffn_hidden]
+        ffn = None
+        if hooks:
+            def ffn(h: Tensor) -> Tensor:
+                for enc in hooks:
+                    h = enc.ffn_hidden(h, grid, layer)
+                return h
+        return BlockPosition(grid, bias, qk, angles, ffn)
+
+    def reparameterize(self) -> "VisionTransformer":
+        """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
+        for enc in self.position_encodings():
+            if hasattr(enc, "reparameterize"):
+                enc.reparameterize()
+        return self
 
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:

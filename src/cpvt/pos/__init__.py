@@ -14,15 +14,17 @@ from typing import Any
 
 from .alibi import ALiBi2D
 from .ape import LearnedAPE, resample_abs_pos_embed
+from .convffn import ConvFFN
 from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
 from .peg import PEG, PosConv
+from .repcpe import RepCPE
 from .rope import RoPE2D
 from .rpe import RelPosBias
 from .sincos import SinCos2D
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {
-    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D)
+    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE)
 }
 
 
@@ -81,6 +83,8 @@ def build_position_encodings(spec: str | Sequence[str], shape: ModelShape, **opt
 __all__ = [
     "ENCODINGS",
     "ALiBi2D",
+    "ConvFFN",
+    "RepCPE",
     "RoPE2D",
     "PEG",
     "BlockPosition",

@@ -11,6 +11,7 @@ hook               what it does                                 schemes
 ``attn_bias``      added to the attention logits of block i     2D relative bias,
                                                                 2D-ALiBi
 ``qk_angles``      rotates query/key channel pairs of block i   2D RoPE
+``ffn_hidden``     transforms the MLP's hidden tokens, block i  ConvFFN
 =================  ==========================================  ==================
 
 A scheme subclasses :class:`PositionEncoding` and overrides only the hooks it
@@ -25,6 +26,7 @@ Nothing here knows the input resolution in advance: every hook receives a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,6 +74,7 @@ class ModelShape:
     num_heads: int
     num_prefix: int
     grid: tuple[int, int]  # the grid at the model's default image size
+    mlp_hidden: int = 0  # hidden width of the feed-forward networks
 
 
 @dataclass
@@ -89,6 +92,7 @@ class BlockPosition:
     attn_bias: Tensor | None = None
     qk_delta: Tensor | None = None
     qk_angles: Tensor | None = None  # (heads or 1, N, head_dim / 2): rotation of patch-token q/k pairs
+    ffn_hidden: Callable[[Tensor], Tensor] | None = None  # applied to the MLP's hidden tokens (ConvFFN)
 
 
 class PositionEncoding(nn.Module):
@@ -125,6 +129,11 @@ class PositionEncoding(nn.Module):
         """Rotation hook: angles (heads or 1, N, head_dim / 2) for the patch tokens'
         queries and keys in block ``layer`` (angles of several schemes add), or None."""
         return None
+
+    def ffn_hidden(self, h: Tensor, grid: Grid, layer: int) -> Tensor:
+        """Feed-forward hook: the hidden tokens (B, T, hidden) of block ``layer``'s MLP,
+        between its first linear layer and the activation."""
+        return h
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this module) of parameters excluded from weight decay.

@@ -1,0 +1,65 @@
+"""ConvFFN (PVTv2): a depth-wise 3x3 convolution inside the feed-forward network.
+
+Wang et al., "PVT v2: Improved Baselines with Pyramid Vision Transformer"
+(CVMJ 2022). Between the MLP's two linear layers, the hidden patch tokens are
+laid out on their grid and passed through a depth-wise ``k x k`` convolution
+(zero padding, no residual) before the activation: ``fc2(act(dwconv(fc1(x))))``.
+Like a PEG, the zero padding gives it position information at the borders, and
+it exists for any grid, so PVTv2 drops its position embedding. Prefix (class)
+tokens skip the convolution.
+
+Unlike a PEG, this is part of the feed-forward network, so its weights take
+weight decay as PVTv2 does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Grid, ModelShape, PositionEncoding
+
+
+class ConvFFN(PositionEncoding):
+    """Depth-wise convolution on the MLP's hidden tokens, in the chosen blocks.
+
+    Args:
+        kernel_size: odd kernel side (PVTv2: 3).
+        layers: blocks that get one (default: every block).
+    """
+
+    name = "convffn"
+    slot = "conv_ffn"
+
+    def __init__(self, shape: ModelShape, kernel_size: int = 3, layers: Sequence[int] | None = None):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"convffn_kernel_size must be a positive odd number, got {kernel_size}")
+        if not shape.mlp_hidden:
+            raise ValueError("ConvFFN needs the model's MLP hidden size (ModelShape.mlp_hidden)")
+        layers = tuple(range(shape.depth)) if layers is None else tuple(int(i) for i in layers)
+        if not layers or any(not 0 <= i < shape.depth for i in layers):
+            raise ValueError(f"convffn_layers {list(layers)} invalid for depth {shape.depth}")
+        self.kernel_size, self.layers = kernel_size, layers
+        self.convs = nn.ModuleDict()
+        for i in layers:
+            conv = nn.Conv2d(shape.mlp_hidden, shape.mlp_hidden, kernel_size, 1, kernel_size // 2, groups=shape.mlp_hidden)
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kernel_size * kernel_size)))  # PVTv2's fan-out init
+            nn.init.zeros_(conv.bias)
+            self.convs[str(i)] = conv
+
+    def ffn_hidden(self, h: Tensor, grid: Grid, layer: int) -> Tensor:
+        conv = self.convs[str(layer)] if str(layer) in self.convs else None
+        if conv is None:
+            return h
+        prefix, patches = grid.split(h)
+        return torch.cat([prefix, Grid.from_map(conv(grid.to_map(patches)))], dim=1)
+
+    def no_weight_decay(self) -> set[str]:
+        return set()  # part of the network, decayed like the MLP (PVTv2)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, layers={list(self.layers)}"

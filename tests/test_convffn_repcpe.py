@@ -1,0 +1,68 @@
+"""ConvFFN (PVTv2) and RepCPE (FastViT): their defining properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cpvt.models import create_model
+
+
+def test_repcpe_fused_equals_unfused():
+    torch.manual_seed(0)
+    model = create_model("cpvt_micro_repcpe", repcpe_positions=(-1, 2)).eval()
+    with torch.no_grad():  # move away from the init so that the kernel matters
+        for p in model.rep_cpe.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    xs = [torch.randn(2, 3, 32, 32), torch.randn(1, 3, 48, 64)]
+    before = [model(x) for x in xs]
+    unfused_state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.reparameterize() is model
+    assert model.rep_cpe.fused
+    for x, ref in zip(xs, before):
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    keys = list(model.state_dict())
+    assert "rep_cpe.0.reparam_conv.weight" in keys and not any(".pe." in k for k in keys)
+    assert "rep_cpe.0.pe.weight" in unfused_state
+    model.reparameterize()  # idempotent
+    torch.testing.assert_close(model(xs[0]), before[0], atol=1e-5, rtol=1e-5)
+    # a fresh (unfused) model loads the training-time weights and fuses to the same function
+    fresh = create_model("cpvt_micro_repcpe", repcpe_positions=(-1, 2)).eval()
+    fresh.load_state_dict(unfused_state)
+    torch.testing.assert_close(fresh.reparameterize()(xs[1]), before[1], atol=1e-5, rtol=1e-5)
+
+
+def test_repcpe_is_a_7x7_depthwise_conv_by_default():
+    m = create_model("cpvt_micro_repcpe")
+    conv = m.rep_cpe.get_submodule("0").pe
+    assert conv.kernel_size == (7, 7) and conv.groups == 128
+    with pytest.raises(ValueError, match="repcpe_kernel_size"):
+        create_model("cpvt_micro_repcpe", repcpe_kernel_size=4)
+
+
+def test_convffn_adds_a_depthwise_conv_to_every_mlp_and_carries_border_position():
+    torch.manual_seed(0)
+    nope, conv = create_model("deit_micro_nope").eval(), create_model("deit_micro_convffn").eval()
+    hidden = 4 * 128
+    assert sum(p.numel() for p in conv.parameters()) - sum(p.numel() for p in nope.parameters()) == 8 * hidden * 10
+    assert not any(n.startswith("conv_ffn") for n in conv.no_weight_decay())  # decayed like the MLP (PVTv2)
+    x = torch.full((1, 3, 32, 32), 0.3)  # a constant image: only the padding can tell tokens apart
+    for model, varies in [(nope, False), (conv, True)]:
+        tokens = model.forward_features(x)[0, 1:]
+        spread = (tokens - tokens[27]).abs().max().item()  # against an interior token
+        assert (spread > 1e-3) == varies
+    # with one ConvFFN (block 0) only the border ring sees padding; the interior stays identical through
+    # the later blocks, because attention among identical tokens keeps them identical
+    one = create_model("deit_micro_convffn", convffn_layers=(0,)).eval()
+    grid = one.forward_features(x)[0, 1:].reshape(8, 8, -1)
+    interior = grid[1:7, 1:7].reshape(36, -1)
+    assert (interior - interior[0]).abs().max() < 1e-4
+    assert (grid[0, 0] - interior[0]).abs().max() > 1e-3
+
+
+def test_convffn_only_in_chosen_blocks():
+    m = create_model("deit_micro_convffn", convffn_layers=(0, 5))
+    assert sorted(m.conv_ffn.convs) == ["0", "5"]
+    assert m(torch.randn(1, 3, 40, 48)).shape == (1, 10)
+    with pytest.raises(ValueError, match="convffn_layers"):
+        create_model("deit_micro_convffn", convffn_layers=(9,))
