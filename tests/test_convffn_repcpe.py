@@ -66,3 +66,20 @@ def test_convffn_only_in_chosen_blocks():
     assert m(torch.randn(1, 3, 40, 48)).shape == (1, 10)
     with pytest.raises(ValueError, match="convffn_layers"):
         create_model("deit_micro_convffn", convffn_layers=(9,))
+
+
+def test_conv_embedding_overlaps_and_marks_the_border_on_a_constant_image():
+    torch.manual_seed(0)
+    m = create_model("deit_micro_convembed").eval()
+    assert m.patch_embed.proj.kernel_size == (7, 7) and m.patch_embed.proj.stride == (4, 4)
+    for h, w in [(32, 32), (40, 56)]:
+        tokens, grid = m.patch_embed(torch.randn(1, 3, h, w))
+        assert (grid.h, grid.w) == (h // 4, w // 4) and tokens.shape == (1, h // 4 * w // 4, 128)
+    tokens, grid = m.patch_embed(torch.full((1, 3, 32, 32), 0.7))
+    t = tokens[0].reshape(8, 8, -1)
+    interior = t[1:7, 1:7].reshape(36, -1)
+    assert (interior - interior[0]).abs().max() < 1e-5  # a 7x7 kernel at stride 4 reaches padding only at the edge
+    assert (t[0, 0] - interior[0]).abs().max() > 1e-3
+    plain = create_model("deit_micro_nope").eval()
+    pt = plain.patch_embed(torch.full((1, 3, 32, 32), 0.7))[0][0]
+    assert (pt - pt[0]).abs().max() < 1e-6  # a non-overlapping embedding cannot tell tokens apart

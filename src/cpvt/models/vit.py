@@ -81,10 +81,11 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix else None
         grid = (img_size[0] // patch_size, img_size[1] // patch_size)
-        shape = ModelShape(embed_dim, depth, num_heads, self.num_prefix, grid, int(embed_dim * mlp_ratio))
+        shape = ModelShape(embed_dim, depth, num_heads, self.num_prefix, grid, int(embed_dim * mlp_ratio), patch_size,
+                           in_chans)
         self.pos_slots: tuple[str, ...] = ()
         for enc in build_position_encodings(pos, shape, **pos_options):
-            self.add_module(enc.slot, enc)  # pos_embed / pos_block / rel_pos
+            self.add_module(enc.slot, enc)  # pos_embed / pos_block / rel_pos; patch_embed replaces the plain one
             self.pos_slots += (enc.slot,)
         self.pos_drop = nn.Dropout(pos_drop_rate)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .alibi import ALiBi2D
 from .ape import LearnedAPE, resample_abs_pos_embed
+from .convembed import ConvEmbed
 from .convffn import ConvFFN
 from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
@@ -24,7 +25,7 @@ from .rpe import RelPosBias
 from .sincos import SinCos2D
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {
-    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE)
+    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE, ConvEmbed)
 }
 
 
@@ -83,6 +84,7 @@ def build_position_encodings(spec: str | Sequence[str], shape: ModelShape, **opt
 __all__ = [
     "ENCODINGS",
     "ALiBi2D",
+    "ConvEmbed",
     "ConvFFN",
     "RepCPE",
     "RoPE2D",

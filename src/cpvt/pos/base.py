@@ -6,6 +6,8 @@ Position can enter a vision transformer at only a few places, and each is a
 =================  ==========================================  ==================
 hook               what it does                                 schemes
 =================  ==========================================  ==================
+slot patch_embed   replaces the patch embedding (images ->      conv embedding
+                   tokens, grid)
 ``add``            added to the tokens after the patch embed    APE, 2D sin-cos
 ``between``        mixes tokens before block 0 / after block i  PEG
 ``attn_bias``      added to the attention logits of block i     2D relative bias,
@@ -75,6 +77,8 @@ class ModelShape:
     num_prefix: int
     grid: tuple[int, int]  # the grid at the model's default image size
     mlp_hidden: int = 0  # hidden width of the feed-forward networks
+    patch_size: int = 16
+    in_chans: int = 3
 
 
 @dataclass
