@@ -44,7 +44,11 @@ def test_convffn_adds_a_depthwise_conv_to_every_mlp_and_carries_border_position(
     torch.manual_seed(0)
     nope, conv = create_model("deit_micro_nope").eval(), create_model("deit_micro_convffn").eval()
     hidden = 4 * 128
-    assert sum(p.numel() for p in conv.parameters()) - sum(p.numel() for p in nope.parameters()) == 8 * hidden * 10
+    # every block but the last (its patch tokens never reach the class-token head)
+    assert sorted(conv.conv_ffn.convs) == [str(i) for i in range(7)]
+    assert sum(p.numel() for p in conv.parameters()) - sum(p.numel() for p in nope.parameters()) == 7 * hidden * 10
+    gap = create_model("deit_micro_convffn", global_pool="avg")
+    assert sorted(gap.conv_ffn.convs) == [str(i) for i in range(8)]
     assert not any(n.startswith("conv_ffn") for n in conv.no_weight_decay())  # decayed like the MLP (PVTv2)
     x = torch.full((1, 3, 32, 32), 0.3)  # a constant image: only the padding can tell tokens apart
     for model, varies in [(nope, False), (conv, True)]:

@@ -31,8 +31,8 @@ def test_unknown_model():
 
 
 def test_unknown_encoding():
-    with pytest.raises(ValueError, match=r"unknown position encoding 'rope'; known: none, ape"):
-        cpvt.create_model("deit_micro", pos="rope")
+    with pytest.raises(ValueError, match=r"unknown position encoding 'spiral'; known: none, ape"):
+        cpvt.create_model("deit_micro", pos="spiral")
     with pytest.raises(ValueError, match="cannot be combined"):
         cpvt.create_model("deit_micro", pos="none+peg")
 

@@ -13,7 +13,9 @@ def test_registry_is_populated():
     assert len(ALL) >= 30
     for family in ("deit_tiny", "deit_small", "deit_base", "cpvt_ti", "cpvt_s", "cpvt_b", "deit_micro", "cpvt_micro"):
         assert family in ALL
-    assert cpvt.list_models("cpvt_ti*") == sorted(["cpvt_ti", "cpvt_ti_ape", "cpvt_ti_gap", "cpvt_ti_gap_plus", "cpvt_ti_plus"])
+    assert cpvt.list_models("cpvt_ti*") == sorted(
+        ["cpvt_ti", "cpvt_ti_ape", "cpvt_ti_gap", "cpvt_ti_gap_plus", "cpvt_ti_plus", "cpvt_ti_repcpe"]
+    )
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -28,7 +28,9 @@ class ConvFFN(PositionEncoding):
 
     Args:
         kernel_size: odd kernel side (PVTv2: 3).
-        layers: blocks that get one (default: every block).
+        layers: blocks that get one. Default: every block, except the last when the model has a class
+            token (that block's patch tokens never reach a class-token head, so a conv there would get
+            no gradient).
     """
 
     name = "convffn"
@@ -40,7 +42,9 @@ class ConvFFN(PositionEncoding):
             raise ValueError(f"convffn_kernel_size must be a positive odd number, got {kernel_size}")
         if not shape.mlp_hidden:
             raise ValueError("ConvFFN needs the model's MLP hidden size (ModelShape.mlp_hidden)")
-        layers = tuple(range(shape.depth)) if layers is None else tuple(int(i) for i in layers)
+        if layers is None:
+            layers = tuple(range(shape.depth - 1 if shape.num_prefix and shape.depth > 1 else shape.depth))
+        layers = tuple(int(i) for i in layers)
         if not layers or any(not 0 <= i < shape.depth for i in layers):
             raise ValueError(f"convffn_layers {list(layers)} invalid for depth {shape.depth}")
         self.kernel_size, self.layers = kernel_size, layers
