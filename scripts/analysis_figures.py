@@ -18,6 +18,7 @@ ROWS = {
     "t1_encodings/ape": "APE",
     "t1_encodings/none": "no PE",
     "t1_encodings/peg": "PEG",
+    "t1_encodings/peg_plus": "PEG at 0-4",
     "t4_peg/circular": "PEG circular",
     "t1_encodings/rpe": "RPE",
 }

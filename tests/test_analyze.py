@@ -62,6 +62,11 @@ def test_spearman_is_rank_correlation():
     assert spearman(t**3, t).item() == pytest.approx(1.0)
     assert spearman(-t, t).item() == pytest.approx(-1.0)
     assert spearman(torch.ones(10), t).item() == 0.0
+    # ties share their average rank: a two-level prediction of a ramp is scored as such, not by tie order
+    two_level = (t >= 5).float()
+    expected = torch.corrcoef(torch.stack([torch.tensor([2.0] * 5 + [7.0] * 5), t]))[0, 1]
+    assert spearman(two_level, t).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert spearman(two_level, t).item() == pytest.approx(spearman(two_level.flip(0).flip(0), t).item())
 
 
 @pytest.mark.parametrize("name", ["deit_micro", "cpvt_micro_gap", "deit_micro_rpe"])

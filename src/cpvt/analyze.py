@@ -240,7 +240,12 @@ TARGETS = ("horizontal", "vertical", "gaussian")
 
 
 def _ranks(v: Tensor) -> Tensor:
-    return v.argsort(dim=-1).argsort(dim=-1).float()
+    """Ranks along the last dim, ties sharing their average rank (values equal to 1e-5 relative count as tied)."""
+    scale = v.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    q = torch.round(v / scale * 1e5)
+    less = (q[..., None, :] < q[..., :, None]).sum(-1)
+    equal = (q[..., None, :] == q[..., :, None]).sum(-1)
+    return less.float() + (equal.float() - 1) / 2
 
 
 def spearman(pred: Tensor, target: Tensor) -> Tensor:
