@@ -373,7 +373,7 @@ def attention_analysis(subject: Subject, x: Tensor, blocks: list[int] | None = N
     queries = query_tokens(h, w)
     maps = {}
     for b in blocks:
-        a = attn[b][:, :, pre:, pre:].mean(dim=(0, 1))  # (N, N), averaged over images and heads
+        a = attn[b][0, :, pre:, pre:].mean(dim=0)  # (N, N): the first image (the one drawn under it), mean of heads
         maps[str(b % depth)] = {q: (a[i] / a[i].max().clamp_min(1e-12)).reshape(h, w).tolist() for q, i in queries.items()}
     return {"grid": [h, w], "patch": p, "mean_distance": mean_dist, "maps": maps,
             "row_sums_max_error": max((a.sum(-1) - 1).abs().max().item() for a in attn)}
@@ -391,14 +391,13 @@ def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dis
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, dist_path)
-    rows = [(label, b) for label, r in results.items() for b in r["maps"]]
     queries = list(query_tokens(2, 2))
-    fig, axes = plt.subplots(len(rows), len(queries), figsize=(2.4 * len(queries), 2.3 * len(rows)), dpi=110,
+    cols = [(b, q) for b in next(iter(results.values()))["maps"] for q in queries]
+    fig, axes = plt.subplots(len(results), len(cols), figsize=(1.9 * len(cols), 2.1 * len(results)), dpi=110,
                              squeeze=False)
-    for i, (label, b) in enumerate(rows):
-        r = results[label]
+    for i, (label, r) in enumerate(results.items()):
         h, w = r["grid"]
-        for j, q in enumerate(queries):
+        for j, (b, q) in enumerate(cols):
             ax = axes[i][j]
             m = torch.tensor(r["maps"][b][q])
             if image is not None and tuple(image.shape[-2:]) == (h * r["patch"], w * r["patch"]):
@@ -408,7 +407,9 @@ def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dis
                 ax.imshow(m.numpy(), cmap="inferno", extent=(0, w, h, 0))
             qi = query_tokens(h, w)[q]
             ax.scatter([qi % w + 0.5], [qi // w + 0.5], marker="x", color="cyan", s=30)
-            ax.set_title(f"{label}\nblock {b}, {q} query", fontsize=6)
+            ax.set_title(f"block {b}, {q} query", fontsize=6)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
     return dist_path, _save(fig, maps_path)
