@@ -357,6 +357,8 @@ def attention_analysis(subject: Subject, x: Tensor, blocks: list[int] | None = N
     h, w = model.grid_for(tuple(x.shape[-2:]))
     p, pre = model.patch_size, model.num_prefix
     attn = attention_maps(subject, x)
+    if attn[0].shape[-1] != attn[0].shape[-2]:
+        raise ValueError(f"{subject.label} attends to strided keys (conv projection); its maps are not query x key grids")
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     coords = torch.stack([ys.flatten(), xs.flatten()], 1).float() * p
     dist = torch.cdist(coords, coords)  # (N, N) pixels

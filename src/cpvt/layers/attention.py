@@ -38,7 +38,18 @@ class Attention(nn.Module):
         """x: (B, T, C), already normed. ``qk_input``, if given, feeds the query and
         key projections instead of ``x`` (the values always come from ``x``)."""
         b, t, c = x.shape
-        if qk_input is None:
+        if pos.qkv_tokens is not None:  # conv projection (CvT): separate, possibly strided, q/k/v inputs
+            if qk_input is not None:
+                raise ValueError("a Q/K-only PEG cannot be combined with a convolutional q/k/v projection")
+            xq, xk, xv = pos.qkv_tokens(x)
+            w, bias = self.qkv.weight, self.qkv.bias
+            parts = [F.linear(inp, w[i * c : (i + 1) * c], None if bias is None else bias[i * c : (i + 1) * c])
+                     for i, inp in enumerate((xq, xk, xv))]
+            q, k, v = (self._heads(p, 1)[0] for p in parts)
+            if k.shape[2] != q.shape[2] and (pos.attn_bias is not None or pos.qk_angles is not None):
+                raise ValueError("strided keys (convproj_kv_stride > 1) cannot take a per-pair attention bias or "
+                                 "RoPE; use convproj_kv_stride=1 to combine them")
+        elif qk_input is None:
             q, k, v = self._heads(self.qkv(x), 3).unbind(0)
         else:
             w, bias = self.qkv.weight, self.qkv.bias

@@ -130,7 +130,10 @@ class VisionTransformer(nn.Module):
                 for enc in hooks:
                     h = enc.ffn_hidden(h, grid, layer)
                 return h
-        return BlockPosition(grid, bias, qk, angles, ffn)
+        projections = [f for enc in self.position_encodings() if (f := enc.qkv_tokens(grid, layer)) is not None]
+        if len(projections) > 1:
+            raise ValueError("only one position encoding may replace the q/k/v projection inputs")
+        return BlockPosition(grid, bias, qk, angles, ffn, projections[0] if projections else None)
 
     def reparameterize(self) -> "VisionTransformer":
         """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""

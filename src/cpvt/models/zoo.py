@@ -14,6 +14,7 @@ Naming:
     deit_<size>_alibi      2D-ALiBi (distance-proportional logit bias)
     deit_<size>_convffn    no position embedding, a depth-wise 3x3 conv in every MLP (PVTv2)
     deit_<size>_convembed  no position embedding, overlapping conv token embedding (CvT / PVTv2)
+    deit_<size>_convproj   no position embedding, CvT's conv q/k/v projection (k/v stride 2)
     cpvt_<size>_repcpe     a 7x7 re-parameterisable CPE after block 0 instead of the PEG (FastViT)
     cpvt_<size>            one PEG after block 0 (CPVT's default, "position 0")
     cpvt_<size>_gap        ... without class token, global average pooling
@@ -56,6 +57,7 @@ for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base"
     _register(f"deit_{_deit}_alibi", dict(_size, pos="alibi"))
     _register(f"deit_{_deit}_convffn", dict(_size, pos="convffn"))
     _register(f"deit_{_deit}_convembed", dict(_size, pos="convembed"))
+    _register(f"deit_{_deit}_convproj", dict(_size, pos="convproj"))
     _register(f"cpvt_{_cpvt}", dict(_size, pos="peg"))
     _register(f"cpvt_{_cpvt}_gap", dict(_size, pos="peg", **GAP))
     _register(f"cpvt_{_cpvt}_plus", dict(_size, pos="peg", **PLUS))

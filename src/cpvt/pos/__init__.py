@@ -16,6 +16,7 @@ from .alibi import ALiBi2D
 from .ape import LearnedAPE, resample_abs_pos_embed
 from .convembed import ConvEmbed
 from .convffn import ConvFFN
+from .convproj import ConvProjection
 from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
 from .peg import PEG, PosConv
@@ -25,7 +26,7 @@ from .rpe import RelPosBias
 from .sincos import SinCos2D
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {
-    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE, ConvEmbed)
+    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE, ConvEmbed, ConvProjection)
 }
 
 
@@ -86,6 +87,7 @@ __all__ = [
     "ALiBi2D",
     "ConvEmbed",
     "ConvFFN",
+    "ConvProjection",
     "RepCPE",
     "RoPE2D",
     "PEG",

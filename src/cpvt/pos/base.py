@@ -14,6 +14,7 @@ slot patch_embed   replaces the patch embedding (images ->      conv embedding
                                                                 2D-ALiBi
 ``qk_angles``      rotates query/key channel pairs of block i   2D RoPE
 ``ffn_hidden``     transforms the MLP's hidden tokens, block i  ConvFFN
+``qkv_tokens``     the inputs of the q, k, v projections        conv projection
 =================  ==========================================  ==================
 
 A scheme subclasses :class:`PositionEncoding` and overrides only the hooks it
@@ -97,6 +98,7 @@ class BlockPosition:
     qk_delta: Tensor | None = None
     qk_angles: Tensor | None = None  # (heads or 1, N, head_dim / 2): rotation of patch-token q/k pairs
     ffn_hidden: Callable[[Tensor], Tensor] | None = None  # applied to the MLP's hidden tokens (ConvFFN)
+    qkv_tokens: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None  # normed x -> q/k/v inputs (CvT)
 
 
 class PositionEncoding(nn.Module):
@@ -138,6 +140,11 @@ class PositionEncoding(nn.Module):
         """Feed-forward hook: the hidden tokens (B, T, hidden) of block ``layer``'s MLP,
         between its first linear layer and the activation."""
         return h
+
+    def qkv_tokens(self, grid: Grid, layer: int) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None:
+        """Projection hook: a function from block ``layer``'s normed tokens (B, T, C) to the
+        inputs of its query, key and value projections (keys/values may be fewer), or None."""
+        return None
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this module) of parameters excluded from weight decay.
