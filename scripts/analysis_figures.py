@@ -31,15 +31,17 @@ def main() -> None:
     ap.add_argument("--out", default="docs/analysis")
     ap.add_argument("--images", type=int, default=128)
     args = ap.parse_args()
-    runs = json.loads((Path(args.sweep) / "results.json").read_text())["runs"]
+    # one pass over the sweep's run folders: (row, seed) -> folder, for this dataset
+    folders = {}
+    for result in sorted((Path(args.sweep) / "runs" / args.data).glob("*/result.json")):
+        run = json.loads(result.read_text())
+        for row in run["rows"]:
+            folders[(row, run["seed"])] = result.parent
     found = {}
     for row in ROWS:
-        match = [r for r in runs if r["data"] == args.data and r["seed"] == 0 and row in r["rows"]]
-        if not match:
+        if (row, 0) not in folders:
             raise SystemExit(f"{args.sweep} has no finished seed-0 {args.data} run for {row}; run `cpvt reproduce` first")
-        base = Path(args.sweep) / "runs" / args.data
-        found[row] = next(p for p in base.iterdir() if (p / "result.json").exists()
-                          and json.loads((p / "result.json").read_text()) == match[0])
+        found[row] = folders[(row, 0)]
     specs = [str(found[row]) for row in ROWS]
     print("runs:", *(f"  {ROWS[r]}: {found[r]}" for r in ROWS), sep="\n")
     for kind in ("equivariance", "position", "attention", "peg"):

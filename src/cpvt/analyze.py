@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .plotting import pyplot, save
+from .pos import Grid
 from .table import format_table
 
 KINDS = ("equivariance", "position", "attention", "peg")
@@ -122,41 +123,22 @@ def normalise(images: Tensor, subject: Subject) -> Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def _patch_tokens(tokens: Tensor, model: nn.Module, grid: tuple[int, int]) -> Tensor:
-    """(B, P + N, D) -> (B, D, H, W), prefix tokens dropped."""
-    x = tokens[:, model.num_prefix :]
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
-
-
 @torch.no_grad()
-def stage_maps(model: nn.Module, x: Tensor, batch: int = 64) -> list[Tensor]:
-    """Patch-token maps (B, D, H, W) at every stage (input to block 0, then after each block)."""
-    grid = model.grid_for(tuple(x.shape[-2:]))
+def stage_maps(model: nn.Module, x: Tensor, batch: int = 64) -> tuple[list[Tensor], Tensor]:
+    """Patch-token maps (B, D, H, W) at every stage (input to block 0, then after each block), and the
+    logits, from one pass per batch."""
+    h, w = model.grid_for(tuple(x.shape[-2:]))
+    grid = Grid(h, w, model.num_prefix)
     out: list[list[Tensor]] = []
+    logits = []
     for i in range(0, len(x), batch):
         stages = model.forward_intermediates(x[i : i + batch])
+        logits.append(model.forward_head(model.norm(stages[-1])))
         for j, t in enumerate(stages):
             if len(out) <= j:
                 out.append([])
-            out[j].append(_patch_tokens(t.float(), model, grid))
-    return [torch.cat(o) for o in out]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
+            out[j].append(grid.to_map(grid.split(t.float())[1]))
+    return [torch.cat(o) for o in out], torch.cat(logits)
 
 
 # ----------------------------------------------------------------------------- equivariance
@@ -183,12 +165,12 @@ def equivariance(subject: Subject, images: Tensor, offsets: list[int], mode: str
     model, p = subject.model, subject.model.patch_size
     margin = 0 if mode == "circular" else p * math.ceil(max(max(offsets), 0) / p)
     base_img = _shift(images, 0, mode, margin)
-    base = stage_maps(model, base_img)
-    base_pred = model(base_img).argmax(-1)
+    base, base_logits = stage_maps(model, base_img)
+    base_pred = base_logits.argmax(-1)
     out: dict[str, Any] = {"offsets": offsets, "mode": mode, "error": {}, "agreement": {}}
     for d in offsets:
         shifted_img = _shift(images, d, mode, margin)
-        shifted = stage_maps(model, shifted_img)
+        shifted, shifted_logits = stage_maps(model, shifted_img)
         t = round(d / p)
         errs = []
         for a, b in zip(base, shifted):
@@ -199,12 +181,12 @@ def equivariance(subject: Subject, images: Tensor, offsets: list[int], mode: str
                 a_al, b_al = a[:, :, : h - t, : w - t], b[:, :, t:, t:]
             errs.append(((b_al - a_al).norm() / a_al.norm().clamp_min(1e-12)).item())
         out["error"][str(d)] = errs
-        out["agreement"][str(d)] = 100 * (model(shifted_img).argmax(-1) == base_pred).float().mean().item()
+        out["agreement"][str(d)] = 100 * (shifted_logits.argmax(-1) == base_pred).float().mean().item()
     return out
 
 
 def plot_equivariance(results: dict[str, dict[str, Any]], patch: int, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
     for label, r in results.items():
         offs = r["offsets"]
@@ -222,7 +204,7 @@ def plot_equivariance(results: dict[str, dict[str, Any]], patch: int, path: Path
             if ax is not axes[1]:
                 ax.axvline(x, color="grey", lw=0.5, ls=":")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- position probe
@@ -281,8 +263,8 @@ def position_probe(subject: Subject, images: dict[str, tuple[Tensor, Tensor]]) -
     """For each image kind: per-stage Spearman / MAE of the probe (fitted on train images, scored on test images)."""
     out: dict[str, Any] = {}
     for kind, (train_u8, test_u8) in images.items():
-        tr = stage_maps(subject.model, normalise(train_u8, subject))
-        te = stage_maps(subject.model, normalise(test_u8, subject))
+        tr, _ = stage_maps(subject.model, normalise(train_u8, subject))
+        te, _ = stage_maps(subject.model, normalise(test_u8, subject))
         per_stage = [probe_stage(a, b) for a, b in zip(tr, te)]
         out[kind] = {
             "spearman": [sum(s["spearman"].values()) / 3 for s in per_stage],
@@ -294,7 +276,7 @@ def position_probe(subject: Subject, images: dict[str, tuple[Tensor, Tensor]]) -
 
 
 def plot_position(results: dict[str, dict[str, Any]], curves: Path, maps: Path) -> tuple[Path, Path]:
-    plt = _plt()
+    plt = pyplot()
     kinds = list(next(iter(results.values())))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), dpi=110, squeeze=False)
     for ax, kind in zip(axes[0], kinds):
@@ -304,7 +286,7 @@ def plot_position(results: dict[str, dict[str, Any]], curves: Path, maps: Path) 
                ylim=(-0.1, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, curves)
+    save(fig, curves)
     kind = "constant" if "constant" in kinds else kinds[0]
     n = len(results)
     fig, axes = plt.subplots(n + 1, 3, figsize=(7, 2.3 * (n + 1)), dpi=110, squeeze=False)
@@ -322,7 +304,7 @@ def plot_position(results: dict[str, dict[str, Any]], curves: Path, maps: Path) 
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"probe predictions from the last block, {kind} input", fontsize=9)
-    return curves, _save(fig, maps)
+    return curves, save(fig, maps)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -382,7 +364,7 @@ def attention_analysis(subject: Subject, x: Tensor, blocks: list[int] | None = N
 
 
 def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dist_path: Path, maps_path: Path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for label, r in results.items():
         md = torch.tensor(r["mean_distance"])  # (blocks, heads)
@@ -392,7 +374,7 @@ def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dis
     ax.set(xlabel="block", ylabel="mean attention distance (px)", title="attention distance (dots: heads)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, dist_path)
+    save(fig, dist_path)
     queries = list(query_tokens(2, 2))
     cols = [(b, q) for b in next(iter(results.values()))["maps"] for q in queries]
     fig, axes = plt.subplots(len(results), len(cols), figsize=(1.9 * len(cols), 2.1 * len(results)), dpi=110,
@@ -414,7 +396,7 @@ def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dis
                 ax.set_ylabel(label, fontsize=6)
             ax.set_xticks([])
             ax.set_yticks([])
-    return dist_path, _save(fig, maps_path)
+    return dist_path, save(fig, maps_path)
 
 
 # ----------------------------------------------------------------------------- PEG response
@@ -448,7 +430,7 @@ def peg_response(subject: Subject, x: Tensor) -> dict[str, Any]:
 
 
 def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     cells = [(label, kind, key) for label, per in results.items() for kind, r in per.items() for key in r]
     cols = min(4, len(cells))
     rows = math.ceil(len(cells) / cols)
@@ -465,18 +447,10 @@ def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
     for ax in list(axes.flat)[len(cells):]:
         ax.axis("off")
     fig.suptitle("||PEG(x) - x|| per token", fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, Tensor):
-        return obj.tolist()
-    return obj
 
 
 def analyze(kind: str, specs: list[str], data: str | None = None, out: str | None = None, images: int = 64,
@@ -560,7 +534,7 @@ def analyze(kind: str, specs: list[str], data: str | None = None, out: str | Non
     else:
         files.append(plot_peg(results, out_dir / "peg_response.png"))
     meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed}
-    (out_dir / f"{kind}.json").write_text(json.dumps({"meta": meta, "results": _to_jsonable(results)}, indent=1))
+    (out_dir / f"{kind}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(format_table(table_rows, headers))
     print("\nwrote " + ", ".join(str(f) for f in files + [out_dir / f"{kind}.json"]))
     return results

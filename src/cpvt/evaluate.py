@@ -98,11 +98,9 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
 
 def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Top-1 against test resolution, one curve per run, training size marked."""
-    import matplotlib
+    from .plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
         sizes = sorted(int(s) for s in r["sizes"])
@@ -117,12 +115,7 @@ def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | N
     ax.set_title(title or "Accuracy across resolutions")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write_json(results: list[dict[str, Any]], path: str | Path) -> None:

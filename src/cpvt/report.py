@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .plotting import pyplot, save
 from .table import format_table
 
 BASELINES = {"T1": "t1_encodings/ape", "T3": "t3_placement/pos0", "T4": "t4_peg/kernel3"}
@@ -145,18 +146,31 @@ def judge(claim: dict[str, Any], res: Results, data: str) -> dict[str, Any] | No
 # ----------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _paired_bars(labels: list[str], ours: list[float], paper: list[float], path: Path, *, ref: float, xlabel: str,
+                 ours_label: str, paper_label: str, ours_err: list[float] | None = None, title: str | None = None,
+                 xlim: tuple[float, float] | None = None) -> Path:
+    """Horizontal bars, ours beside the paper's for each row (NaN: the paper has no number), reference line at ``ref``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6), dpi=120)
+    y = range(len(labels))
+    ax.barh([i - 0.2 for i in y], ours, height=0.38, xerr=ours_err, label=ours_label, color="tab:blue")
+    ax.barh([i + 0.2 for i in y], [0 if math.isnan(p) else p for p in paper], height=0.38, label=paper_label,
+            color=["none" if math.isnan(p) else "tab:orange" for p in paper])
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(ref, color="k", lw=0.8)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return save(fig, path)
 
 
 def plot_deltas(res: Results, data: str, table: str, rows: list[Any], base: str, path: Path, title: str) -> Path:
     """Grouped bars: each row's top-1 minus the baseline row's, ours (with seed sd) beside the paper's."""
-    plt = _plt()
     labels, ours, ours_err, paper = [], [], [], []
     base_ours, base_paper = res.metric(data, base).mean, res.rows[base].paper.get("top1")
     for r in rows:
@@ -168,27 +182,14 @@ def plot_deltas(res: Results, data: str, table: str, rows: list[Any], base: str,
         ours_err.append(s.sd or 0.0)
         p = r.paper.get("top1")
         paper.append(p - base_paper if p is not None and base_paper is not None else math.nan)
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6), dpi=120)
-    y = range(len(labels))
-    ax.barh([i - 0.2 for i in y], ours, height=0.38, xerr=ours_err, label=f"ours ({data})", color="tab:blue")
-    ax.barh([i + 0.2 for i in y], [0 if math.isnan(p) else p for p in paper], height=0.38, label="paper (ImageNet)",
-            color=["tab:orange" if not math.isnan(p) else "none" for p in paper])
-    ax.set_yticks(list(y), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel(f"top-1 minus '{res.rows[base].label}' (points); error bar: seed sd")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _paired_bars(labels, ours, paper, path, ref=0.0, ours_err=ours_err, title=title,
+                        xlabel=f"top-1 minus '{res.rows[base].label}' (points); error bar: seed sd",
+                        ours_label=f"ours ({data})", paper_label="paper (ImageNet)")
 
 
 def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str], train_size: int, path: Path) -> Path:
     """T2: top-1 against test scale; ours (mean, seed-sd band) on the left, the paper's on the right."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for r in rows:
         if not res.has(data, r.id):
@@ -214,15 +215,11 @@ def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str],
         a.set_ylabel("top-1 (%)")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_cost(cost: list[dict[str, Any]], rows: dict[str, Any], path: Path) -> Path:
     """T5: throughput relative to DeiT of the same size, ours beside the paper's."""
-    plt = _plt()
     base_for = _cost_baselines(cost)
     labels, ours, paper = [], [], []
     for c in cost:
@@ -231,23 +228,10 @@ def plot_cost(cost: list[dict[str, Any]], rows: dict[str, Any], path: Path) -> P
         ours.append(c["img_per_s"] / b["img_per_s"])
         pp, pb = rows[c["row"]].paper.get("img_per_s"), rows[b["row"]].paper.get("img_per_s")
         paper.append(pp / pb if pp and pb else math.nan)
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.6), dpi=120)
-    y = range(len(labels))
-    ax.barh([i - 0.2 for i in y], ours, height=0.38, label="ours (measured here)", color="tab:blue")
-    ax.barh([i + 0.2 for i in y], [0 if math.isnan(p) else p for p in paper], height=0.38, label="paper (V100)",
-            color="tab:orange")
-    ax.set_yticks(list(y), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(1, color="k", lw=0.8)
-    ax.set_xlim(min([0.8] + [v for v in ours + paper if not math.isnan(v)]) - 0.02,
-                max([1.05] + [v for v in ours + paper if not math.isnan(v)]) + 0.02)
-    ax.set_xlabel("inference throughput relative to DeiT of the same size")
-    ax.legend(fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    known = [v for v in ours + paper if not math.isnan(v)]
+    return _paired_bars(labels, ours, paper, path, ref=1.0, xlim=(min([0.8] + known) - 0.02, max([1.05] + known) + 0.02),
+                        xlabel="inference throughput relative to DeiT of the same size",
+                        ours_label="ours (measured here)", paper_label="paper (V100)")
 
 
 def _cost_baselines(cost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -341,7 +325,7 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
 def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: str) -> list[str]:
     base_ours = res.metric(data, base).mean
     base_paper = res.rows[base].paper.get("top1")
-    headers = ["row", "model", "overrides", "PE params", "ours top-1", f"ours Δ", "paper top-1", "paper Δ"]
+    headers = ["row", "model", "overrides", "PE params", "ours top-1", "ours Δ", "paper top-1", "paper Δ"]
     body = []
     for r in trows:
         runs = res.runs(data, r.id)

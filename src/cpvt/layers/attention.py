@@ -34,6 +34,17 @@ class Attention(nn.Module):
         b, n, _ = t.shape  # (B, T, parts*C) -> (parts, B, heads, T, head_dim)
         return t.reshape(b, n, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
+    def _project(self, xq: Tensor, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key, value heads (B, heads, T, head_dim); one fused matmul when all three read the same tokens."""
+        if xq is xk is xv:
+            return tuple(self._heads(self.qkv(xq), 3).unbind(0))
+        w, bias = self.qkv.weight, self.qkv.bias
+        c = w.shape[1]
+        return tuple(
+            self._heads(F.linear(inp, w[i * c : (i + 1) * c], None if bias is None else bias[i * c : (i + 1) * c]), 1)[0]
+            for i, inp in enumerate((xq, xk, xv))
+        )
+
     def forward(self, x: Tensor, pos: BlockPosition, qk_input: Tensor | None = None) -> Tensor:
         """x: (B, T, C), already normed. ``qk_input``, if given, feeds the query and
         key projections instead of ``x`` (the values always come from ``x``)."""
@@ -41,20 +52,13 @@ class Attention(nn.Module):
         if pos.qkv_tokens is not None:  # conv projection (CvT): separate, possibly strided, q/k/v inputs
             if qk_input is not None:
                 raise ValueError("a Q/K-only PEG cannot be combined with a convolutional q/k/v projection")
-            xq, xk, xv = pos.qkv_tokens(x)
-            w, bias = self.qkv.weight, self.qkv.bias
-            parts = [F.linear(inp, w[i * c : (i + 1) * c], None if bias is None else bias[i * c : (i + 1) * c])
-                     for i, inp in enumerate((xq, xk, xv))]
-            q, k, v = (self._heads(p, 1)[0] for p in parts)
-            if k.shape[2] != q.shape[2] and (pos.attn_bias is not None or pos.qk_angles is not None):
-                raise ValueError("strided keys (convproj_kv_stride > 1) cannot take a per-pair attention bias or "
-                                 "RoPE; use convproj_kv_stride=1 to combine them")
-        elif qk_input is None:
-            q, k, v = self._heads(self.qkv(x), 3).unbind(0)
+            inputs = pos.qkv_tokens(x)
         else:
-            w, bias = self.qkv.weight, self.qkv.bias
-            q, k = self._heads(F.linear(qk_input, w[: 2 * c], None if bias is None else bias[: 2 * c]), 2).unbind(0)
-            v = self._heads(F.linear(x, w[2 * c :], None if bias is None else bias[2 * c :]), 1)[0]
+            inputs = (x, x, x) if qk_input is None else (qk_input, qk_input, x)
+        q, k, v = self._project(*inputs)
+        if k.shape[2] != q.shape[2] and (pos.attn_bias is not None or pos.qk_angles is not None):
+            raise ValueError("strided keys (convproj_kv_stride > 1) cannot take a per-pair attention bias or "
+                             "RoPE; use convproj_kv_stride=1 to combine them")
         if pos.qk_angles is not None:  # RoPE: rotate the patch tokens' queries and keys
             p = pos.grid.num_prefix
             q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], pos.qk_angles)], dim=2)

@@ -123,17 +123,16 @@ class VisionTransformer(nn.Module):
         for enc in self.position_encodings():
             bias = add_tensors(bias, enc.attn_bias(grid, layer))
             angles = add_tensors(angles, enc.qk_angles(grid, layer))
-        hooks = [enc for enc in self.position_encodings() if type(enc).ffn_hidden is not PositionEncoding.ffn_hidden]
-        ffn = None
-        if hooks:
-            def ffn(h: Tensor) -> Tensor:
-                for enc in hooks:
-                    h = enc.ffn_hidden(h, grid, layer)
-                return h
+        ffns = [f for enc in self.position_encodings() if (f := enc.ffn_hidden(grid, layer)) is not None]
+
+        def ffn(h: Tensor) -> Tensor:
+            for f in ffns:
+                h = f(h)
+            return h
         projections = [f for enc in self.position_encodings() if (f := enc.qkv_tokens(grid, layer)) is not None]
         if len(projections) > 1:
             raise ValueError("only one position encoding may replace the q/k/v projection inputs")
-        return BlockPosition(grid, bias, qk, angles, ffn, projections[0] if projections else None)
+        return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None)
 
     def reparameterize(self) -> "VisionTransformer":
         """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""

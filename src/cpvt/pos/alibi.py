@@ -41,6 +41,7 @@ class ALiBi2D(PositionEncoding):
         else:
             self.register_buffer("slopes", slopes, persistent=False)
         self._dist_cache: dict[tuple, Tensor] = {}
+        self._bias_cache: dict[tuple, Tensor] = {}
 
     def distances(self, grid: Grid) -> Tensor:
         """(T, T) Euclidean distance between token grid positions; 0 on prefix rows and columns."""
@@ -54,7 +55,12 @@ class ALiBi2D(PositionEncoding):
         return self._dist_cache[key]
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
-        return -self.slopes[:, None, None] * self.distances(grid)  # (heads, T, T)
+        if self.learned:
+            return -self.slopes[:, None, None] * self.distances(grid)  # (heads, T, T)
+        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
+        if key not in self._bias_cache:  # fixed slopes: the same bias for every block
+            self._bias_cache[key] = -self.slopes[:, None, None] * self.distances(grid)
+        return self._bias_cache[key]
 
     def extra_repr(self) -> str:
         return f"heads={len(self.slopes)}, learned={self.learned}"

@@ -136,10 +136,10 @@ class PositionEncoding(nn.Module):
         queries and keys in block ``layer`` (angles of several schemes add), or None."""
         return None
 
-    def ffn_hidden(self, h: Tensor, grid: Grid, layer: int) -> Tensor:
-        """Feed-forward hook: the hidden tokens (B, T, hidden) of block ``layer``'s MLP,
-        between its first linear layer and the activation."""
-        return h
+    def ffn_hidden(self, grid: Grid, layer: int) -> Callable[[Tensor], Tensor] | None:
+        """Feed-forward hook: a function applied to the hidden tokens (B, T, hidden) of block
+        ``layer``'s MLP, between its first linear layer and the activation, or None."""
+        return None
 
     def qkv_tokens(self, grid: Grid, layer: int) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None:
         """Projection hook: a function from block ``layer``'s normed tokens (B, T, C) to the

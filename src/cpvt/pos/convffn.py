@@ -15,7 +15,7 @@ weight decay as PVTv2 does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,12 +55,16 @@ class ConvFFN(PositionEncoding):
             nn.init.zeros_(conv.bias)
             self.convs[str(i)] = conv
 
-    def ffn_hidden(self, h: Tensor, grid: Grid, layer: int) -> Tensor:
-        conv = self.convs[str(layer)] if str(layer) in self.convs else None
-        if conv is None:
-            return h
-        prefix, patches = grid.split(h)
-        return torch.cat([prefix, Grid.from_map(conv(grid.to_map(patches)))], dim=1)
+    def ffn_hidden(self, grid: Grid, layer: int) -> Callable[[Tensor], Tensor] | None:
+        if str(layer) not in self.convs:
+            return None
+        conv = self.convs[str(layer)]
+
+        def apply(h: Tensor) -> Tensor:
+            prefix, patches = grid.split(h)
+            return torch.cat([prefix, Grid.from_map(conv(grid.to_map(patches)))], dim=1)
+
+        return apply
 
     def no_weight_decay(self) -> set[str]:
         return set()  # part of the network, decayed like the MLP (PVTv2)

@@ -68,6 +68,7 @@ class RoPE2D(PositionEncoding):
         mag = 1.0 / self.theta ** (torch.arange(0, head_dim, 4, dtype=torch.float32) / head_dim)  # (D/4,)
         if mode == "axial":
             self.register_buffer("freqs", mag, persistent=False)
+            self._axial_cache: dict[tuple, Tensor] = {}
         else:
             # per block and head: a random direction, the two halves of the pairs at right angles (RoPE-ViT)
             angle = torch.rand(shape.depth, shape.num_heads, 1) * 2 * math.pi
@@ -76,11 +77,13 @@ class RoPE2D(PositionEncoding):
             self.freqs = nn.Parameter(torch.stack([fx, fy]))  # (2, depth, heads, D/2)
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
+        if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid
+            key = (grid.h, grid.w, self.freqs.device)
+            if key not in self._axial_cache:
+                ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
+                self._axial_cache[key] = torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
+            return self._axial_cache[key]  # (1, N, D/2), shared by heads
         ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
-        if self.mode == "axial":
-            ax = xs[:, None] * self.freqs  # (N, D/4)
-            ay = ys[:, None] * self.freqs
-            return torch.cat([ax, ay], dim=-1)[None]  # (1, N, D/2), shared by heads
         fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
         return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)
 
