@@ -42,7 +42,7 @@ $(TIMM_VENV)/.installed: pyproject.toml
 timm-env: $(TIMM_VENV)/.installed
 
 test-timm: $(TIMM_VENV)/.installed
-	$(TIMM_VENV)/bin/python -m pytest -q -m timm tests/test_timm_compat.py
+	$(TIMM_VENV)/bin/python -m pytest -q -m timm tests/test_timm_compat.py tests/test_pyramids.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) .pytest_cache

@@ -6,6 +6,7 @@
     cpvt train --model M --data D [...]   train (see `cpvt train -h`)
     cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F]
     cpvt demo                             train 3 micro models and test them at 3 resolutions
+    cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
 """
 
 from __future__ import annotations
@@ -148,6 +149,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .convert import detect_format, load_converted
+
+    source = load_checkpoint(args.weights)
+    fmt = args.format or detect_format(source.weights)
+    model = load_converted(args.model, source.weights, fmt, **dict(args.set or []))
+    classes = [str(i) for i in range(model.num_classes)]
+    save_checkpoint(args.out, model, config={"model": args.model, "img_size": model.img_size[0], "converted_from": fmt},
+                    classes=classes)
+    print(f"{args.weights} ({fmt}) -> {args.out}: {args.model}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, loaded strictly")
+    return 0
+
+
 def parse_sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -217,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_reproduce)
+
+    s = sub.add_parser("convert", help="other projects' weights (timm Twins, official / HF CvT) -> cpvt checkpoint")
+    s.add_argument("weights", help="a state dict (.pth/.pt, weights only) or .safetensors file")
+    s.add_argument("out", help="the cpvt checkpoint to write (.safetensors)")
+    s.add_argument("--model", required=True, help="registry name, e.g. twins_pcpvt_small or cvt_13")
+    s.add_argument("--format", help="timm-twins | cvt-official | cvt-hf (default: detected from the keys)")
+    s.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="model override, e.g. num_classes=10")
+    s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("analyze", help="equivariance, position probe, attention and PEG maps of models or runs")
     s.add_argument("kind", choices=["equivariance", "position", "attention", "peg"])

@@ -55,9 +55,8 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int], in_chans: int
 
 def count_params(model: nn.Module) -> dict[str, int]:
     """Total, trainable and position-encoding parameter counts."""
-    pos = 0
-    for slot in getattr(model, "pos_slots", ()):
-        pos += sum(p.numel() for p in getattr(model, slot).parameters())
+    encodings = model.position_encodings() if hasattr(model, "position_encodings") else []
+    pos = sum(p.numel() for enc in encodings for p in enc.parameters())
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

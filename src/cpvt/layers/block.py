@@ -15,7 +15,8 @@ class Block(nn.Module):
 
     A Q/K-only position delta (``pos.qk_delta``) is added to the residual stream
     only for the queries and keys of this block's attention: they read
-    ``norm1(x + delta)`` while the values read ``norm1(x)``.
+    ``norm1(x + delta)`` while the values read ``norm1(x)``. ``attn_scale``,
+    ``sr_ratio`` and ``window`` select the attention variant (see :class:`Attention`).
     """
 
     def __init__(
@@ -27,13 +28,18 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        act: str = "gelu",
+        attn_scale: float | None = None,
+        sr_ratio: int = 1,
+        window: int = 0,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, attn_scale, sr_ratio, window)
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, act)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, pos: BlockPosition) -> Tensor:

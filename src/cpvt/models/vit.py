@@ -111,29 +111,6 @@ class VisionTransformer(nn.Module):
         """The encodings this model holds, in the order of its ``pos`` spec."""
         return [getattr(self, slot) for slot in self.pos_slots]
 
-    def _between(self, x: Tensor, grid: Grid, after: int) -> tuple[Tensor, Tensor | None]:
-        qk = None
-        for enc in self.position_encodings():
-            x, delta = enc.between(x, grid, after)
-            qk = add_tensors(qk, delta)
-        return x, qk
-
-    def _block_position(self, grid: Grid, layer: int, qk: Tensor | None) -> BlockPosition:
-        bias = angles = None
-        for enc in self.position_encodings():
-            bias = add_tensors(bias, enc.attn_bias(grid, layer))
-            angles = add_tensors(angles, enc.qk_angles(grid, layer))
-        ffns = [f for enc in self.position_encodings() if (f := enc.ffn_hidden(grid, layer)) is not None]
-
-        def ffn(h: Tensor) -> Tensor:
-            for f in ffns:
-                h = f(h)
-            return h
-        projections = [f for enc in self.position_encodings() if (f := enc.qkv_tokens(grid, layer)) is not None]
-        if len(projections) > 1:
-            raise ValueError("only one position encoding may replace the q/k/v projection inputs")
-        return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None)
-
     def reparameterize(self) -> "VisionTransformer":
         """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
         for enc in self.position_encodings():
@@ -159,16 +136,8 @@ class VisionTransformer(nn.Module):
         x, grid = self.patch_embed(x)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
-        grid = Grid(grid.h, grid.w, self.num_prefix)
-        for enc in self.position_encodings():
-            x = enc.add(x, grid)
-        x = self.pos_drop(x)
-        x, qk = self._between(x, grid, -1)
-        yield x
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, self._block_position(grid, i, qk))
-            x, qk = self._between(x, grid, i)
-            yield x
+        yield from run_blocks(x, Grid(grid.h, grid.w, self.num_prefix), self.position_encodings(), self.pos_drop,
+                              self.blocks)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes), or pooled features (B, D)."""
@@ -197,6 +166,51 @@ class VisionTransformer(nn.Module):
         h, w = _pair(img_size)
         check_image(torch.empty(1, self.in_chans, h, w, device="meta"), self.in_chans, self.patch_size)
         return h // self.patch_size, w // self.patch_size
+
+
+# -- the hook plumbing, shared with the pyramid models ---------------------------
+def between_blocks(encodings: list[PositionEncoding], x: Tensor, grid: Grid, after: int) -> tuple[Tensor, Tensor | None]:
+    """Every encoding's between-block hook, in order; their Q/K-only deltas add."""
+    qk = None
+    for enc in encodings:
+        x, delta = enc.between(x, grid, after)
+        qk = add_tensors(qk, delta)
+    return x, qk
+
+
+def block_position(encodings: list[PositionEncoding], grid: Grid, layer: int, qk: Tensor | None) -> BlockPosition:
+    """Collect what the encodings hand block ``layer``: biases and angles add, hidden-token hooks chain."""
+    bias = angles = None
+    for enc in encodings:
+        bias = add_tensors(bias, enc.attn_bias(grid, layer))
+        angles = add_tensors(angles, enc.qk_angles(grid, layer))
+    ffns = [f for enc in encodings if (f := enc.ffn_hidden(grid, layer)) is not None]
+
+    def ffn(h: Tensor) -> Tensor:
+        for f in ffns:
+            h = f(h)
+        return h
+
+    projections = [f for enc in encodings if (f := enc.qkv_tokens(grid, layer)) is not None]
+    if len(projections) > 1:
+        raise ValueError("only one position encoding may replace the q/k/v projection inputs")
+    return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None)
+
+
+def run_blocks(x: Tensor, grid: Grid, encodings: list[PositionEncoding], pos_drop: nn.Module, blocks: nn.ModuleList):
+    """Embedded tokens (prefix prepended) -> the token stream before block 0 and after every block.
+
+    The input hooks (``add``), dropout and the between-block hook before block 0 come
+    first; then each block with its :class:`BlockPosition`, followed by the between hook.
+    """
+    for enc in encodings:
+        x = enc.add(x, grid)
+    x, qk = between_blocks(encodings, pos_drop(x), grid, -1)
+    yield x
+    for i, blk in enumerate(blocks):
+        x = blk(x, block_position(encodings, grid, i, qk))
+        x, qk = between_blocks(encodings, x, grid, i)
+        yield x
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -22,10 +22,17 @@ Naming:
     cpvt_<size>_gap_plus   both (CPVT-Ti-GAP‡)
     cpvt_<size>_ape        learned APE + one PEG after block 0
 with size tiny/small/base (DeiT) and ti/s/b (CPVT, as in the paper), or micro.
+
+Pyramids (:class:`~cpvt.models.pyramid.PyramidTransformer`, timm's / the papers' configurations):
+    twins_pcpvt_{small,base,large}  PVT stages with sub-sampled attention, one PEG after block 0 of each stage
+    twins_svt_{small,base,large}    local 7x7 windows alternating with sub-sampled attention, PEG per stage
+    cvt_13, cvt_21                  CvT: conv token embedding + conv q/k/v projection, no position embedding
+    twins_pcpvt_micro, twins_svt_micro, cvt_micro   three-stage 32 px versions for the CPU
 """
 
 from __future__ import annotations
 
+from .pyramid import PyramidTransformer
 from .registry import register_model
 from .vit import VisionTransformer
 
@@ -38,13 +45,13 @@ PLUS = dict(peg_positions=(0, 1, 2, 3, 4))
 GAP = dict(global_pool="avg")
 
 
-def _register(name: str, args: dict) -> None:
+def _register(name: str, args: dict, cls: type = VisionTransformer) -> None:
     def variant() -> dict:
         return dict(args)
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = f"{name}: {args}"
-    register_model(VisionTransformer)(variant)
+    register_model(cls)(variant)
 
 
 for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base", "b", BASE), ("micro", "micro", MICRO)):
@@ -64,3 +71,30 @@ for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base"
     _register(f"cpvt_{_cpvt}_gap_plus", dict(_size, pos="peg", **GAP, **PLUS))
     _register(f"cpvt_{_cpvt}_ape", dict(_size, pos="ape+peg"))
     _register(f"cpvt_{_cpvt}_repcpe", dict(_size, pos="repcpe"))
+
+
+# -- pyramids: Twins (one PEG per stage) and CvT (conv embedding + conv projection, no PE) --------------------------
+PCPVT = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1),
+             pos="peg")
+SVT = dict(mlp_ratios=4, sr_ratios=(8, 4, 2, 1), windows=7, pos="peg")
+CVT = dict(patch_sizes=(4, 2, 2), embed_dims=(64, 192, 384), num_heads=(1, 3, 6), mlp_ratios=4, global_pool="token",
+           attn_scale="dim", act="quick_gelu", norm_eps=1e-5, pos="convembed+convproj",
+           stage_pos_options=({"convembed_padding": 2}, {}, {}))
+# micro pyramids for CIFAR-scale inputs: 32 px, strides 2, 2, 2 (grids 16, 8, 4)
+MICRO_PYRAMID = dict(img_size=32, num_classes=10, patch_sizes=(2, 2, 2), embed_dims=(32, 64, 128), num_heads=(1, 2, 4))
+
+PYRAMIDS = {
+    "twins_pcpvt_small": dict(PCPVT, depths=(3, 4, 6, 3)),
+    "twins_pcpvt_base": dict(PCPVT, depths=(3, 4, 18, 3)),
+    "twins_pcpvt_large": dict(PCPVT, depths=(3, 8, 27, 3)),
+    "twins_svt_small": dict(SVT, embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), depths=(2, 2, 10, 4)),
+    "twins_svt_base": dict(SVT, embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), depths=(2, 2, 18, 2)),
+    "twins_svt_large": dict(SVT, embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 2, 18, 2)),
+    "twins_pcpvt_micro": dict(PCPVT, **MICRO_PYRAMID, depths=(2, 2, 2), mlp_ratios=(4, 4, 4), sr_ratios=(4, 2, 1)),
+    "twins_svt_micro": dict(SVT, **MICRO_PYRAMID, depths=(2, 2, 2), sr_ratios=(4, 2, 1), windows=4),
+    "cvt_13": dict(CVT, depths=(1, 2, 10)),
+    "cvt_21": dict(CVT, depths=(1, 4, 16)),
+    "cvt_micro": dict(CVT, **{**MICRO_PYRAMID, "stage_pos_options": None}, depths=(1, 1, 2)),
+}
+for _name, _args in PYRAMIDS.items():
+    _register(_name, _args, PyramidTransformer)

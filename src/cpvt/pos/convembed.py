@@ -10,7 +10,8 @@ Both papers drop the position embedding when they use it.
 It takes the model's ``patch_embed`` slot (same call signature as
 :class:`cpvt.layers.PatchEmbed`: images -> tokens and their grid), so the
 stride stays the model's patch size and every other hook is unchanged. Padding
-``(k - 1) // 2`` keeps the grid at exactly ``H / patch x W / patch`` for any odd ``k``.
+``(k - 1) // 2`` keeps the grid at exactly ``H / patch x W / patch`` for any odd ``k``;
+any padding from ``(k - patch) / 2`` up to ``k / 2`` does too (CvT's first stage uses 2 with 7x7, stride 4).
 """
 
 from __future__ import annotations
@@ -25,18 +26,24 @@ class ConvEmbed(PositionEncoding):
 
     Args:
         kernel_size: odd kernel side; None: ``2 * patch - 1`` (7 at patch 4, PVTv2's first stage).
+        padding: zero padding on each side; None: ``(kernel_size - 1) // 2``.
     """
 
     name = "convembed"
     slot = "patch_embed"
 
-    def __init__(self, shape: ModelShape, kernel_size: int | None = None):
+    def __init__(self, shape: ModelShape, kernel_size: int | None = None, padding: int | None = None):
         super().__init__()
         k = 2 * shape.patch_size - 1 if kernel_size is None else int(kernel_size)
         if k < 1 or k % 2 == 0:
             raise ValueError(f"convembed_kernel_size must be a positive odd number, got {k}")
-        self.patch_size, self.in_chans, self.kernel_size = shape.patch_size, shape.in_chans, k
-        self.proj = nn.Conv2d(shape.in_chans, shape.dim, k, stride=shape.patch_size, padding=(k - 1) // 2)
+        s = shape.patch_size
+        pad = (k - 1) // 2 if padding is None else int(padding)
+        if not (k - s) / 2 <= pad < k / 2:
+            raise ValueError(f"convembed_padding {pad} does not keep the grid at H/{s} x W/{s} with a {k}x{k} "
+                             f"kernel: it must be in [{(k - s) / 2:g}, {k / 2:g})")
+        self.patch_size, self.in_chans, self.kernel_size, self.padding = s, shape.in_chans, k, pad
+        self.proj = nn.Conv2d(shape.in_chans, shape.dim, k, stride=s, padding=pad)
         self.norm = nn.LayerNorm(shape.dim, eps=1e-5)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
@@ -50,4 +57,4 @@ class ConvEmbed(PositionEncoding):
         return set()  # an embedding layer, decayed as in CvT / PVTv2
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.patch_size}"
+        return f"kernel_size={self.kernel_size}, stride={self.patch_size}, padding={self.padding}"
