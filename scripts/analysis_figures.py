@@ -21,6 +21,18 @@ ROWS = {
     "t1_encodings/peg_plus": "PEG at 0-4",
     "t4_peg/circular": "PEG circular",
     "t1_encodings/rpe": "RPE",
+    "t1_encodings/rope": "RoPE axial",
+    "t1_encodings/rope_mixed": "RoPE mixed",
+    "t1_encodings/alibi": "2D-ALiBi",
+    "t1_encodings/convffn": "ConvFFN",
+    "t1_encodings/convembed": "conv embed",
+    "t1_encodings/convproj": "conv proj",
+}
+# Rows each analysis skips: attention maps need a query x key grid (the conv projection's keys are
+# strided); the PEG response needs a PEG.
+SKIP = {
+    "attention": {"t1_encodings/convproj"},
+    "peg": {r for r in ROWS if r not in ("t1_encodings/peg", "t1_encodings/peg_plus", "t4_peg/circular")},
 }
 
 
@@ -42,10 +54,10 @@ def main() -> None:
         if (row, 0) not in folders:
             raise SystemExit(f"{args.sweep} has no finished seed-0 {args.data} run for {row}; run `cpvt reproduce` first")
         found[row] = folders[(row, 0)]
-    specs = [str(found[row]) for row in ROWS]
     print("runs:", *(f"  {ROWS[r]}: {found[r]}" for r in ROWS), sep="\n")
     for kind in ("equivariance", "position", "attention", "peg"):
         print(f"\n== {kind}")
+        specs = [str(found[row]) for row in ROWS if row not in SKIP.get(kind, ())]
         analyze(kind, specs, data=args.data, out=str(Path(args.out)), images=args.images)
 
 

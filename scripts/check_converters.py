@@ -54,7 +54,7 @@ def main() -> None:
         import transformers
 
         for name, depth in (("cvt_13", [1, 2, 10]), ("cvt_21", [1, 4, 16])):
-            theirs = transformers.CvtForImageClassification(transformers.CvtConfig(depth=depth)).eval()
+            theirs = transformers.CvtForImageClassification(transformers.CvtConfig(depth=depth, num_labels=1000)).eval()
             _compare(name, theirs, lambda m, x: m(pixel_values=x).logits, "cvt-hf", f"transformers {transformers.__version__}")
 
 

@@ -121,6 +121,8 @@ def test_analyze_errors_are_one_clear_line(capsys, tmp_path: Path):
     assert "neither a run folder" in capsys.readouterr().err
     assert main(["analyze", "attention", "deit_micro", "--img-size", "30", "--out", str(tmp_path)]) == 2
     capsys.readouterr()
+    assert main(["analyze", "position", "cvt_micro", "--out", str(tmp_path)]) == 2
+    assert "pyramid models" in capsys.readouterr().err
 
 
 def test_trained_run_is_analysed_from_its_folder(tmp_path: Path):

@@ -137,6 +137,8 @@ def test_converter_errors_are_clear():
     with pytest.raises(ValueError, match="missing"):
         load_converted("cvt_13", state, "cvt-hf", **{**args, "depths": (1, 2, 4)})
     assert set(FORMATS) == {"timm-twins", "cvt-official", "cvt-hf"}
+    # the class count follows the weights' classifier
+    assert load_converted("cvt_13", state, **{k: v for k, v in args.items() if k != "num_classes"}).num_classes == 10
 
 
 def test_pyramid_stages_and_class_token():
@@ -218,3 +220,31 @@ def test_against_installed_transformers_cvt(name, depth):
         for size in ((224, 224), (256, 192)):
             x = torch.randn(1, 3, *size)
             assert torch.allclose(ours(x), theirs(pixel_values=x).logits, atol=1e-5), size
+
+
+def test_pyramid_checkpoint_rebuilds_the_same_model(tmp_path):
+    from cpvt.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = cpvt.create_model("cvt_micro", num_classes=5).eval()
+    save_checkpoint(tmp_path / "m.safetensors", model, config={}, classes=list("abcde"))
+    again = load_checkpoint(tmp_path / "m.safetensors").build_model().eval()
+    x = torch.randn(1, 3, 32, 40)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_convert_command_writes_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from cpvt.checkpoint import load_checkpoint
+    from cpvt.cli import main
+
+    t, args = _hf_fixture()
+    save_file({k: v.contiguous() for k, v in _prefixed(t, "state.").items()}, str(tmp_path / "hf.safetensors"))
+    sets = [f"--set={k}={tuple(v) if isinstance(v, list) else v}" for k, v in args.items()]
+    assert main(["convert", str(tmp_path / "hf.safetensors"), str(tmp_path / "ours.safetensors"), "--model", "cvt_13",
+                 *sets]) == 0
+    model = load_checkpoint(tmp_path / "ours.safetensors").build_model().eval()
+    with torch.no_grad():
+        assert torch.allclose(model(t["x_base"]), t["logits.x_base"], atol=1e-5)

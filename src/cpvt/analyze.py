@@ -70,6 +70,13 @@ def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
+def _single_stage(model: nn.Module, spec: str) -> nn.Module:
+    if not hasattr(model, "blocks"):
+        raise ValueError(f"{spec}: the analyses read one token grid through every block; pyramid models "
+                         f"(twins_*, cvt_*) change grid and width between stages and are not supported")
+    return model
+
+
 def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Subject:
     """A registry model (random weights, seeded) or a trained run folder / checkpoint."""
     from .models import create_model, list_models
@@ -82,7 +89,7 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Su
         ckpt = load_checkpoint(resolve_checkpoint(p))
         if not ckpt.meta:
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
-        model = ckpt.build_model().eval()
+        model = _single_stage(ckpt.build_model().eval(), spec)
         cfg = ckpt.config
         shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes"}
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
@@ -96,7 +103,7 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Su
     torch.manual_seed(seed)
     if num_classes is not None:
         overrides.setdefault("num_classes", num_classes)
-    model = create_model(name, **overrides).eval()
+    model = _single_stage(create_model(name, **overrides).eval(), spec)
     return Subject(spec, model, int(model.img_size[0]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None)
 
 

@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
     s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
-    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~2 h, 2 cores) | gpu (~25 min, one H200)")
+    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~3 h, 2 cores) | gpu (~25 min, one H200)")
     s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's, 2 for T1/T2 at cpu)")
     s.add_argument("--out", help="runs and report go here (default: runs/reproduce/<budget>); finished runs are skipped")
     s.add_argument("--experiments", help="row, budget and claim files (default: ./experiments or the repository's)")

@@ -163,8 +163,9 @@ def convert_state_dict(state: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
 
 
 def load_converted(model_name: str, state: dict[str, Tensor], fmt: str | None = None, **overrides: Any) -> nn.Module:
-    """Build ``model_name`` with the arguments the format implies (plus ``overrides``), load the
-    converted weights strictly and return the model in eval mode."""
+    """Build ``model_name`` with the arguments the format implies (plus ``overrides``; the class
+    count follows the weights' classifier unless given), load the converted weights strictly and
+    return the model in eval mode."""
     from .models import create_model
 
     fmt = fmt or detect_format(state)
@@ -172,6 +173,8 @@ def load_converted(model_name: str, state: dict[str, Tensor], fmt: str | None = 
     if f is None:
         raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
     converted = convert_state_dict(state, fmt)
+    if "head.weight" in converted and "num_classes" not in overrides:  # a fine-tuned head sets the class count
+        overrides = {**overrides, "num_classes": converted["head.weight"].shape[0]}
     model = create_model(model_name, **{**f.model_args, **overrides})
     ours = model.state_dict()
     if f.dead:

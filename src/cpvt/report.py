@@ -191,9 +191,11 @@ def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str],
     """T2: top-1 against test scale; ours (mean, seed-sd band) on the left, the paper's on the right."""
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    for r in rows:
-        if not res.has(data, r.id):
-            continue
+    shown = [r for r in rows if res.has(data, r.id)]
+    # one distinct colour per row: tab10 up to 10 rows, then tab20 (dark shades first, then light)
+    tab20 = plt.get_cmap("tab20").colors
+    palette = plt.get_cmap("tab10").colors if len(shown) <= 10 else tab20[::2] + tab20[1::2]
+    for i, r in enumerate(shown):
         xs, mean, sd = [], [], []
         for s in scales:
             st = res.metric(data, f"{r.id}:top1@{s}")
@@ -201,7 +203,8 @@ def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str],
                 xs.append(float(s))
                 mean.append(st.mean)
                 sd.append(st.sd or 0.0)
-        (line,) = ax.plot(xs, mean, marker="o", label=r.label)
+        (line,) = ax.plot(xs, mean, marker="o", label=r.label, color=palette[i % len(palette)],
+                          linestyle="-" if i < 10 else "--")
         ax.fill_between(xs, [m - e for m, e in zip(mean, sd)], [m + e for m, e in zip(mean, sd)], alpha=0.15,
                         color=line.get_color())
         pr = r.paper.get("resolution", {})
@@ -214,7 +217,7 @@ def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str],
         a.set_xlabel("test size / training size (no fine-tuning)")
         a.set_ylabel("top-1 (%)")
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        a.legend(fontsize=6 if len(shown) > 10 else 7, ncol=2 if len(shown) > 10 else 1)
     return save(fig, path)
 
 
