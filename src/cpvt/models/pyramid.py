@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, PositionEncoding, build_position_encodings
 from ..pos.base import rename_flat_params
-from .vit import _init_linear, _pair, run_blocks
+from .vit import ClassifierAPI, _init_linear, _pair, run_blocks
 
 
 def _per_stage(value: Any, n: int, name: str) -> tuple:
@@ -74,7 +74,7 @@ class PyramidStage(nn.Module):
         return x, Grid(grid.h, grid.w, self.num_prefix)
 
 
-class PyramidTransformer(nn.Module):
+class PyramidTransformer(ClassifierAPI, nn.Module):
     """A pyramid of transformer stages; per-stage arguments are sequences (or one value for all stages).
 
     Args:
@@ -172,13 +172,6 @@ class PyramidTransformer(nn.Module):
         """Every stage's encodings, stage by stage."""
         return [enc for stage in self.stages for enc in stage.position_encodings()]
 
-    def reparameterize(self) -> "PyramidTransformer":
-        """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
-        for enc in self.position_encodings():
-            if hasattr(enc, "reparameterize"):
-                enc.reparameterize()
-        return self
-
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The token stream before each stage's first block and after every block, stage by stage (un-normed)."""
         return list(self._stages(x))
@@ -196,15 +189,6 @@ class PyramidTransformer(nn.Module):
         *_, last = self._stages(x)
         return self.norm(last)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Tokens -> logits (B, num_classes), or pooled features (B, D_last)."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def no_weight_decay(self) -> set[str]:
         """Class tokens and position generators (as in Twins)."""
         names = set()
@@ -215,16 +199,6 @@ class PyramidTransformer(nn.Module):
                 names |= {f"stages.{i}.{slot}.{n}" for n in getattr(stage, slot).no_weight_decay()}
         return names
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_linear)
-
-    def grid_for(self, img_size: int | tuple[int, int]) -> tuple[int, int]:
-        """Last stage's token grid for an input of ``img_size`` (ValueError if invalid)."""
-        h, w = _pair(img_size)
-        check_image(torch.empty(1, self.in_chans, h, w, device="meta"), self.in_chans, self.patch_size)
-        return h // self.patch_size, w // self.patch_size
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -28,7 +28,44 @@ def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class VisionTransformer(nn.Module):
+class ClassifierAPI:
+    """The model API shared by the single-stage and pyramid models (timm's names).
+
+    Needs ``position_encodings()``, ``forward_features``, and the attributes
+    ``global_pool``, ``num_prefix``, ``embed_dim``, ``head_drop``, ``head``,
+    ``in_chans`` and ``patch_size`` (the total stride).
+    """
+
+    def reparameterize(self) -> "ClassifierAPI":
+        """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
+        for enc in self.position_encodings():
+            if hasattr(enc, "reparameterize"):
+                enc.reparameterize()
+        return self
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens (B, T, D) -> logits (B, num_classes), or pooled features (B, D)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix :].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one (0: no classifier)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(_init_linear)
+
+    def grid_for(self, img_size: int | tuple[int, int]) -> tuple[int, int]:
+        """Token grid an input of ``img_size`` produces, the last stage's for a pyramid (ValueError if invalid)."""
+        h, w = _pair(img_size)
+        check_image(torch.empty(1, self.in_chans, h, w, device="meta"), self.in_chans, self.patch_size)
+        return h // self.patch_size, w // self.patch_size
+
+
+class VisionTransformer(ClassifierAPI, nn.Module):
     """ViT with position encodings chosen by ``pos`` and configured by ``**pos_options``.
 
     Args:
@@ -111,13 +148,6 @@ class VisionTransformer(nn.Module):
         """The encodings this model holds, in the order of its ``pos`` spec."""
         return [getattr(self, slot) for slot in self.pos_slots]
 
-    def reparameterize(self) -> "VisionTransformer":
-        """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
-        for enc in self.position_encodings():
-            if hasattr(enc, "reparameterize"):
-                enc.reparameterize()
-        return self
-
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> normed tokens (B, P + H/p * W/p, D)."""
@@ -139,15 +169,6 @@ class VisionTransformer(nn.Module):
         yield from run_blocks(x, Grid(grid.h, grid.w, self.num_prefix), self.position_encodings(), self.pos_drop,
                               self.blocks)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Tokens (B, T, D) -> logits (B, num_classes), or pooled features (B, D)."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def no_weight_decay(self) -> set[str]:
         """Parameter names (as in ``named_parameters``) to exclude from weight decay."""
         names = {"cls_token"} if self.cls_token is not None else set()
@@ -155,17 +176,6 @@ class VisionTransformer(nn.Module):
             names |= {f"{slot}.{n}" for n in getattr(self, slot).no_weight_decay()}
         return names
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a freshly initialised one (0: no classifier)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_linear)
-
-    def grid_for(self, img_size: int | tuple[int, int]) -> tuple[int, int]:
-        """Token grid an input of ``img_size`` produces (ValueError if invalid)."""
-        h, w = _pair(img_size)
-        check_image(torch.empty(1, self.in_chans, h, w, device="meta"), self.in_chans, self.patch_size)
-        return h // self.patch_size, w // self.patch_size
 
 
 # -- the hook plumbing, shared with the pyramid models ---------------------------
