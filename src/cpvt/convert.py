@@ -123,12 +123,10 @@ _add(Format(
         (r"^cvt\.encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.normalization\.",
          r"stages.\1.patch_embed.norm."),
         (r"^cvt\.encoder\.stages\.(\d+)\.cls_token$", r"stages.\1.cls_token"),
-        (_HF_LAYER + r"attention\.attention\.convolution_projection_(query|key|value)\.convolution_projection\."
+        (_HF_LAYER + r"attention\.attention\.convolution_projection_([qkv])(?:uery|ey|alue)\.convolution_projection\."
                      r"convolution\.", r"stages.\1.conv_proj.\3.\2.0."),
-        (_HF_LAYER + r"attention\.attention\.convolution_projection_(query|key|value)\.convolution_projection\."
+        (_HF_LAYER + r"attention\.attention\.convolution_projection_([qkv])(?:uery|ey|alue)\.convolution_projection\."
                      r"normalization\.", r"stages.\1.conv_proj.\3.\2.1."),
-        (r"\.conv_proj\.query\.", ".conv_proj.q."), (r"\.conv_proj\.key\.", ".conv_proj.k."),
-        (r"\.conv_proj\.value\.", ".conv_proj.v."),
         (_HF_LAYER + r"attention\.attention\.projection_(query|key|value)\.", _CVT_BLOCK + r"attn.proj_\3."),
         (_HF_LAYER + r"attention\.output\.dense\.", _CVT_BLOCK + "attn.proj."),
         (_HF_LAYER + r"intermediate\.dense\.", _CVT_BLOCK + "mlp.fc1."),
@@ -169,10 +167,8 @@ def load_converted(model_name: str, state: dict[str, Tensor], fmt: str | None = 
     from .models import create_model
 
     fmt = fmt or detect_format(state)
-    f = FORMATS.get(fmt)
-    if f is None:
-        raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
-    converted = convert_state_dict(state, fmt)
+    converted = convert_state_dict(state, fmt)  # also rejects an unknown format
+    f = FORMATS[fmt]
     if "head.weight" in converted and "num_classes" not in overrides:  # a fine-tuned head sets the class count
         overrides = {**overrides, "num_classes": converted["head.weight"].shape[0]}
     model = create_model(model_name, **{**f.model_args, **overrides})

@@ -108,17 +108,15 @@ class Attention(nn.Module):
             reduced = self._reduce(xk, pos.grid)
             inputs = (xq, reduced, reduced if xv is xk else self._reduce(xv, pos.grid))
         if self.window:
-            if pos.attn_bias is not None or pos.qk_angles is not None:
-                raise ValueError("windowed attention cannot take a per-pair attention bias or RoPE")
             xq, xk, xv = inputs
             wq, padded = self._windows(xq, pos.grid)
             wk = wq if xk is xq else self._windows(xk, pos.grid)[0]
             wv = wq if xv is xq else wk if xv is xk else self._windows(xv, pos.grid)[0]
             inputs = (wq, wk, wv)
         q, k, v = self._project(*inputs)
-        if k.shape[2] != q.shape[2] and (pos.attn_bias is not None or pos.qk_angles is not None):
-            raise ValueError("sub-sampled or strided keys cannot take a per-pair attention bias or RoPE; use "
-                             "convproj_kv_stride=1 / sr_ratio=1 to combine them")
+        if (self.window or k.shape[2] != q.shape[2]) and (pos.attn_bias is not None or pos.qk_angles is not None):
+            raise ValueError("windowed, sub-sampled or strided keys cannot take a per-pair attention bias or RoPE; "
+                             "use convproj_kv_stride=1 / sr_ratio=1 / no windows to combine them")
         if pos.qk_angles is not None:  # RoPE: rotate the patch tokens' queries and keys
             p = pos.grid.num_prefix
             q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], pos.qk_angles)], dim=2)

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, PositionEncoding, build_position_encodings
-from ..pos.base import rename_flat_params
-from .vit import ClassifierAPI, _init_linear, _pair, run_blocks
+from .vit import ClassifierAPI, EncodingSlots, _init_linear, _pair, run_blocks
 
 
 def _per_stage(value: Any, n: int, name: str) -> tuple:
@@ -42,7 +41,7 @@ def _per_stage(value: Any, n: int, name: str) -> tuple:
     return (value,) * n
 
 
-class PyramidStage(nn.Module):
+class PyramidStage(EncodingSlots, nn.Module):
     """One stage: embed (stride ``patch_size``), optional class token, encodings, blocks."""
 
     def __init__(self, shape: ModelShape, *, mlp_ratio: float, qkv_bias: bool, drop_rate: float, attn_drop_rate: float,
@@ -52,19 +51,13 @@ class PyramidStage(nn.Module):
         self.num_prefix = shape.num_prefix
         self.patch_embed: nn.Module = PatchEmbed(shape.patch_size, shape.in_chans, shape.dim, norm=True)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, shape.dim)) if shape.num_prefix else None
-        self.pos_slots: tuple[str, ...] = ()
-        for enc in build_position_encodings(pos, shape, **pos_options):
-            self.add_module(enc.slot, enc)
-            self.pos_slots += (enc.slot,)
+        self.attach_encodings(build_position_encodings(pos, shape, **pos_options))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.blocks = nn.ModuleList(
             Block(shape.dim, shape.num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, r, norm_eps, act,
                   attn_scale, *((1, window) if window and j % 2 == 0 else (sr_ratio, 0)))
             for j, r in enumerate(drop_path_rates)
         )
-
-    def position_encodings(self) -> list[PositionEncoding]:
-        return [getattr(self, slot) for slot in self.pos_slots]
 
     def embed(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Image or previous stage's map (B, C, H, W) -> tokens (class token prepended) and their grid."""
@@ -163,10 +156,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
                     module.apply(_init_weights)
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=0.02)
-        self.register_state_dict_post_hook(lambda m, sd, prefix, _: rename_flat_params(m, sd, prefix, to_flat=True))
-        self.register_load_state_dict_pre_hook(
-            lambda m, sd, prefix, *_: rename_flat_params(m, sd, prefix, to_flat=False)
-        )
+        self.save_flat_params_by_slot()
 
     def position_encodings(self) -> list[PositionEncoding]:
         """Every stage's encodings, stage by stage."""
@@ -191,14 +181,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Class tokens and position generators (as in Twins)."""
-        names = set()
-        for i, stage in enumerate(self.stages):
-            if stage.cls_token is not None:
-                names.add(f"stages.{i}.cls_token")
-            for slot in stage.pos_slots:
-                names |= {f"stages.{i}.{slot}.{n}" for n in getattr(stage, slot).no_weight_decay()}
-        return names
-
+        return {f"stages.{i}.{n}" for i, stage in enumerate(self.stages) for n in stage.no_weight_decay()}
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -36,6 +36,13 @@ class ClassifierAPI:
     ``in_chans`` and ``patch_size`` (the total stride).
     """
 
+    def save_flat_params_by_slot(self) -> None:
+        """Save and load flat-parameter encodings (the APE table) under their slot name (timm's ``pos_embed``)."""
+        self.register_state_dict_post_hook(lambda m, sd, prefix, _: rename_flat_params(m, sd, prefix, to_flat=True))
+        self.register_load_state_dict_pre_hook(
+            lambda m, sd, prefix, *_: rename_flat_params(m, sd, prefix, to_flat=False)
+        )
+
     def reparameterize(self) -> "ClassifierAPI":
         """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
         for enc in self.position_encodings():
@@ -65,7 +72,31 @@ class ClassifierAPI:
         return h // self.patch_size, w // self.patch_size
 
 
-class VisionTransformer(ClassifierAPI, nn.Module):
+class EncodingSlots:
+    """Holds position encodings as child modules named by their ``slot`` (``pos_embed``, ``pos_block``, ...),
+    which gives the state dict timm's and the official code's key names."""
+
+    pos_slots: tuple[str, ...] = ()
+
+    def attach_encodings(self, encodings: list[PositionEncoding]) -> None:
+        for enc in encodings:
+            self.add_module(enc.slot, enc)  # a patch_embed encoding replaces the plain embedding
+            self.pos_slots += (enc.slot,)
+
+    def position_encodings(self) -> list[PositionEncoding]:
+        """The encodings held here, in the order of the ``pos`` spec."""
+        return [getattr(self, slot) for slot in self.pos_slots]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (as in ``named_parameters``) to exclude from weight decay: the class token and
+        what each encoding excludes."""
+        names = {"cls_token"} if getattr(self, "cls_token", None) is not None else set()
+        for slot in self.pos_slots:
+            names |= {f"{slot}.{n}" for n in getattr(self, slot).no_weight_decay()}
+        return names
+
+
+class VisionTransformer(ClassifierAPI, EncodingSlots, nn.Module):
     """ViT with position encodings chosen by ``pos`` and configured by ``**pos_options``.
 
     Args:
@@ -120,10 +151,7 @@ class VisionTransformer(ClassifierAPI, nn.Module):
         grid = (img_size[0] // patch_size, img_size[1] // patch_size)
         shape = ModelShape(embed_dim, depth, num_heads, self.num_prefix, grid, int(embed_dim * mlp_ratio), patch_size,
                            in_chans)
-        self.pos_slots: tuple[str, ...] = ()
-        for enc in build_position_encodings(pos, shape, **pos_options):
-            self.add_module(enc.slot, enc)  # pos_embed / pos_block / rel_pos; patch_embed replaces the plain one
-            self.pos_slots += (enc.slot,)
+        self.attach_encodings(build_position_encodings(pos, shape, **pos_options))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear stochastic depth
@@ -137,16 +165,7 @@ class VisionTransformer(ClassifierAPI, nn.Module):
         self.apply(_init_linear)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        # Flat-parameter encodings (the APE table) are saved under their slot name.
-        self.register_state_dict_post_hook(lambda m, sd, prefix, _: rename_flat_params(m, sd, prefix, to_flat=True))
-        self.register_load_state_dict_pre_hook(
-            lambda m, sd, prefix, *_: rename_flat_params(m, sd, prefix, to_flat=False)
-        )
-
-    # -- position hooks -------------------------------------------------------
-    def position_encodings(self) -> list[PositionEncoding]:
-        """The encodings this model holds, in the order of its ``pos`` spec."""
-        return [getattr(self, slot) for slot in self.pos_slots]
+        self.save_flat_params_by_slot()
 
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
@@ -168,14 +187,6 @@ class VisionTransformer(ClassifierAPI, nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         yield from run_blocks(x, Grid(grid.h, grid.w, self.num_prefix), self.position_encodings(), self.pos_drop,
                               self.blocks)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names (as in ``named_parameters``) to exclude from weight decay."""
-        names = {"cls_token"} if self.cls_token is not None else set()
-        for slot in self.pos_slots:
-            names |= {f"{slot}.{n}" for n in getattr(self, slot).no_weight_decay()}
-        return names
-
 
 
 # -- the hook plumbing, shared with the pyramid models ---------------------------
