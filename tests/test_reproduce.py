@@ -46,7 +46,7 @@ def test_smoke_report_has_every_table_and_claim(smoke: Path):
 
 
 def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys):
-    results = sorted(smoke.glob("runs/*/*/result.json"))
+    results = sorted(smoke.glob("records/*/*.json"))  # one small result record per finished run
     stamps = {p: p.stat().st_mtime_ns for p in results}
     capsys.readouterr()
     assert main(["reproduce", "all", "--budget", "smoke", "--out", str(smoke)]) == 0
@@ -63,8 +63,45 @@ def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys)
     assert "resuming" not in out or "from epoch 1" in out  # the finished checkpoint is reused, not retrained
 
 
+def test_a_finished_record_is_enough_without_the_run_folder(smoke: Path, capsys):
+    """A fresh clone has the committed records but no runs/: nothing is trained again."""
+    import shutil
+
+    moved = smoke.parent / (smoke.name + "-runs")
+    shutil.move(smoke / "runs", moved)
+    try:
+        capsys.readouterr()
+        assert main(["reproduce", "T1,T2", "--budget", "smoke", "--out", str(smoke)]) == 0
+        assert " 0 to run" in capsys.readouterr().out
+        assert not (smoke / "runs").exists()
+    finally:
+        shutil.rmtree(smoke / "runs", ignore_errors=True)
+        shutil.move(moved, smoke / "runs")
+
+
+def test_rows_option_trains_only_the_named_rows_and_reports_all(smoke: Path, tmp_path: Path, capsys):
+    out = tmp_path / "one"
+    capsys.readouterr()
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg,ape", "--out", str(out)]) == 0
+    records = sorted(out.glob("records/*/*.json"))
+    assert {json.loads(p.read_text())["rows"][0] for p in records} == {"t1_encodings/peg", "t1_encodings/ape"}
+    # the same run as in the full sweep: the same name, the same number
+    for p in records:
+        full = smoke / "records" / p.parent.name / p.name
+        assert json.loads(p.read_text())["scales"] == json.loads(full.read_text())["scales"]
+    # run into the full sweep's folder, nothing trains and the report keeps every row
+    capsys.readouterr()
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--out", str(smoke)]) == 0
+    assert "1 training runs, 1 already finished, 0 to run" in capsys.readouterr().out
+    assert "| 2D sin-cos" in (smoke / "report.md").read_text()
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "pegg", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no row named pegg" in err and "peg_plus" in err
+
+
 def test_rows_sharing_a_configuration_share_one_run(tmp_path: Path):
     jobs = plan(experiments_dir(), "cpu", list(TABLES), tmp_path)
+    assert all(j.record == tmp_path / "records" / j.data / f"{j.dir.name}.json" for j in jobs)
     cifar = [j for j in jobs if j.data == "cifar10"]
     shared = [j for j in cifar if ("t3_placement/pos0", 0) in j.members]
     assert len(shared) == 1
@@ -77,7 +114,22 @@ def test_rows_sharing_a_configuration_share_one_run(tmp_path: Path):
     by_row = {m[0]: j for j in cifar for m in j.members}
     assert by_row["t3_placement/cover_m1"].config.model_args["peg_kernel_size"] == 2 * 8 - 1
     assert by_row["t4_peg/conv1x1_all"].config.model_args["peg_positions"] == list(range(6))
-    assert by_row["t1_encodings/ape"].sizes == {"1": 32, "1.25": 40, "1.5": 48, "1.75": 56, "2": 64}
+    assert by_row["t1_encodings/ape"].sizes == {"1": 32}  # CIFAR-10: 1x only (2x would be upsampling)
+
+
+def test_imagenette_protocol_sizes_and_seeds(tmp_path: Path):
+    """Trained at 64 px (patch 8), tested at 64-224 px; 3 seeds for the core encodings, 2 for the others."""
+    jobs = [j for j in plan(experiments_dir(), "cpu", list(TABLES), tmp_path) if j.data == "imagenette"]
+    seeds: dict[str, int] = {}
+    for j in jobs:
+        assert j.config.img_size == 64 and j.config.model_args.get("patch_size") == 8 and j.config.crop == "rrc"
+        assert list(j.sizes.values()) == [64, 72, 80, 96, 112, 128, 160, 224]
+        for rid, _ in j.members:
+            seeds[rid] = seeds.get(rid, 0) + 1
+    core = ("none", "ape", "sincos", "rpe", "peg", "peg_plus", "peg_gap_plus", "ape_peg")
+    assert all(seeds[f"t1_encodings/{r}"] == 3 for r in core)
+    assert seeds["t1_encodings/rope"] == seeds["t1_encodings/alibi"] == 2
+    assert seeds["t3_placement/pos_m1"] == 1
 
 
 def test_formulas_allow_arithmetic_only():

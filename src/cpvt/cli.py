@@ -136,7 +136,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
-              data_root=args.data_root, cache_dir=args.cache_dir)
+              data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows)
     return 0
 
 
@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
     s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
     s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~3 h, 2 cores) | gpu (~25 min, one H200)")
-    s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's, 2 for T1/T2 at cpu)")
+    s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's)")
+    s.add_argument("--rows", help="train only these rows, comma-separated file names (peg,ape); the report keeps "
+                                  "every finished run")
     s.add_argument("--out", help="runs and report go here (default: runs/reproduce/<budget>); finished runs are skipped")
     s.add_argument("--experiments", help="row, budget and claim files (default: ./experiments or the repository's)")
     s.add_argument("--data-root")

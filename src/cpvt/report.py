@@ -40,12 +40,14 @@ class Stats:
     def sd(self) -> float | None:
         return statistics.stdev(self.values) if self.n >= 2 else None
 
-    def fmt(self) -> str:
+    def fmt(self, short: bool = False, signed: bool = False) -> str:
+        """``mean ± sd (n)``; ``short`` leaves out ``(n)``, ``signed`` prints a + on gains."""
         if not self.values:
             return "—"
+        mean = f"{self.mean:+.2f}" if signed else f"{self.mean:.2f}"
         if self.n == 1:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.sd:.2f} ({self.n})"
+            return mean
+        return f"{mean} ± {self.sd:.2f}" + ("" if short else f" ({self.n})")
 
 
 class Results:
@@ -187,10 +189,14 @@ def plot_deltas(res: Results, data: str, table: str, rows: list[Any], base: str,
                         ours_label=f"ours ({data})", paper_label="paper (ImageNet)")
 
 
-def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str], train_size: int, path: Path) -> Path:
-    """T2: top-1 against test scale; ours (mean, seed-sd band) on the left, the paper's on the right."""
+def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str], sizes: dict[str, int],
+                    path: Path) -> Path:
+    """T2: top-1 against test size, one curve per row (mean, seed-sd band); the paper's on the right.
+
+    Rows marked ``highlight = true`` (APE, PEG, PEG‡, GAP‡) are drawn thick; the others thin.
+    """
     plt = pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
     shown = [r for r in rows if res.has(data, r.id)]
     # one distinct colour per row: tab10 up to 10 rows, then tab20 (dark shades first, then light)
     tab20 = plt.get_cmap("tab20").colors
@@ -200,24 +206,34 @@ def plot_resolution(res: Results, data: str, rows: list[Any], scales: list[str],
         for s in scales:
             st = res.metric(data, f"{r.id}:top1@{s}")
             if st.n:
-                xs.append(float(s))
+                xs.append(sizes[s])
                 mean.append(st.mean)
                 sd.append(st.sd or 0.0)
-        (line,) = ax.plot(xs, mean, marker="o", label=r.label, color=palette[i % len(palette)],
-                          linestyle="-" if i < 10 else "--")
-        ax.fill_between(xs, [m - e for m, e in zip(mean, sd)], [m + e for m, e in zip(mean, sd)], alpha=0.15,
-                        color=line.get_color())
+        bold = bool(r.highlight)
+        (line,) = ax.plot(xs, mean, marker="o", ms=4 if bold else 2.5, lw=2.4 if bold else 1.0,
+                          alpha=1.0 if bold else 0.75, label=r.label, color=palette[i % len(palette)],
+                          linestyle="-" if bold or i < 10 else "--", zorder=3 if bold else 2)
+        ax.fill_between(xs, [m - e for m, e in zip(mean, sd)], [m + e for m, e in zip(mean, sd)],
+                        alpha=0.18 if bold else 0.07, color=line.get_color())
         pr = r.paper.get("resolution", {})
         if pr:
             px = sorted(pr, key=float)
-            bx.plot([float(p) for p in px], [pr[p] for p in px], marker="o", label=r.label, color=line.get_color())
-    ax.set_title(f"ours: {data}, trained at {train_size} px", fontsize=10)
+            bx.plot([224 * float(p) for p in px], [pr[p] for p in px], marker="o", label=r.label,
+                    color=line.get_color(), lw=2.4 if bold else 1.0)
+    train = sizes[scales[0]]
+    ax.axvline(train, color="k", lw=0.8, ls=":")
+    ax.set_title(f"ours: {data}, trained at {train} px (dotted), tested without fine-tuning", fontsize=10)
     bx.set_title("paper: ImageNet, trained at 224 px", fontsize=10)
     for a in (ax, bx):
-        a.set_xlabel("test size / training size (no fine-tuning)")
+        a.set_xlabel("test size (px)")
         a.set_ylabel("top-1 (%)")
         a.grid(alpha=0.3)
-        a.legend(fontsize=6 if len(shown) > 10 else 7, ncol=2 if len(shown) > 10 else 1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([sizes[s] for s in scales], [str(sizes[s]) for s in scales])
+    ax.minorticks_off()
+    ax.legend(fontsize=6 if len(shown) > 10 else 7, ncol=2 if len(shown) > 8 else 1)
+    if bx.lines:
+        bx.legend(fontsize=7)
     return save(fig, path)
 
 
@@ -257,9 +273,14 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
                  cost: list[dict[str, Any]] | None, out: Path, command: str, elapsed: float) -> Path:
     from .reproduce import TITLES, environment, load_claims, load_rows
 
+    from .reproduce import scales_of
+
     rows = load_rows(root)
-    res = Results(results, rows)
-    scales = [f"{s:g}" for s in spec.get("scales", [1.0])]
+    entries = {e["data"]: e for e in spec.get("datasets", [])}
+    tested = {d: [f"{s:g}" for s in scales_of(e, spec)] for d, e in entries.items()}
+    # a dataset's results count only at the scales its budget entry tests now (CIFAR-10: 1x only)
+    res = Results([{**r, "scales": {k: v for k, v in r["scales"].items() if k in tested.get(r["data"], [k])}}
+                   for r in results], rows)
     lines = [f"# CPVT reproduction, `{budget}` budget", ""]
     lines += [f"Produced by `{command}` on {_dt.date.today().isoformat()} ({environment()}); "
               f"this invocation took {elapsed / 60:.1f} min (finished runs are reused, so a rerun is quick; "
@@ -267,18 +288,25 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     lines += [spec.get("description", ""), ""]
     total_train = sum(r.get("train_s", 0) + r.get("eval_s", 0) for r in results)
     lines += [f"{len(results)} training runs; their training and evaluation took {total_train / 60:.1f} min in all. "
-              "Paper numbers are ImageNet-1k, 300 epochs, 224 px (SPEC.md section 2); ours are far smaller, so "
+              "Paper numbers are ImageNet-1k, 300 epochs, 224 px (CPVT, Chu et al. 2023, Tables 1-3); ours are far smaller, so "
               "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
               ""]
     summary: list[dict[str, Any]] = []
     for data in res.datasets:
-        entry = next((e for e in spec.get("datasets", []) if e["data"] == data), {})
+        entry = entries.get(data, {})
         sample = next(r for r in results if r["data"] == data)
+        scales = tested.get(data, list(sample["sizes"]))
+        sizes = {s: sample["sizes"][s] for s in scales}
+        runs = [r for r in results if r["data"] == data]
         lines += [f"## {data}", ""]
         lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
                   f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
-                  f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sample['sizes'].values())} "
-                  f"on {sample.get('eval_images') or 'all'} held-out images.", ""]
+                  f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
+                  f"on {sample.get('eval_images') or 'all'} held-out images. {len(runs)} runs, "
+                  f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
+                  f"evaluation.{_flatness(runs)}", ""]
+        if entry.get("note"):
+            lines += [entry["note"].strip(), ""]
         for table in ("T1", "T2", "T3", "T4"):
             if table not in tables or table not in entry.get("tables", []):
                 continue
@@ -286,8 +314,8 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
             lines += [f"### {TITLES[table]}", ""]
             stem = f"{table.lower()}_{data}"
             if table == "T2":
-                lines += _t2_table(res, data, trows, scales)
-                png = plot_resolution(res, data, trows, scales, sample["train_size"], out / f"{stem}.png")
+                lines += _t2_table(res, data, trows, scales, sizes)
+                png = plot_resolution(res, data, trows, scales, sizes, out / f"{stem}.png")
             else:
                 base = BASELINES[table]
                 lines += _delta_table(res, data, table, trows, base)
@@ -299,7 +327,10 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
         png = plot_cost(cost, rows, out / "t5_cost.png")
         lines += ["", f"![T5]({png.name})", ""]
     claims = load_claims(root)
-    verdicts = [v for data in res.datasets for c in claims if (v := judge(c, res, data)) is not None]
+    # resolution claims only where the dataset has a T2 (CIFAR-10's 2x was upsampling: dropped, see its note)
+    verdicts = [v for data in res.datasets for c in claims
+                if ("T2" in entries.get(data, {}).get("tables", ["T2"]) or "@" not in f"{c['a']}{c['b']}")
+                and (v := judge(c, res, data)) is not None]
     if verdicts:
         n_ok = sum(v["ok"] for v in verdicts)
         n_checked = sum(v["checked"] for v in verdicts)
@@ -325,6 +356,22 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     return path
 
 
+def _flatness(runs: list[dict[str, Any]]) -> str:
+    """How much the last 10% of epochs added, from the runs' learning curves (validation top-1 by epoch)."""
+    gains = []
+    for r in runs:
+        curve = r.get("curve") or []
+        if len(curve) >= 3:
+            last = curve[-1][0]
+            before = [top1 for epoch, top1 in curve if epoch <= 0.9 * last]
+            if before:
+                gains.append(curve[-1][1] - before[-1])
+    if not gains:
+        return ""
+    return (f" Learning curves: the last 10% of epochs added {statistics.mean(gains):+.2f} points of top-1 on "
+            f"average (max {max(gains):+.2f}) over {len(gains)} runs.")
+
+
 def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: str) -> list[str]:
     base_ours = res.metric(data, base).mean
     base_paper = res.rows[base].paper.get("top1")
@@ -345,24 +392,47 @@ def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: st
     return [format_table(body, headers, markdown=True), "", note]
 
 
-def _t2_table(res: Results, data: str, trows: list[Any], scales: list[str]) -> list[str]:
-    paper_scales = sorted({k for r in trows for k in r.paper.get("resolution", {})}, key=float)
-    top = scales[-1]
-    headers = (["row"] + [f"ours {s}x" for s in scales] + [f"ours Δ{top}x"] + [f"paper {s}x" for s in paper_scales]
-               + ["paper Δ2x"])
+def peak(res: Results, data: str, rid: str, scales: list[str]) -> tuple[str, Stats] | None:
+    """The scale where the row's mean top-1 is highest, and the per-seed top-1 there."""
+    curve = {s: res.metric(data, f"{rid}:top1@{s}") for s in scales}
+    curve = {s: st for s, st in curve.items() if st.n}
+    if not curve:
+        return None
+    best = max(curve, key=lambda s: curve[s].mean)
+    return best, curve[best]
+
+
+def _t2_table(res: Results, data: str, trows: list[Any], scales: list[str], sizes: dict[str, int]) -> list[str]:
+    """Top-1 at every test size, then each row's own peak and its changes from 1x (beside the paper's)."""
     body = []
     for r in trows:
-        if not res.has(data, r.id):
+        if res.has(data, r.id):
+            body.append([r.label] + [res.metric(data, f"{r.id}:top1@{s}").fmt() for s in scales])
+    sizes_table = format_table(body, ["row"] + [f"{sizes[s]} px ({s}x)" for s in scales], markdown=True)
+    two = "2" if "2" in scales else scales[-1]
+    paper_scales = sorted({k for r in trows for k in r.paper.get("resolution", {})}, key=float)
+    headers = (["row", "n", "peak size", "top-1 at 1x", "top-1 at peak", "Δ 1x → peak", f"Δ 1x → {two}x"]
+               + [f"paper {s}x" for s in paper_scales] + ["paper Δ 1x → 2x"])
+    body = []
+    for r in trows:
+        found = peak(res, data, r.id, scales) if res.has(data, r.id) else None
+        if found is None:
             continue
-        ours = [res.metric(data, f"{r.id}:top1@{s}").fmt() for s in scales]
-        drop = res.metric(data, f"{r.id}:drop@{top}")
+        best, at_peak = found
+        base = res.metric(data, r.id)
+        gain = res.metric(data, f"{r.id}:drop@{best}")
+        drop = res.metric(data, f"{r.id}:drop@{two}")
         pr = r.paper.get("resolution", {})
-        paper = [_num(pr.get(s)) for s in paper_scales]
         pdrop = f"{pr['2.0'] - pr['1.0']:+.1f}" if "2.0" in pr and "1.0" in pr else "—"
-        body.append([r.label] + ours + [drop.fmt() if drop.n else "—"] + paper + [pdrop])
-    return [format_table(body, headers, markdown=True), "",
-            f"Paper columns: tested at 224, 384, 448 and 512 px after training at 224 (1x, 1.71x, 2x, 2.29x). "
-            f"Δ: top-1 at {top}x minus top-1 at 1x (per seed, then averaged)."]
+        body.append([r.label, base.n, f"{sizes[best]} px ({best}x)", base.fmt(short=True), at_peak.fmt(short=True),
+                     gain.fmt(short=True, signed=True), drop.fmt(short=True, signed=True)]
+                    + [_num(pr.get(s)) for s in paper_scales] + [pdrop])
+    return ["Top-1 (%) at each test size, mean ± sd over seeds:", "", sizes_table, "",
+            "Each row against its own peak (FixRes: a model trained with random-resized crops at R tests best "
+            "somewhat above R), and at 2x:", "", format_table(body, headers, markdown=True), "",
+            "Peak: the test size with the highest mean top-1. Δ: per-seed top-1 there minus top-1 at 1x, then "
+            "mean ± sd. Paper columns: ImageNet, tested at 224, 384, 448 and 512 px after training at 224 "
+            "(1x, 1.71x, 2x, 2.29x)."]
 
 
 def _t5_table(cost: list[dict[str, Any]], rows: dict[str, Any]) -> list[str]:

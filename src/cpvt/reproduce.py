@@ -69,6 +69,7 @@ class Row:
     paper: dict[str, Any] = field(default_factory=dict)
     run: str | None = None  # T2: the T1 row whose runs it reads
     order: int = 0  # position in its table
+    highlight: bool = False  # T2: drawn thick in the resolution plot
 
 
 def load_rows(root: Path) -> dict[str, Row]:
@@ -77,10 +78,10 @@ def load_rows(root: Path) -> dict[str, Row]:
         with open(path, "rb") as f:
             d = tomllib.load(f)
         rid = f"{path.parent.name}/{path.stem}"
-        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order"}
+        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order", "highlight"}
         if unknown or d.get("table") not in TABLES:
             raise ValueError(f"{path}: needs table = one of {TABLES}; unknown keys {sorted(unknown)}")
-        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)))
+        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)), bool(d.get("highlight", False)))
     for r in rows.values():
         if r.table == "T2" and r.run not in rows:
             raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")
@@ -149,22 +150,41 @@ class Job:
     config: Any  # TrainConfig
     sizes: dict[str, int]  # scale label -> test size in px
     eval_limit: int | None
+    record: Path  # the result record, small and committed: <out>/records/<data>/<run name>.json
     members: list[tuple[str, int]] = field(default_factory=list)  # (row id, seed)
 
     @property
-    def result_path(self) -> Path:
-        return self.dir / "result.json"
-
-    @property
     def done(self) -> bool:
-        return self.result_path.exists()
+        """Finished when its record exists: the run folder (checkpoints) may be gone, the record is in git."""
+        return self.record.exists()
 
 
-def _seeds(table: str, entry: dict, budget: dict, override: int | None) -> int:
+def _seeds(table: str, row: Row, entry: dict, budget: dict, override: int | None) -> int:
+    """``--seeds``, else the dataset's ``row_seeds`` for this row, else its table's seeds, else the budget's."""
     if override:
         return override
     t = "T1" if table == "T2" else table
-    return int(entry.get("seeds", {}).get(t) or budget.get("seeds", {}).get(t) or 1)
+    per_row = entry.get("row_seeds", {}).get(row.id.split("/", 1)[1])
+    return int(per_row or entry.get("seeds", {}).get(t) or budget.get("seeds", {}).get(t) or 1)
+
+
+def scales_of(entry: dict, budget: dict) -> list[float]:
+    """Test scales of one dataset: its own ``scales``, else the budget's."""
+    return [float(s) for s in entry.get("scales", budget.get("scales", [1.0]))]
+
+
+def select_rows(rows: dict[str, Row], tables: list[str], names: str | None) -> set[str] | None:
+    """``--rows peg,ape``: the ids of the named rows in ``tables`` (a file stem or ``folder/stem``); None: all."""
+    if not names:
+        return None
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    pool = [r for r in rows.values() if r.table in tables]
+    picked = {r.id for r in pool if r.id in wanted or r.id.split("/", 1)[1] in wanted}
+    unknown = sorted(n for n in wanted if not any(r.id == n or r.id.split("/", 1)[1] == n for r in pool))
+    if unknown:
+        stems = sorted({r.id.split("/", 1)[1] for r in pool})
+        raise ValueError(f"no row named {', '.join(unknown)} in {','.join(tables)}; rows there: {', '.join(stems)}")
+    return picked
 
 
 def _test_sizes(img_size: int, patch: int, scales: list[float]) -> dict[str, int]:
@@ -210,24 +230,29 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
 
 
 def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,
-         data_root: str | None = None, cache_dir: str | None = None) -> list[Job]:
-    """Every training run the tables need, deduplicated, in a stable order."""
+         data_root: str | None = None, cache_dir: str | None = None, rows_only: str | None = None) -> list[Job]:
+    """Every training run the tables need, deduplicated, in a stable order.
+
+    ``rows_only`` (``--rows``): a comma-separated list of row names; only their runs are planned.
+    """
     rows, budget = load_rows(root), load_budget(root, budget_name)
+    picked = select_rows(rows, tables, rows_only)
     jobs: dict[str, Job] = {}
     for entry in budget.get("datasets", []):
         for table in tables:
             if table not in entry.get("tables", []) or table == "T5":
                 continue
-            table_rows = [r for r in rows.values() if r.table == table]
+            table_rows = [r for r in rows.values() if r.table == table and (picked is None or r.id in picked)]
             if table == "T2":
                 table_rows = [rows[r.run] for r in table_rows]
             for row in table_rows:
-                for seed in range(_seeds(table, entry, budget, seeds)):
+                for seed in range(_seeds(table, row, entry, budget, seeds)):
                     cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
                     job = jobs.get(cfg.out)
                     if job is None:
-                        sizes = _test_sizes(cfg.img_size, patch, budget.get("scales", [1.0]))
-                        job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"))
+                        sizes = _test_sizes(cfg.img_size, patch, scales_of(entry, budget))
+                        record = out / "records" / entry["data"] / f"{Path(cfg.out).name}.json"
+                        job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
     return list(jobs.values())
@@ -255,9 +280,15 @@ def run_job(job: Job) -> dict[str, Any]:
     last = job.dir / "last.safetensors"
     [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit)
     model = load_checkpoint(last).build_model()
+    log = job.dir / "log.jsonl"
+    curve = [[r["epoch"], r["val_top1"]] for r in map(json.loads, log.read_text().splitlines()) if "val_top1" in r] \
+        if log.exists() else []
+    import torch
+
     result = {
-        "data": job.data, "model": job.config.model, "model_args": job.config.model_args, "seed": job.config.seed,
-        "rows": [m[0] for m in job.members], "train_size": job.config.img_size, "epochs": job.config.epochs,
+        "run": job.dir.name, "data": job.data, "model": job.config.model, "model_args": job.config.model_args,
+        "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
+        "epochs": job.config.epochs, "threads": torch.get_num_threads(), "curve": curve,
         "sizes": job.sizes,
         "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
         "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
@@ -265,7 +296,8 @@ def run_job(job: Job) -> dict[str, Any]:
         **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
         "eval_s": round(time.perf_counter() - t0 - train_s, 1),
     }
-    _write_json(job.result_path, result)
+    job.record.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(job.record, result)
     return result
 
 
@@ -308,8 +340,13 @@ def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[
 
 
 def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None, out: str | None = None,
-              experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None) -> Path:
-    """Run (or resume) a sweep and write its report; returns the report path."""
+              experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None,
+              rows: str | None = None) -> Path:
+    """Run (or resume) a sweep and write its report; returns the report path.
+
+    ``rows`` (``--rows peg,ape``) trains only the named rows; the report still
+    covers every finished run of the tables in ``out``.
+    """
     root = experiments_dir(experiments)
     wanted = parse_tables(tables)
     spec = load_budget(root, budget)  # ValueError naming the defined budgets
@@ -318,10 +355,10 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     out_dir = Path(out or f"runs/reproduce/{budget}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir, rows_only=rows)
     todo = [j for j in jobs if not j.done]
-    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}: {len(jobs)} training runs, "
-          f"{len(jobs) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}", flush=True)
+    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}: {len(jobs)} "
+          f"training runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}", flush=True)
     spent: list[float] = []
     for k, job in enumerate(todo, 1):
         eta = f", about {statistics.mean(spent) * (len(todo) - k + 1) / 60:.0f} min left" if spent else ""
@@ -330,22 +367,27 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         t = time.perf_counter()
         res = run_job(job)
         spent.append(time.perf_counter() - t)
-        print("    top-1 by scale: " + ", ".join(f"{s}x {v:.2f}" for s, v in res["scales"].items()), flush=True)
+        print("    top-1 by test size: " + ", ".join(f"{job.sizes[s]}px {v:.2f}" for s, v in res["scales"].items()),
+              flush=True)
     cost = None
     if "T5" in wanted:
-        rows = [r for r in load_rows(root).values() if r.table == "T5"]
-        cost = measure_cost(rows, spec.get("cost", {}), out_dir)
-    results = [json.loads(j.result_path.read_text()) for j in jobs]
+        t5_rows = [r for r in load_rows(root).values() if r.table == "T5"]
+        cost = measure_cost(t5_rows, spec.get("cost", {}), out_dir)
+    if rows:  # the report covers every finished run of the tables, not only the selected rows
+        jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    results = [json.loads(j.record.read_text()) for j in jobs if j.done]
     from .report import write_report
 
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
-                        command=_command(tables, budget, seeds, out), elapsed=time.perf_counter() - t0)
+                        command=_command(tables, budget, seeds, out, rows), elapsed=time.perf_counter() - t0)
     print(f"\nreport: {path}", flush=True)
     return path
 
 
-def _command(tables: str, budget: str, seeds: int | None, out: str | None) -> str:
+def _command(tables: str, budget: str, seeds: int | None, out: str | None, rows: str | None = None) -> str:
     parts = ["cpvt reproduce", tables, "--budget", budget]
+    if rows:
+        parts += ["--rows", rows]
     if seeds:
         parts += ["--seeds", str(seeds)]
     if out:
