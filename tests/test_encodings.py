@@ -142,6 +142,28 @@ def test_zero_padding_makes_border_tokens_differ():
         assert border_differs == (padding == "zeros"), padding
 
 
+def test_fixed_grid_peg_marks_relative_positions_at_any_grid():
+    """On its own grid it is the plain PEG; elsewhere its border signal is the training grid's, resampled."""
+    torch.manual_seed(0)
+    fixed = PEG(shape(grid=(4, 4)), fixed_grid=True)
+    plain = PEG(shape(grid=(4, 4)))
+    plain.load_state_dict(fixed.state_dict())
+    x = torch.randn(2, 1 + 16, 16)
+    assert torch.equal(fixed.between(x, Grid(4, 4, 1), 0)[0], plain.between(x, Grid(4, 4, 1), 0)[0])
+    # a constant image at 8x8: the plain PEG marks only the outermost ring of tokens, the fixed-grid one
+    # marks the outer quarter, as the 4x4 grid's border does
+    const8, const4 = torch.ones(1, 1 + 64, 16), torch.ones(1, 1 + 16, 16)
+    d_fixed = Grid(8, 8).to_map(fixed.between(const8, Grid(8, 8, 1), 0)[0][:, 1:] - 1)
+    d_plain = Grid(8, 8).to_map(plain.between(const8, Grid(8, 8, 1), 0)[0][:, 1:] - 1)
+    d_ref = Grid(4, 4).to_map(fixed.between(const4, Grid(4, 4, 1), 0)[0][:, 1:] - 1)
+    up = torch.nn.functional.interpolate(d_ref, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(d_fixed, up, atol=1e-5)
+    row = (d_plain - d_plain[..., 3:4, 3:4]).abs().amax(dim=(0, 1))  # (8, 8) distance from the centre's value
+    assert row[1, 1:-1].max() < 1e-5 and row[0].min() > 1e-3  # plain: only the border ring differs
+    row = (d_fixed - d_fixed[..., 3:4, 3:4]).abs().amax(dim=(0, 1))
+    assert row[1, 1:-1].max() > 1e-3  # fixed grid: the second ring carries border signal too
+
+
 def test_whole_model_with_circular_peg_and_gap_is_shift_invariant():
     """No class token, no APE, circular PEG: circular whole-patch shifts of the image
     leave the GAP logits unchanged; zero padding or an APE breaks that."""

@@ -86,7 +86,7 @@ def test_mirroring_swaps_half_and_flips_image():
 
 
 def test_label_half_matches_centre_and_never_crosses_midline():
-    ds = SyntheticShapes(seed=6)
+    ds = SyntheticShapes(seed=6, train_zoom=(1, 1))  # scenes as drawn (zoomed ones: the test below)
     p = ds.scenes("train", torch.arange(5000))
     left = p["cx"] < 0.5
     assert torch.equal(p["half"] == 0, left)
@@ -159,3 +159,27 @@ def test_errors():
         ds.labels("train", [0.5])
     with pytest.raises(ValueError, match="limit"):
         ds.split("train", 32, limit=0)
+
+
+def test_training_scenes_are_zoomed_about_the_centre_keeping_the_label():
+    """Zoom in [1, 2] about the centre: shapes grow, move outward, stay mostly inside and keep their half."""
+    ds = SyntheticShapes(seed=3)
+    idx = torch.arange(3000)
+    zoomed = ds.scenes("train", idx)
+    plain = make_scene_params(3, 0, idx)  # the same scenes before the zoom
+    z = zoomed["zoom"]
+    assert (z >= 1 - 1e-6).all() and (z <= 2 + 1e-6).all() and z.mean() > 1.25
+    assert torch.equal(zoomed["label"], plain["label"])
+    assert torch.allclose(zoomed["r"], z * plain["r"])
+    assert torch.allclose(zoomed["cx"] - 0.5, z * (plain["cx"] - 0.5), atol=1e-6)
+    eps = 1e-5
+    for c in ("cx", "cy"):  # at most a quarter of the box is outside the image
+        half = 0.5 * zoomed["r"]
+        assert (zoomed[c] - half >= -eps).all() and (zoomed[c] + half <= 1 + eps).all()
+    left = zoomed["cx"] < 0.5
+    assert (zoomed["cx"][left] + zoomed["r"][left] <= 0.5 - MARGIN + eps).all()
+    assert torch.equal(ds.scenes("val", idx[:2000])["zoom"], torch.ones(2000))  # test scenes are not zoomed
+    unzoomed = SyntheticShapes(seed=3, train_zoom=(1, 1), noise=0.0)
+    assert torch.equal(unzoomed.render("train", idx[:8], 32), render_scene_params(make_scene_params(3, 0, idx[:8]), 32))
+    with pytest.raises(ValueError, match="zoom"):
+        SyntheticShapes(train_zoom=(2, 1))

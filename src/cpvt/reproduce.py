@@ -223,10 +223,23 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     # an override equal to the model's default is dropped, so rows that mean the same run share it
     cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
     cfg.img_size, cfg.seed = img_size, seed
-    key = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "seed", "data_root", "cache_dir", "workers")}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    cfg.out = str(out / "runs" / entry["data"] / f"{model}-{digest}-s{seed}")
+    cfg.out = str(out / "runs" / entry["data"] / run_name(cfg))
     return cfg, patch
+
+
+def run_name(cfg) -> str:
+    """``<model>-<hash>-s<seed>``: the hash covers the settings that differ from ``TrainConfig``'s defaults.
+
+    So a config field added later, whose default keeps the old behaviour, leaves
+    every finished run's name (and its committed record) valid.
+    """
+    from .config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    key = {k: v for k, v in cfg.to_dict().items()
+           if k not in ("out", "seed", "data_root", "cache_dir", "workers") and v != defaults.get(k)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.model}-{digest}-s{cfg.seed}"
 
 
 def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,

@@ -72,6 +72,24 @@ Distractors are never confusable with the main shape:
 Distractor centres are uniform over the image (they may be clipped by the
 border and may cross the midline; both happen identically on both sides).
 
+Training scenes vary in scale
+-----------------------------
+The ``train`` split is zoomed about the image centre by a per-scene factor
+``z`` (log-uniform in ``train_zoom``, default ``[1, 2]``): every coordinate
+``c`` becomes ``0.5 + z (c - 0.5)`` and every radius ``z r``. A zoom about the
+centre keeps the side of the midline, so the label still holds, and ``z`` is
+capped per scene so the main shape's centre stays at least half its half-size
+inside the border (the border may cut at most a quarter of the shape's box, so
+the shape stays recognisable; a cap that kept every shape whole would leave
+the median zoom at 1.12, since most shapes already reach towards a border).
+The cap depends only on distances from the centre, so the mirror argument
+below is unchanged. Shapes and border distances then
+span up to twice the tokens of an unzoomed scene during training, which is
+what a test at up to 2x the training resolution shows the model: the test asks
+whether a model generalises across resolution, not across object size
+(random-resized crops do the same for real images). The ``val`` split is not
+zoomed.
+
 Finally mild i.i.d. pixel noise (uniform in ``[-noise, noise]``, default
 ``0.05`` i.e. about +-13/255) is added before quantising to uint8. Noise is
 deterministic per (seed, split, index, size) but *resolution-specific*: the
@@ -154,7 +172,8 @@ _S_COLOR = 4  # 3 streams
 _S_BG = 7  # 3 streams
 _S_NDIST = 10
 _S_DIST = 11  # per slot: x, y, radius, 3 colour offsets -> 6 streams
-_N_STREAMS = _S_DIST + 6 * N_DISTRACTORS_MAX
+_S_ZOOM = _S_DIST + 6 * N_DISTRACTORS_MAX
+_N_STREAMS = _S_ZOOM + 1
 _S_NOISE = 1000
 
 
@@ -184,8 +203,13 @@ def _as_indices(indices) -> Tensor:
 # Scene parameters.
 
 
-def make_scene_params(seed: int, split_id: int, indices: Tensor) -> dict[str, Tensor]:
+def make_scene_params(seed: int, split_id: int, indices: Tensor,
+                      zoom: tuple[float, float] = (1.0, 1.0)) -> dict[str, Tensor]:
     """Continuous scene parameters for ``indices`` (int64, any order) of one split.
+
+    ``zoom``: each scene is zoomed about the image centre by a factor drawn
+    log-uniformly from this range and capped so the main shape stays inside
+    (see the module docstring); ``(1, 1)`` leaves scenes as drawn.
 
     Returns a dict of per-scene tensors (B = len(indices)):
 
@@ -216,12 +240,21 @@ def make_scene_params(seed: int, split_id: int, indices: Tensor) -> dict[str, Te
 
     n_range = N_DISTRACTORS_MAX - N_DISTRACTORS_MIN + 1
     n_dist = N_DISTRACTORS_MIN + (u[:, _S_NDIST] * n_range).to(torch.int64).clamp_(max=n_range - 1)
-    d = u[:, _S_DIST:].reshape(-1, N_DISTRACTORS_MAX, 6)
+    d = u[:, _S_DIST:_S_ZOOM].reshape(-1, N_DISTRACTORS_MAX, 6)
     dr = D_MIN + (D_MAX - D_MIN) * d[..., 2]
     dx, dy = d[..., 0], d[..., 1]
     d_off = DISTRACTOR_MIN_DIFF + (1.0 - 2 * DISTRACTOR_MIN_DIFF) * d[..., 3:6]
     dcolor = torch.remainder(color[:, None, :] + d_off, 1.0)
     dmask = torch.arange(N_DISTRACTORS_MAX)[None, :] < n_dist[:, None]
+
+    lo_z, hi_z = (float(z) for z in zoom)
+    if not 0 < lo_z <= hi_z:
+        raise ValueError(f"zoom must be a range 0 < low <= high, got {zoom}")
+    z = torch.exp(math.log(lo_z) + (math.log(hi_z) - math.log(lo_z)) * u[:, _S_ZOOM])
+    reach = torch.maximum((cx - 0.5).abs(), (cy - 0.5).abs()) + 0.5 * r  # centre + r/2, from the image centre
+    z = torch.minimum(z, 0.5 / reach)  # at most a quarter of the box is cut by the border
+    cx, cy, r = 0.5 + z * (cx - 0.5), 0.5 + z * (cy - 0.5), z * r
+    dx, dy, dr = 0.5 + z[:, None] * (dx - 0.5), 0.5 + z[:, None] * (dy - 0.5), z[:, None] * dr
 
     return {
         "index": indices.clone(),
@@ -238,6 +271,7 @@ def make_scene_params(seed: int, split_id: int, indices: Tensor) -> dict[str, Te
         "dr": dr,
         "dcolor": dcolor,
         "dmask": dmask,
+        "zoom": z,
         "noise_key": _mix(keys + _wrap(_S_NOISE * _GOLDEN)),
     }
 
@@ -358,7 +392,9 @@ class SyntheticShapes:
     """Procedural shapes-and-position dataset (see the module docstring).
 
     ``seed`` selects the dataset; ``train_size`` / ``val_size`` are the split
-    lengths; ``noise`` is the pixel-noise amplitude (0 disables it).
+    lengths; ``noise`` is the pixel-noise amplitude (0 disables it);
+    ``train_zoom`` is the range of the training scenes' zoom about the centre
+    (``(1, 1)``: none; the ``val`` split is never zoomed).
 
     Attributes:
         position_free_ceiling: the best accuracy reachable without position
@@ -374,7 +410,8 @@ class SyntheticShapes:
     position_free_ceiling = 0.5
     splits = ("train", "val")
 
-    def __init__(self, seed: int = 0, train_size: int = 20000, val_size: int = 2000, noise: float = 0.05):
+    def __init__(self, seed: int = 0, train_size: int = 20000, val_size: int = 2000, noise: float = 0.05,
+                 train_zoom: tuple[float, float] = (1.0, 2.0)):
         if train_size < 0 or val_size < 0:
             raise ValueError("split sizes must be non-negative")
         if noise < 0:
@@ -383,11 +420,13 @@ class SyntheticShapes:
         self.noise = float(noise)
         self.sizes = {"train": int(train_size), "val": int(val_size)}
         self.classes: list[str] = list(CLASSES)
+        self.zoom = {"train": tuple(float(z) for z in train_zoom), "val": (1.0, 1.0)}
+        make_scene_params(0, 0, torch.zeros(1, dtype=torch.int64), self.zoom["train"])  # checks the range
 
     def __repr__(self) -> str:
         return (
             f"SyntheticShapes(seed={self.seed}, train_size={self.sizes['train']}, "
-            f"val_size={self.sizes['val']}, noise={self.noise})"
+            f"val_size={self.sizes['val']}, noise={self.noise}, train_zoom={self.zoom['train']})"
         )
 
     def _check(self, split: str, indices) -> Tensor:
@@ -402,7 +441,7 @@ class SyntheticShapes:
     def scenes(self, split: str, indices) -> dict[str, Tensor]:
         """Continuous scene parameters of ``indices`` (see :func:`make_scene_params`)."""
         idx = self._check(split, indices)
-        return make_scene_params(self.seed, _SPLIT_IDS[split], idx)
+        return make_scene_params(self.seed, _SPLIT_IDS[split], idx, self.zoom[split])
 
     def labels(self, split: str, indices) -> Tensor:
         """int64 (B,) labels of ``indices``."""
@@ -416,7 +455,7 @@ class SyntheticShapes:
         step = _chunk_rows(size)
         for start in range(0, idx.numel(), step):
             part = idx[start : start + step]
-            params = make_scene_params(self.seed, _SPLIT_IDS[split], part)
+            params = make_scene_params(self.seed, _SPLIT_IDS[split], part, self.zoom[split])
             out[start : start + part.numel()] = render_scene_params(params, size, self.noise)
         return out
 
@@ -447,7 +486,7 @@ class SyntheticShapes:
         step = _chunk_rows(size)
         for start in range(0, n, step):
             idx = torch.arange(start, min(start + step, n), dtype=torch.int64)
-            params = make_scene_params(self.seed, _SPLIT_IDS[name], idx)
+            params = make_scene_params(self.seed, _SPLIT_IDS[name], idx, self.zoom[name])
             images[start : start + idx.numel()] = render_scene_params(params, size, self.noise)
             labels[start : start + idx.numel()] = params["label"]
         return Split(images=images, labels=labels, classes=list(self.classes), name=name)

@@ -26,7 +26,13 @@ Every knob the paper ablates is a constructor argument:
 * ``padding``: ``zeros`` (default), ``circular``, ``replicate`` or ``reflect``;
 * ``frozen``: keep the random initialisation (no gradient);
 * ``qk_only``: ``F(x)`` is added only to the input of the next attention's query
-  and key projections; the residual stream and the values stay un-encoded.
+  and key projections; the residual stream and the values stay un-encoded;
+* ``fixed_grid`` (not in the paper; a variant measured by the reproduction
+  suite): on any other grid, the tokens are resampled (bilinear, antialiased)
+  to the model's own grid (the training grid), ``F`` runs there, and its
+  output is resampled back. The zero-padding signal then marks the same
+  *relative* positions at every resolution, as a resampled APE does, instead
+  of the same distances in tokens. On the model's own grid it is the plain PEG.
 
 State-dict layout follows the official code (Twins ``PosCNN``):
 ``pos_block.{j}.proj.0.weight`` (C, 1, k, k) and ``.bias`` (C,).
@@ -38,6 +44,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Grid, ModelShape, PositionEncoding
@@ -83,6 +90,7 @@ class PEG(PositionEncoding):
         padding: str = "zeros",
         frozen: bool = False,
         qk_only: bool = False,
+        fixed_grid: bool = False,
     ):
         super().__init__()
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
@@ -103,6 +111,7 @@ class PEG(PositionEncoding):
             raise ValueError(f"peg_layers must be >= 1, got {layers}")
         self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
         self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
+        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
         for j in range(len(positions)):
             self.add_module(str(j), PosConv(shape.dim, kernel_size, kind, layers, padding))
         if frozen:
@@ -125,7 +134,13 @@ class PEG(PositionEncoding):
         for gen in self.generators_at(after):
             self._check_grid(grid)
             prefix, patches = grid.split(x)  # (B, P, C), (B, N, C)
-            delta = Grid.from_map(gen(grid.to_map(patches)))  # (B, N, C)
+            fmap = grid.to_map(patches)  # (B, C, H, W)
+            if self.fixed_grid and fmap.shape[-2:] != self.ref:
+                ref = F.interpolate(fmap, size=self.ref, mode="bilinear", align_corners=False, antialias=True)
+                out = F.interpolate(gen(ref), size=fmap.shape[-2:], mode="bilinear", align_corners=False)
+            else:
+                out = gen(fmap)
+            delta = Grid.from_map(out)  # (B, N, C)
             delta = torch.cat([torch.zeros_like(prefix), delta], dim=1)  # class token untouched
             if self.qk_only:
                 qk_delta = delta if qk_delta is None else qk_delta + delta
@@ -137,4 +152,5 @@ class PEG(PositionEncoding):
         return (
             f"positions={list(self.positions)}, kernel_size={self.kernel_size}, kind={self.kind!r}, "
             f"layers={self.layers}, padding={self.padding!r}, frozen={self.frozen}, qk_only={self.qk_only}"
+            + (f", fixed_grid={self.ref}" if self.fixed_grid else "")
         )
