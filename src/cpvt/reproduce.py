@@ -255,7 +255,7 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
         for table in tables:
             if table not in entry.get("tables", []) or table == "T5":
                 continue
-            table_rows = [r for r in rows.values() if r.table == table and (picked is None or r.id in picked)]
+            table_rows = [r for r in rows.values() if r.table == table]
             if table == "T2":
                 table_rows = [rows[r.run] for r in table_rows]
             for row in table_rows:
@@ -268,7 +268,8 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
                         job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
-    return list(jobs.values())
+    # every row that shares a run stays its member, so a run trained for one row serves the others too
+    return [j for j in jobs.values() if picked is None or any(rid in picked for rid, _ in j.members)]
 
 
 # ----------------------------------------------------------------------------- running
@@ -388,7 +389,8 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         cost = measure_cost(t5_rows, spec.get("cost", {}), out_dir)
     if rows:  # the report covers every finished run of the tables, not only the selected rows
         jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
-    results = [json.loads(j.record.read_text()) for j in jobs if j.done]
+    # the rows a run serves come from today's plan (a row added later may share a finished run)
+    results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.done]
     from .report import write_report
 
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
