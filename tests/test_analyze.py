@@ -85,6 +85,18 @@ def test_attention_maps_sum_to_one_per_query(name):
     assert all(not blk.attn.keep_attn and blk.attn.last_attn is None for blk in s.model.blocks)
 
 
+def test_uniform_attention_has_the_uniform_reference_distance():
+    """With zero query weights every query attends uniformly: its distance is the reported reference."""
+    s = load_subject("deit_micro_nope")
+    for blk in s.model.blocks:
+        with torch.no_grad():
+            blk.attn.qkv.weight[: blk.attn.qkv.weight.shape[0] // 3].zero_()
+            blk.attn.qkv.bias[: blk.attn.qkv.weight.shape[0] // 3].zero_()
+    r = attention_analysis(s, normalise(_images(2), s))
+    assert r["uniform_distance"] == pytest.approx(r["mean_distance"][0][0], rel=1e-3)
+    assert 15 < r["uniform_distance"] < 18  # about 0.52 of the 8-token side, 4 px patches
+
+
 def test_peg_on_a_constant_image_shows_the_zero_padding_border_and_nothing_with_circular_padding():
     const = image_batch("constant", 1, 32, 0)
     zeros = load_subject("cpvt_micro_gap")

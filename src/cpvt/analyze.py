@@ -366,7 +366,7 @@ def attention_analysis(subject: Subject, x: Tensor, blocks: list[int] | None = N
     for b in blocks:
         a = attn[b][0, :, pre:, pre:].mean(dim=0)  # (N, N): the first image (the one drawn under it), mean of heads
         maps[str(b % depth)] = {q: (a[i] / a[i].max().clamp_min(1e-12)).reshape(h, w).tolist() for q, i in queries.items()}
-    return {"grid": [h, w], "patch": p, "mean_distance": mean_dist, "maps": maps,
+    return {"grid": [h, w], "patch": p, "mean_distance": mean_dist, "uniform_distance": dist.mean().item(), "maps": maps,
             "row_sums_max_error": max((a.sum(-1) - 1).abs().max().item() for a in attn)}
 
 
@@ -514,8 +514,9 @@ def analyze(kind: str, specs: list[str], data: str | None = None, out: str | Non
             r = attention_analysis(s, normalise(real[: min(images, 16)], s), blocks)
             md = torch.tensor(r["mean_distance"]).mean(1)
             table_rows.append([s.label, f"{md[0]:.2f}", f"{md[len(md) // 2]:.2f}", f"{md[-1]:.2f}",
-                               f"{r['row_sums_max_error']:.1e}"])
-            headers = ["model", "mean dist block 0 (px)", "middle", "last", "max |row sum - 1|"]
+                               f"{md.min():.2f}", f"{r['uniform_distance']:.2f}", f"{r['row_sums_max_error']:.1e}"])
+            headers = ["model", "mean dist block 0 (px)", "middle", "last", "lowest block", "uniform attention",
+                       "max |row sum - 1|"]
             shown = real[0] if shown is None else shown
         else:
             headers = ["model", "PEG after block", "border/interior (constant)", "interior spread (constant)",
