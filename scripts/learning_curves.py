@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from cpvt.plotting import pyplot, save
+from cpvt.report import last_gain
 
 
 def main(out_dir: str, data: str, png: str) -> None:
     records = [json.loads(p.read_text()) for p in sorted(Path(out_dir, "records", data).glob("*.json"))]
-    records = [r for r in records if r.get("curve")]
+    records = [r for r in records if last_gain(r.get("curve") or []) is not None]
     if not records:
         raise SystemExit(f"no records with learning curves under {out_dir}/records/{data}")
     plt = pyplot()
@@ -24,8 +25,7 @@ def main(out_dir: str, data: str, png: str) -> None:
     print(f"{'run':40s} {'rows':40s} {'last':>6s} {'last 10%':>9s}")
     for r in records:
         epochs, top1 = zip(*r["curve"])
-        before = [t for e, t in r["curve"] if e <= 0.9 * epochs[-1]]
-        gain = top1[-1] - before[-1]
+        gain = last_gain(r["curve"])
         label = ", ".join(row.split("/")[1] for row in r["rows"] if row.startswith("t1_")) or r["rows"][0]
         ax.plot(epochs, top1, marker=".", label=f"{label} (seed {r['seed']})")
         print(f"{r['run']:40s} {label:40s} {top1[-1]:6.2f} {gain:+9.2f}")

@@ -21,8 +21,8 @@ if [ ${#rows[@]} -eq 0 ]; then
 import sys
 from cpvt.reproduce import experiments_dir, load_rows, parse_tables
 tables = parse_tables(sys.argv[1])
-stems = [r.id.split("/", 1)[1] for r in load_rows(experiments_dir()).values() if r.table in tables]
-print("\n".join(dict.fromkeys(stems)))
+names = [r.name for r in load_rows(experiments_dir()).values() if r.table in tables]
+print("\n".join(dict.fromkeys(names)))
 PY
 )
 fi

@@ -271,9 +271,7 @@ def _cost_baselines(cost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str], results: list[dict[str, Any]],
                  cost: list[dict[str, Any]] | None, out: Path, command: str, elapsed: float) -> Path:
-    from .reproduce import TITLES, environment, load_claims, load_rows
-
-    from .reproduce import scales_of
+    from .reproduce import TITLES, environment, load_claims, load_rows, scales_of
 
     rows = load_rows(root)
     entries = {e["data"]: e for e in spec.get("datasets", [])}
@@ -356,16 +354,17 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     return path
 
 
+def last_gain(curve: list[list[float]]) -> float | None:
+    """What the last 10% of epochs added to validation top-1; ``curve`` is ``[[epoch, top1], ...]``."""
+    if len(curve) < 3:
+        return None
+    before = [top1 for epoch, top1 in curve if epoch <= 0.9 * curve[-1][0]]
+    return curve[-1][1] - before[-1] if before else None
+
+
 def _flatness(runs: list[dict[str, Any]]) -> str:
-    """How much the last 10% of epochs added, from the runs' learning curves (validation top-1 by epoch)."""
-    gains = []
-    for r in runs:
-        curve = r.get("curve") or []
-        if len(curve) >= 3:
-            last = curve[-1][0]
-            before = [top1 for epoch, top1 in curve if epoch <= 0.9 * last]
-            if before:
-                gains.append(curve[-1][1] - before[-1])
+    """How much the last 10% of epochs added, over the runs' learning curves."""
+    gains = [g for r in runs if (g := last_gain(r.get("curve") or [])) is not None]
     if not gains:
         return ""
     return (f" Learning curves: the last 10% of epochs added {statistics.mean(gains):+.2f} points of top-1 on "

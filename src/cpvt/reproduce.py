@@ -71,6 +71,11 @@ class Row:
     order: int = 0  # position in its table
     highlight: bool = False  # T2: drawn thick in the resolution plot
 
+    @property
+    def name(self) -> str:
+        """The file name without ``.toml`` (``peg`` for ``t1_encodings/peg``): what ``--rows`` takes."""
+        return self.id.split("/", 1)[1]
+
 
 def load_rows(root: Path) -> dict[str, Row]:
     rows: dict[str, Row] = {}
@@ -164,7 +169,7 @@ def _seeds(table: str, row: Row, entry: dict, budget: dict, override: int | None
     if override:
         return override
     t = "T1" if table == "T2" else table
-    per_row = entry.get("row_seeds", {}).get(row.id.split("/", 1)[1])
+    per_row = entry.get("row_seeds", {}).get(row.name)
     return int(per_row or entry.get("seeds", {}).get(t) or budget.get("seeds", {}).get(t) or 1)
 
 
@@ -179,10 +184,10 @@ def select_rows(rows: dict[str, Row], tables: list[str], names: str | None) -> s
         return None
     wanted = {n.strip() for n in names.split(",") if n.strip()}
     pool = [r for r in rows.values() if r.table in tables]
-    picked = {r.id for r in pool if r.id in wanted or r.id.split("/", 1)[1] in wanted}
-    unknown = sorted(n for n in wanted if not any(r.id == n or r.id.split("/", 1)[1] == n for r in pool))
+    picked = {r.id for r in pool if r.id in wanted or r.name in wanted}
+    unknown = sorted(wanted - {r.id for r in pool} - {r.name for r in pool})
     if unknown:
-        stems = sorted({r.id.split("/", 1)[1] for r in pool})
+        stems = sorted({r.name for r in pool})
         raise ValueError(f"no row named {', '.join(unknown)} in {','.join(tables)}; rows there: {', '.join(stems)}")
     return picked
 
@@ -243,13 +248,12 @@ def run_name(cfg) -> str:
 
 
 def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,
-         data_root: str | None = None, cache_dir: str | None = None, rows_only: str | None = None) -> list[Job]:
+         data_root: str | None = None, cache_dir: str | None = None) -> list[Job]:
     """Every training run the tables need, deduplicated, in a stable order.
 
-    ``rows_only`` (``--rows``): a comma-separated list of row names; only their runs are planned.
+    A run shared by several rows lists all of them as members, so a run trained for one row serves the others.
     """
     rows, budget = load_rows(root), load_budget(root, budget_name)
-    picked = select_rows(rows, tables, rows_only)
     jobs: dict[str, Job] = {}
     for entry in budget.get("datasets", []):
         for table in tables:
@@ -268,8 +272,7 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
                         job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
-    # every row that shares a run stays its member, so a run trained for one row serves the others too
-    return [j for j in jobs.values() if picked is None or any(rid in picked for rid, _ in j.members)]
+    return list(jobs.values())
 
 
 # ----------------------------------------------------------------------------- running
@@ -369,10 +372,13 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     out_dir = Path(out or f"runs/reproduce/{budget}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir, rows_only=rows)
-    todo = [j for j in jobs if not j.done]
-    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}: {len(jobs)} "
-          f"training runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}", flush=True)
+    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    picked = select_rows(load_rows(root), wanted, rows)
+    selected = [j for j in jobs if picked is None or any(rid in picked for rid, _ in j.members)]
+    todo = [j for j in selected if not j.done]
+    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}: {len(selected)} "
+          f"training runs, {len(selected) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}",
+          flush=True)
     spent: list[float] = []
     for k, job in enumerate(todo, 1):
         eta = f", about {statistics.mean(spent) * (len(todo) - k + 1) / 60:.0f} min left" if spent else ""
@@ -387,8 +393,7 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     if "T5" in wanted:
         t5_rows = [r for r in load_rows(root).values() if r.table == "T5"]
         cost = measure_cost(t5_rows, spec.get("cost", {}), out_dir)
-    if rows:  # the report covers every finished run of the tables, not only the selected rows
-        jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    # the report covers every finished run of the tables, not only the selected rows;
     # the rows a run serves come from today's plan (a row added later may share a finished run)
     results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.done]
     from .report import write_report
