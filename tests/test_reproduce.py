@@ -63,6 +63,32 @@ def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys)
     assert "resuming" not in out or "from epoch 1" in out  # the finished checkpoint is reused, not retrained
 
 
+def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
+    """Two `cpvt reproduce` processes share a sweep: a run the other one holds is skipped, not trained twice."""
+    import subprocess
+    import sys
+
+    from cpvt.runlock import LOCK_NAME
+
+    victim = sorted(smoke.glob("records/*/*.json"))[0]
+    run = smoke / "runs" / victim.parent.name / victim.stem
+    victim.unlink()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname(),
+                                                 "started": "now"}))
+        capsys.readouterr()
+        assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
+        out = capsys.readouterr().out
+        assert "1 to run" in out and f"skipped: {run} is in use by pid {sleeper.pid}" in out
+        assert not victim.exists()
+    finally:
+        sleeper.kill()
+        (run / LOCK_NAME).unlink()
+    assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
+    assert victim.exists() and not (run / LOCK_NAME).exists()
+
+
 def test_a_finished_record_is_enough_without_the_run_folder(smoke: Path, capsys):
     """A fresh clone has the committed records but no runs/: nothing is trained again."""
     import shutil

@@ -23,7 +23,7 @@ from .info import count_params, model_info
 from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
 from .config import RECIPES, parse_set
-from .errors import TrainingDiverged
+from .errors import RunLocked, TrainingDiverged
 from .table import format_table
 
 
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"cpvt: training stopped: {e}", file=sys.stderr)
         return 3
+    except RunLocked as e:
+        print(f"cpvt: error: {e}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

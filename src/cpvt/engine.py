@@ -35,6 +35,7 @@ from .checkpoint import Checkpoint, load_checkpoint, remove_stale_temporaries, s
 from .config import TrainConfig
 from .data.base import DataError, Split
 from .errors import TrainingDiverged
+from .runlock import run_lock
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .models import create_model
 
@@ -195,7 +196,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run one training job; returns the final metrics (also written to ``metrics.json``)."""
     info, device = init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, info, device)
+        with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one process per run folder
+            return _train(cfg, resume, info, device)
     finally:
         cleanup(info)
 

@@ -15,6 +15,8 @@ are trained once), trains what is not finished (an interrupted run resumes
 from its last checkpoint; a finished one is skipped), evaluates each run at
 every test scale without fine-tuning, and writes ``report.md`` with one table
 per experiment, plots, and one reproduced / not reproduced line per claim.
+Several ``cpvt reproduce`` processes may share one sweep: each run folder is
+locked by whoever starts it (:mod:`cpvt.runlock`) and the others move on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import RunLocked
+from .runlock import run_lock
 
 TABLES = ("T1", "T2", "T3", "T4", "T5")
 TRAINED = ("T1", "T3", "T4")  # tables whose rows train a model (T2 reuses T1's runs, T5 trains nothing)
@@ -385,7 +390,15 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         print(f"\n[{k}/{len(todo)}{eta}] {job.data}: {', '.join(sorted({m[0] for m in job.members}))} "
               f"(seed {job.config.seed}) -> {job.dir}", flush=True)
         t = time.perf_counter()
-        res = run_job(job)
+        try:  # several `cpvt reproduce` processes share a sweep: each run goes to whoever locks it first
+            with run_lock(job.dir):
+                if job.done:  # finished by another process meanwhile
+                    print("    finished by another process", flush=True)
+                    continue
+                res = run_job(job)
+        except RunLocked as e:
+            print(f"    skipped: {e}", flush=True)
+            continue
         spent.append(time.perf_counter() - t)
         print("    top-1 by test size: " + ", ".join(f"{job.sizes[s]}px {v:.2f}" for s, v in res["scales"].items()),
               flush=True)

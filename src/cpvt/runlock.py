@@ -1,0 +1,96 @@
+"""One process per run folder.
+
+A run folder written by two processes at once ends with every epoch logged
+twice and checkpoints from whichever process wrote last. :func:`run_lock`
+creates ``run.lock`` with ``O_EXCL`` (atomic on local file systems) and writes
+its holder into it: pid, host and start time. A second process gets a
+:class:`~cpvt.errors.RunLocked` error naming the holder. A lock whose holder
+died on this host (its pid no longer exists) is taken over with a warning; a
+lock from another host is never taken over, since its pid cannot be checked
+from here.
+
+The lock is re-entrant within one process, so ``cpvt reproduce`` can hold a
+run folder across training and evaluation while :func:`cpvt.engine.train`
+takes the same lock inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import RunLocked
+
+LOCK_NAME = "run.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def read_holder(path: Path, wait_s: float = 1.0) -> dict[str, Any] | None:
+    """The holder written in a lock file, or None when it stays empty or unreadable for ``wait_s``
+    (a holder killed between creating and writing it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(path.read_text())
+            if isinstance(holder, dict) and isinstance(holder.get("pid"), int):
+                return holder
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder/run.lock`` for the body; raises :class:`RunLocked` if a live process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_holder(path)
+            if holder == {}:  # released while we looked: try again
+                continue
+            if holder is not None and holder["pid"] == me["pid"] and holder.get("host") == me["host"]:
+                yield  # re-entrant: the outer holder releases it
+                return
+            if holder is not None and (holder.get("host") != me["host"] or _alive(holder["pid"])):
+                raise RunLocked(f"{folder} is in use by pid {holder['pid']} on {holder.get('host')} since "
+                                f"{holder.get('started')}; wait for it to finish, or remove {path} if that "
+                                "process is gone") from None
+            who = "an unreadable holder" if holder is None else f"pid {holder['pid']} (no longer running)"
+            warnings.warn(f"taking over the stale lock on {folder} left by {who}", stacklevel=3)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        if read_holder(path, wait_s=0) == me:
+            path.unlink(missing_ok=True)
