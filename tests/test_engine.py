@@ -186,6 +186,23 @@ def test_eval_at_several_sizes_json_and_plot(tmp_path, capsys):
     assert "top-1 @32" in capsys.readouterr().out
 
 
+def test_eval_set_rebuilds_the_trained_model_with_an_inference_option(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=1))
+    args = ["eval", str(run), "--img-sizes", "16,32", "--limit", "64", "--json"]
+    assert main(args + [str(tmp_path / "plain.json")]) == 0
+    assert main(args + [str(tmp_path / "fixed.json"), "--set", "model.peg_fixed_grid=True"]) == 0
+    plain, fixed = (json.loads((tmp_path / f"{n}.json").read_text())[0] for n in ("plain", "fixed"))
+    assert fixed["model_overrides"] == {"peg_fixed_grid": True} and "model_overrides" not in plain
+    assert fixed["sizes"]["16"] == plain["sizes"]["16"]  # on the training grid it is the same model
+    assert fixed["sizes"]["32"]["loss"] != plain["sizes"]["32"]["loss"]  # elsewhere the PEG runs on a resampled grid
+    capsys.readouterr()
+    assert main(["eval", str(run), "--set", "lr=1"]) == 2
+    assert "model options only" in capsys.readouterr().err
+    assert main(["eval", str(run), "--set", "model.peg_kernel_size=5"]) == 2  # would change the weights' shapes
+    assert "cannot rebuild cpvt_micro_gap" in capsys.readouterr().err
+
+
 def test_eval_errors(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_config(run, epochs=1))

@@ -113,9 +113,15 @@ def _default_recipe(data: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_runs, plot_results, results_table, write_json
 
+    overrides = {}
+    for text in args.set or []:
+        key, value = parse_set(text)
+        if not key.startswith("model.") or key == "model.":
+            raise ValueError(f"eval --set takes model options only (model.<key>=<value>), got {text!r}")
+        overrides[key[len("model."):]] = value
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
                             batch_size=args.batch_size, device=args.device, data_root=args.data_root,
-                            cache_dir=args.cache_dir, limit=args.limit)
+                            cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides)
     print(results_table(results))
     if args.json:
         write_json(results, args.json)
@@ -216,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.add_argument("--json", help="write results to this JSON file")
     s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
+    s.add_argument("--set", action="append", metavar="model.KEY=VALUE",
+                   help="rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")

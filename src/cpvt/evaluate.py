@@ -45,8 +45,13 @@ def evaluate_runs(
     cache_dir: str | None = None,
     amp: str = "auto",
     limit: int | None = None,
+    model_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own."""
+    """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own.
+
+    ``model_overrides`` rebuild each trained model with changed options before its
+    weights are loaded: inference-time variants such as ``peg_fixed_grid=True``.
+    """
     from .data import open_source
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -56,7 +61,11 @@ def evaluate_runs(
         cfg = ckpt.config
         if not ckpt.meta:
             raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
-        model = ckpt.build_model().to(dev).eval()
+        try:
+            model = ckpt.build_model(**(model_overrides or {})).to(dev).eval()
+        except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
+            raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
+                             f"{model_overrides}: {str(e).splitlines()[0]}") from None
         sizes = img_sizes or [cfg.get("img_size") or model.img_size[0]]
         for s in sizes:
             model.grid_for(s)  # clear error before any decoding
@@ -75,6 +84,7 @@ def evaluate_runs(
         row: dict[str, Any] = {
             "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
             "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
+            **({"model_overrides": model_overrides} if model_overrides else {}),
         }
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
         for s in sizes:

@@ -136,7 +136,9 @@ class PEG(PositionEncoding):
             prefix, patches = grid.split(x)  # (B, P, C), (B, N, C)
             fmap = grid.to_map(patches)  # (B, C, H, W)
             if self.fixed_grid and fmap.shape[-2:] != self.ref:
-                ref = F.interpolate(fmap, size=self.ref, mode="bilinear", align_corners=False, antialias=True)
+                # float32: antialiased resampling has no bfloat16 kernel on the CPU
+                ref = F.interpolate(fmap.float(), size=self.ref, mode="bilinear", align_corners=False,
+                                    antialias=True).to(fmap.dtype)
                 out = F.interpolate(gen(ref), size=fmap.shape[-2:], mode="bilinear", align_corners=False)
             else:
                 out = gen(fmap)
