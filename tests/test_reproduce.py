@@ -158,6 +158,64 @@ def test_imagenette_protocol_sizes_and_seeds(tmp_path: Path):
     assert seeds["t3_placement/pos_m1"] == 1
 
 
+def test_study_entries_inherit_their_base_and_train_only_their_rows(tmp_path: Path):
+    jobs = plan(experiments_dir(), "cpu", list(TABLES), tmp_path)
+    by_name: dict[str, list] = {}
+    for j in jobs:
+        by_name.setdefault(j.data, []).append(j)
+    base = {m[0]: j for j in by_name["imagenette"] for m in j.members if m[1] == 0}
+    for name in ("imagenette-patch4", "imagenette-80ep", "imagenette-rrc08", "imagenette-wide"):
+        study = by_name[name]
+        assert sorted(m[0] for j in study for m in j.members) == ["t1_encodings/ape", "t1_encodings/peg"]
+        for j in study:
+            assert j.record.parent.name == name and j.dir.parent.name == name
+            assert j.sizes == base[j.members[0][0]].sizes  # tested at the same sizes in px
+            assert j.config.data == "imagenette" and j.config.mixup == 0.0  # inherited
+            assert j.dir.name != base[j.members[0][0]].dir.name  # a different run
+    patch4 = {m[0]: j for j in by_name["imagenette-patch4"] for m in j.members}
+    assert patch4["t1_encodings/peg"].config.model_args.get("patch_size", 4) == 4  # the micro default is 4
+    assert patch4["t1_encodings/peg"].config.model_args["embed_dim"] == 64  # merged key by key
+    assert base["t1_encodings/peg"].config.model_args["patch_size"] == 8
+    assert by_name["imagenette-80ep"][0].config.epochs == 80
+    assert list(by_name["imagenette-rrc08"][0].config.rrc_scale) == [0.08, 1.0]
+
+
+def test_bad_study_entries_fail_clearly():
+    from cpvt.reproduce import dataset_entries
+
+    with pytest.raises(ValueError, match="base 'nope' is not an earlier entry"):
+        dataset_entries({"datasets": [{"data": "synthetic"}, {"name": "x", "base": "nope"}]})
+    with pytest.raises(ValueError, match="two dataset entries are named 'synthetic'"):
+        dataset_entries({"datasets": [{"data": "synthetic"}, {"data": "synthetic"}]})
+    entries = dataset_entries({"datasets": [{"data": "synthetic", "note": "n", "row_seeds": {"ape": 3},
+                                             "train": {"epochs": 2, "lr": 1.0}},
+                                            {"name": "s2", "base": "synthetic", "train": {"epochs": 4}}]})
+    assert entries[1]["train"] == {"epochs": 4, "lr": 1.0} and "note" not in entries[1]
+    assert "row_seeds" not in entries[1] and entries[1]["data"] == "synthetic"
+
+
+def test_smoke_study_is_reported_beside_its_base(tmp_path: Path, capsys):
+    import shutil
+
+    root = tmp_path / "experiments"
+    shutil.copytree(experiments_dir(), root)
+    with open(root / "budgets.toml", "a") as f:
+        f.write('\n[[smoke.datasets]]\nname = "synthetic-wide"\nbase = "synthetic"\nstudy = "Wider"\n'
+                'tables = ["T1"]\nrows = ["peg"]\nmodel_args = { embed_dim = 32 }\n')
+    out = tmp_path / "out"
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
+                 "--out", str(out)]) == 0
+    assert "2 training runs" in capsys.readouterr().out
+    assert (out / "records" / "synthetic-wide").is_dir()
+    report = (out / "report.md").read_text()
+    assert "## synthetic-wide" not in report  # no full tables for a study
+    why = report.split("## Why: variants of the protocol")[1]
+    assert "### Wider" in why and "`embed_dim` 16 → 32 (against `synthetic`)" in why
+    assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic +\| 1 ", why)
+    assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic-wide +\| 1 ", why)
+    assert "[synthetic-wide]" not in report  # claims are judged on the protocols, not the studies
+
+
 def test_formulas_allow_arithmetic_only():
     assert evaluate_formula("2 * grid - 1", grid=14, depth=12) == 27
     assert evaluate_formula("[round(10 * (depth - 1) / 11)]", grid=8, depth=12) == [10]

@@ -271,10 +271,10 @@ def _cost_baselines(cost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str], results: list[dict[str, Any]],
                  cost: list[dict[str, Any]] | None, out: Path, command: str, elapsed: float) -> Path:
-    from .reproduce import TITLES, environment, load_claims, load_rows, scales_of
+    from .reproduce import TITLES, dataset_entries, environment, load_claims, load_rows, scales_of
 
     rows = load_rows(root)
-    entries = {e["data"]: e for e in spec.get("datasets", [])}
+    entries = {e["name"]: e for e in dataset_entries(spec)}
     tested = {d: [f"{s:g}" for s in scales_of(e, spec)] for d, e in entries.items()}
     # a dataset's results count only at the scales its budget entry tests now (CIFAR-10: 1x only)
     res = Results([{**r, "scales": {k: v for k, v in r["scales"].items() if k in tested.get(r["data"], [k])}}
@@ -290,8 +290,11 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
               "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
               ""]
     summary: list[dict[str, Any]] = []
+    studies = [d for d in res.datasets if entries.get(d, {}).get("study")]
     for data in res.datasets:
         entry = entries.get(data, {})
+        if data in studies:
+            continue
         sample = next(r for r in results if r["data"] == data)
         scales = tested.get(data, list(sample["sizes"]))
         sizes = {s: sample["sizes"][s] for s in scales}
@@ -319,6 +322,8 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
                 lines += _delta_table(res, data, table, trows, base)
                 png = plot_deltas(res, data, table, trows, base, out / f"{stem}.png", f"{TITLES[table]} — {data}")
             lines += ["", f"![{table} {data}]({png.name})", ""]
+    if studies:
+        lines += _why_section(res, entries, rows, results, studies, tested)
     if cost:
         lines += [f"## {TITLES['T5']}", ""]
         lines += _t5_table(cost, rows)
@@ -326,7 +331,7 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
         lines += ["", f"![T5]({png.name})", ""]
     claims = load_claims(root)
     # resolution claims only where the dataset has a T2 (CIFAR-10's 2x was upsampling: dropped, see its note)
-    verdicts = [v for data in res.datasets for c in claims
+    verdicts = [v for data in res.datasets if data not in studies for c in claims
                 if ("T2" in entries.get(data, {}).get("tables", ["T2"]) or "@" not in f"{c['a']}{c['b']}")
                 and (v := judge(c, res, data)) is not None]
     if verdicts:
@@ -352,6 +357,59 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _changed(entry: dict[str, Any], base: dict[str, Any]) -> str:
+    """What a study entry changes against its base: ``key: base value -> new value``."""
+    diffs = []
+    for group in ("train", "model_args"):
+        for k, v in entry.get(group, {}).items():
+            if base.get(group, {}).get(k) != v:
+                diffs.append(f"`{k}` {json.dumps(base.get(group, {}).get(k, 'default'))} → {json.dumps(v)}")
+    for k, v in entry.items():
+        if k not in ("train", "model_args", "name", "base", "study", "rows", "row_seeds", "seeds", "note", "tables") \
+                and base.get(k) != v:
+            diffs.append(f"`{k}` {json.dumps(base.get(k))} → {json.dumps(v)}")
+    return "; ".join(diffs) or "nothing"
+
+
+def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[str, Any],
+                 results: list[dict[str, Any]], studies: list[str], tested: dict[str, list[str]]) -> list[str]:
+    """One table per study: each of its rows beside the same row under the study's base protocol."""
+    lines = ["## Why: variants of the protocol", "",
+             "Each study changes one thing in a protocol above and trains some of its rows again. Columns as in "
+             "T2: top-1 at 1x, the size where the mean peaks, and the change from 1x to that peak, to 2x and to "
+             "the largest test size.", ""]
+    for data in studies:
+        entry = entries[data]
+        base_name = entry.get("base", entry["data"])
+        runs = [r for r in results if r["data"] == data]
+        sample = runs[0]
+        scales = tested.get(data, list(sample["sizes"]))
+        ends = list(dict.fromkeys(["2" if "2" in scales else scales[-1], scales[-1]]))  # 2x and the largest
+        lines += [f"### {entry['study']}", "",
+                  f"`{data}`: {_changed(entry, entries.get(base_name, {}))} (against `{base_name}`). {len(runs)} runs, "
+                  f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
+                  f"evaluation.{_flatness(runs)}", ""]
+        if entry.get("note"):
+            lines += [entry["note"].strip(), ""]
+        body = []
+        for r in rows.values():
+            if r.table != "T1" or not res.has(data, r.id):
+                continue
+            for name in (base_name, data):
+                found = peak(res, name, r.id, scales) if res.has(name, r.id) else None
+                if found is None:
+                    continue
+                best, _ = found
+                base = res.metric(name, r.id)
+                body.append([r.label, name, base.n, base.fmt(short=True), f"{sample['sizes'][best]} px",
+                             res.metric(name, f"{r.id}:drop@{best}").fmt(short=True, signed=True),
+                             *(res.metric(name, f"{r.id}:drop@{s}").fmt(short=True, signed=True) for s in ends)])
+        headers = ["row", "protocol", "n", "top-1 at 1x", "peak size", "Δ 1x → peak",
+                   *(f"Δ 1x → {s}x ({sample['sizes'][s]} px)" for s in ends)]
+        lines += [format_table(body, headers, markdown=True), ""]
+    return lines
 
 
 def last_gain(curve: list[list[float]]) -> float | None:

@@ -108,6 +108,39 @@ def load_budget(root: Path, name: str) -> dict[str, Any]:
     return budgets[name]
 
 
+_NOT_INHERITED = ("name", "base", "note", "study", "rows", "row_seeds")
+
+
+def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
+    """A budget's ``[[datasets]]`` entries, resolved.
+
+    Each entry is named by ``name`` (default: its ``data``); runs and records go under that name.
+    ``base = "<name>"`` starts from an earlier entry: every key this one does not set, except
+    ``note``, ``study``, ``rows`` and ``row_seeds``, with ``train`` and ``model_args`` merged key by
+    key. ``rows = [...]`` limits the entry to those rows (file stems), and ``study = "..."`` marks a
+    variant of the protocol measured for the report's "why" section rather than for the tables.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for raw in budget.get("datasets", []):
+        entry = dict(raw)
+        if "base" in entry:
+            if entry["base"] not in out:
+                raise ValueError(f"dataset entry {entry.get('name', entry.get('data'))!r}: base {entry['base']!r} "
+                                 f"is not an earlier entry (entries: {', '.join(out) or 'none'})")
+            base = out[entry["base"]]
+            merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+            for key in ("train", "model_args"):
+                merged[key] = {**base.get(key, {}), **entry.pop(key, {})}
+            entry = {**merged, **entry}
+        if "data" not in entry:
+            raise ValueError(f"dataset entry {entry.get('name')!r} needs data = ... (or a base)")
+        entry["name"] = entry.get("name", entry["data"])
+        if entry["name"] in out:
+            raise ValueError(f"two dataset entries are named {entry['name']!r}; give one a name = ...")
+        out[entry["name"]] = entry
+    return list(out.values())
+
+
 def load_claims(root: Path) -> list[dict[str, Any]]:
     path = root / "claims.toml"
     if not path.exists():
@@ -155,7 +188,7 @@ def evaluate_formula(text: str, **names: int) -> Any:
 class Job:
     """One training run, shared by every (row, seed) that resolves to it."""
 
-    data: str
+    data: str  # the dataset entry's name (its data unless the entry is named)
     dir: Path
     config: Any  # TrainConfig
     sizes: dict[str, int]  # scale label -> test size in px
@@ -233,7 +266,7 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     # an override equal to the model's default is dropped, so rows that mean the same run share it
     cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
     cfg.img_size, cfg.seed = img_size, seed
-    cfg.out = str(out / "runs" / entry["data"] / run_name(cfg))
+    cfg.out = str(out / "runs" / entry["name"] / run_name(cfg))
     return cfg, patch
 
 
@@ -260,21 +293,28 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
     """
     rows, budget = load_rows(root), load_budget(root, budget_name)
     jobs: dict[str, Job] = {}
-    for entry in budget.get("datasets", []):
+    for entry in dataset_entries(budget):
+        only = entry.get("rows")
+        if only is not None:
+            unknown = sorted(set(only) - {r.name for r in rows.values()})
+            if unknown:
+                raise ValueError(f"dataset entry {entry['name']!r}: no row named {', '.join(unknown)}")
         for table in tables:
             if table not in entry.get("tables", []) or table == "T5":
                 continue
             table_rows = [r for r in rows.values() if r.table == table]
             if table == "T2":
                 table_rows = [rows[r.run] for r in table_rows]
+            if only is not None:
+                table_rows = [r for r in table_rows if r.name in only]
             for row in table_rows:
                 for seed in range(_seeds(table, row, entry, budget, seeds)):
                     cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
                     job = jobs.get(cfg.out)
                     if job is None:
                         sizes = _test_sizes(cfg.img_size, patch, scales_of(entry, budget))
-                        record = out / "records" / entry["data"] / f"{Path(cfg.out).name}.json"
-                        job = jobs[cfg.out] = Job(entry["data"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
+                        record = out / "records" / entry["name"] / f"{Path(cfg.out).name}.json"
+                        job = jobs[cfg.out] = Job(entry["name"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
     return list(jobs.values())
@@ -308,7 +348,7 @@ def run_job(job: Job) -> dict[str, Any]:
     import torch
 
     result = {
-        "run": job.dir.name, "data": job.data, "model": job.config.model, "model_args": job.config.model_args,
+        "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
         "epochs": job.config.epochs, "threads": torch.get_num_threads(), "curve": curve,
         "sizes": job.sizes,
