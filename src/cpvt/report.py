@@ -366,9 +366,10 @@ def _changed(entry: dict[str, Any], base: dict[str, Any]) -> str:
         for k, v in entry.get(group, {}).items():
             if base.get(group, {}).get(k) != v:
                 diffs.append(f"`{k}` {json.dumps(base.get(group, {}).get(k, 'default'))} → {json.dumps(v)}")
+    from .reproduce import NOT_INHERITED
+
     for k, v in entry.items():
-        if k not in ("train", "model_args", "name", "base", "study", "rows", "row_seeds", "seeds", "note", "tables") \
-                and base.get(k) != v:
+        if k not in ("train", "model_args", "seeds", "tables", *NOT_INHERITED) and base.get(k) != v:
             diffs.append(f"`{k}` {json.dumps(base.get(k))} → {json.dumps(v)}")
     return "; ".join(diffs) or "nothing"
 

@@ -108,7 +108,7 @@ def load_budget(root: Path, name: str) -> dict[str, Any]:
     return budgets[name]
 
 
-_NOT_INHERITED = ("name", "base", "note", "study", "rows", "row_seeds")
+NOT_INHERITED = ("name", "base", "note", "study", "rows", "row_seeds")
 
 
 def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
                 raise ValueError(f"dataset entry {entry.get('name', entry.get('data'))!r}: base {entry['base']!r} "
                                  f"is not an earlier entry (entries: {', '.join(out) or 'none'})")
             base = out[entry["base"]]
-            merged = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+            merged = {k: v for k, v in base.items() if k not in NOT_INHERITED}
             for key in ("train", "model_args"):
                 merged[key] = {**base.get(key, {}), **entry.pop(key, {})}
             entry = {**merged, **entry}

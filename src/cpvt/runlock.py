@@ -60,14 +60,9 @@ def read_holder(path: Path, wait_s: float = 1.0) -> dict[str, Any] | None:
         time.sleep(0.05)
 
 
-@contextmanager
-def run_lock(folder: str | Path) -> Iterator[None]:
-    """Hold ``folder/run.lock`` for the body; raises :class:`RunLocked` if a live process holds it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def _acquire(folder: Path, me: dict[str, Any]) -> bool:
+    """Create the lock for ``me``: True if created, False if ``me`` already holds it (re-entrant)."""
     path = folder / LOCK_NAME
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -76,21 +71,30 @@ def run_lock(folder: str | Path) -> Iterator[None]:
             if holder == {}:  # released while we looked: try again
                 continue
             if holder is not None and holder["pid"] == me["pid"] and holder.get("host") == me["host"]:
-                yield  # re-entrant: the outer holder releases it
-                return
+                return False
             if holder is not None and (holder.get("host") != me["host"] or _alive(holder["pid"])):
                 raise RunLocked(f"{folder} is in use by pid {holder['pid']} on {holder.get('host')} since "
                                 f"{holder.get('started')}; wait for it to finish, or remove {path} if that "
                                 "process is gone") from None
             who = "an unreadable holder" if holder is None else f"pid {holder['pid']} (no longer running)"
-            warnings.warn(f"taking over the stale lock on {folder} left by {who}", stacklevel=3)
+            warnings.warn(f"taking over the stale lock on {folder} left by {who}", stacklevel=4)
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
-        break
+        return True
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder/run.lock`` for the body; raises :class:`RunLocked` if a live process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    owner = _acquire(folder, me)
     try:
         yield
-    finally:
-        if read_holder(path, wait_s=0) == me:
-            path.unlink(missing_ok=True)
+    finally:  # the outermost holder releases it, and only if it is still its own
+        if owner and read_holder(folder / LOCK_NAME, wait_s=0) == me:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
