@@ -106,6 +106,51 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(tiny_config(tmp_path, epochs=1, lr=0.5), resume=True)
 
 
+def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):
+    """A checkpoint written before a field was added (here train_sizes) reads as that field's default."""
+    from cpvt.engine import _config_diff
+
+    new = TrainConfig().to_dict()
+    old = {k: v for k, v in new.items() if k != "train_sizes"}
+    assert _config_diff(old, new) == []
+    assert _config_diff(old, {**new, "train_sizes": [16, 32]}) == ["train_sizes: [] -> [16, 32]"]
+
+
+# -- mixed-resolution training ------------------------------------------------
+def test_step_sizes_are_a_function_of_seed_and_epoch():
+    from cpvt.engine import step_sizes
+
+    a = step_sizes((16, 24, 32), seed=0, epoch=3, steps=200)
+    assert a == step_sizes((16, 24, 32), seed=0, epoch=3, steps=200)  # resume and every DDP rank agree
+    assert set(a) == {16, 24, 32} and all(40 < a.count(s) < 100 for s in (16, 24, 32))
+    assert a != step_sizes((16, 24, 32), seed=0, epoch=4, steps=200)
+    assert a != step_sizes((16, 24, 32), seed=1, epoch=3, steps=200)
+    assert step_sizes((16,), seed=0, epoch=0, steps=5) == [16] * 5
+
+
+def test_mixed_resolution_training_feeds_every_size_and_evaluates_at_img_size(tmp_path, monkeypatch, capsys):
+    import cpvt.engine as engine
+
+    seen, real = [], engine.mix_batch
+
+    def record(x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "mix_batch", record)
+    train(tiny_config(tmp_path, train_sizes=[16, 24, 32]))
+    assert set(seen) == {(16, 16), (24, 24), (32, 32)}
+    assert "steps of 32 at 16/24/32px" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "best.safetensors").config["train_sizes"] == [16, 24, 32]
+
+
+@pytest.mark.parametrize("sizes, message", [([16, 18], "multiple"), ([16, -8], "positive integers"),
+                                            ([16, True], "positive integers")])
+def test_bad_train_sizes_are_clear_errors(tmp_path, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, train_sizes=sizes))
+
+
 def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path):
     """A run killed with SIGKILL mid-training and resumed ends exactly like an uninterrupted one."""
     args = ["--data", "synthetic", "--model", "cpvt_micro_gap", "--img-size", "16", "--epochs", "3",

@@ -164,7 +164,7 @@ def test_study_entries_inherit_their_base_and_train_only_their_rows(tmp_path: Pa
     for j in jobs:
         by_name.setdefault(j.data, []).append(j)
     base = {m[0]: j for j in by_name["imagenette"] for m in j.members if m[1] == 0}
-    for name in ("imagenette-patch4", "imagenette-80ep", "imagenette-rrc08", "imagenette-wide"):
+    for name in ("imagenette-patch4", "imagenette-80ep", "imagenette-rrc08", "imagenette-wide", "imagenette-mixres"):
         study = by_name[name]
         assert sorted(m[0] for j in study for m in j.members) == ["t1_encodings/ape", "t1_encodings/peg"]
         for j in study:
@@ -178,6 +178,8 @@ def test_study_entries_inherit_their_base_and_train_only_their_rows(tmp_path: Pa
     assert base["t1_encodings/peg"].config.model_args["patch_size"] == 8
     assert by_name["imagenette-80ep"][0].config.epochs == 80
     assert list(by_name["imagenette-rrc08"][0].config.rrc_scale) == [0.08, 1.0]
+    assert list(by_name["imagenette-mixres"][0].config.train_sizes) == [48, 56, 64, 72, 80, 88, 96]
+    assert by_name["imagenette-mixres"][0].config.img_size == 64  # still evaluated (and 1x) at 64 px
 
 
 def test_bad_study_entries_fail_clearly():

@@ -31,6 +31,7 @@ class TrainConfig:
     data_root: str | None = None
     cache_dir: str | None = None
     img_size: int | None = None  # None: the model's default
+    train_sizes: tuple[int, ...] = ()  # mixed-resolution training: each step draws one of these sizes; (): img_size
     train_split: str = "train"
     val_split: str | None = None  # None: "val" if present, else "test"
     train_limit: int | None = None  # use only the first N training images (quick runs)

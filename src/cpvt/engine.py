@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -168,8 +169,23 @@ def _log(info: DistInfo, *args) -> None:
 
 
 def _config_diff(a: dict, b: dict, ignore=("epochs", "out")) -> list[str]:
+    """The settings that differ; a key one side lacks (a run saved before the key existed) counts as its default."""
+    defaults = TrainConfig().to_dict()
     keys = sorted(set(a) | set(b))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if k not in ignore and a.get(k) != b.get(k)]
+    get = lambda d, k: d.get(k, defaults.get(k))  # noqa: E731
+    return [f"{k}: {get(a, k)!r} -> {get(b, k)!r}" for k in keys if k not in ignore and get(a, k) != get(b, k)]
+
+
+def step_sizes(sizes: tuple[int, ...], seed: int, epoch: int, steps: int) -> list[int]:
+    """The input size of every step of an epoch for mixed-resolution training.
+
+    A function of (seed, epoch) only, like the sample order: every DDP process
+    draws the same sizes and a resumed run needs no state.
+    """
+    if len(sizes) == 1:
+        return [sizes[0]] * steps
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    return [sizes[i] for i in torch.randint(len(sizes), (steps,), generator=gen).tolist()]
 
 
 def load_data(cfg: TrainConfig, info: DistInfo):
@@ -182,7 +198,8 @@ def load_data(cfg: TrainConfig, info: DistInfo):
     for name in (cfg.train_split, val_name):
         if name not in source.splits:
             raise DataError(f"dataset {cfg.data!r} has no split {name!r}; it has {', '.join(source.splits)}")
-    storage = cfg.img_size if cfg.crop != "rrc" else int(round(cfg.img_size * cfg.storage_scale))
+    largest = max((cfg.img_size, *cfg.train_sizes))  # crops for the largest training size keep real detail
+    storage = largest if cfg.crop != "rrc" else int(round(largest * cfg.storage_scale))
     if info.enabled and not info.is_main:
         barrier(info)  # wait until rank 0 has filled the decode cache
     train_split = source.split(cfg.train_split, storage, mode="train", limit=cfg.train_limit)
@@ -223,12 +240,15 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     if cfg.img_size is None:
         with torch.device("meta"):
             cfg.img_size = int(create_model(cfg.model, **cfg.model_args).img_size[0])
+    sizes = tuple(cfg.train_sizes) or (cfg.img_size,)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
+        raise ValueError(f"train_sizes must be positive integers (px), got {list(cfg.train_sizes)}")
     source, train_split, val_split = load_data(cfg, info)
     num_classes = train_split.num_classes
     model = create_model(
         cfg.model, **{"num_classes": num_classes, "img_size": cfg.img_size, "drop_path_rate": cfg.drop_path, **cfg.model_args}
     )
-    grid_h, grid_w = model.grid_for(cfg.img_size)  # a clear error now if the model cannot take this size
+    tokens = {s: math.prod(model.grid_for(s)) + model.num_prefix for s in {cfg.img_size, *sizes}}  # a clear error now
     model.to(device)
     torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process
 
@@ -243,9 +263,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         epoch, step, best = ckpt.progress["epoch"], ckpt.progress["step"], ckpt.progress.get("best_top1", -1.0)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
 
-    augment = TrainAugment(cfg, cfg.img_size).to(device)
+    augment = {s: TrainAugment(cfg, s).to(device) for s in sizes}
     dtype = autocast_dtype(device, cfg.amp)
-    tokens = grid_h * grid_w + model.num_prefix
     config = cfg.to_dict()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +272,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         n_params = sum(p.numel() for p in model.parameters())
         _log(info, f"{cfg.model} ({n_params:,} params) on {cfg.data}: {len(train_split):,} train / {len(val_split):,} "
              f"val images at {cfg.img_size}px, {num_classes} classes; {cfg.epochs} epochs x {order.steps} steps of "
-             f"{cfg.batch_size} on {info.world_size} x {device.type}, amp={dtype or 'off'}")
+             f"{cfg.batch_size} at {'/'.join(map(str, sizes))}px on {info.world_size} x {device.type}, "
+             f"amp={dtype or 'off'}")
 
     def save_last(e: int, s: int) -> None:
         if info.is_main:
@@ -267,11 +287,12 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
         bar = tqdm(range(step, order.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if info.is_main else True, file=sys.stderr)  # None: off when not a terminal
+        size_of_step = step_sizes(sizes, cfg.seed, epoch, order.steps)
         for step in bar:
-            idx = order.indices(epoch, step)
-            x = augment(train_split.images[idx].to(device, non_blocking=True))
+            idx, size = order.indices(epoch, step), size_of_step[step]
+            x = augment[size](train_split.images[idx].to(device, non_blocking=True))
             x, target = mix_batch(x, train_split.labels[idx].to(device), num_classes, cfg)
-            with attention_context(cfg, device, tokens), torch.autocast(
+            with attention_context(cfg, device, tokens[size]), torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ):
                 logits = ddp(x)
@@ -284,7 +305,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
                     f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
                 )
             optimizer.zero_grad(set_to_none=True)
-            with attention_context(cfg, device, tokens):
+            with attention_context(cfg, device, tokens[size]):
                 loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
