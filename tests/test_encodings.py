@@ -26,7 +26,7 @@ def test_sincos_values_match_the_formula():
     for token in range(15):
         row, col = divmod(token, 5)
         expected = []
-        for coord in (row, col):
+        for coord in (col, row):  # MAE's order: column (x) first
             omegas = [10000 ** (-i / quarter) for i in range(quarter)]
             expected += [math.sin(coord * w) for w in omegas] + [math.cos(coord * w) for w in omegas]
         assert table[token].tolist() == pytest.approx(expected, abs=1e-6)
@@ -34,6 +34,23 @@ def test_sincos_values_match_the_formula():
     out = enc.add(x, grid)
     assert torch.equal(out[:, 0], torch.zeros(2, 8))  # the class token gets no sin-cos
     assert torch.allclose(out[0, 1:], table)
+
+
+def test_sincos_matches_maes_table():
+    """MAE's get_2d_sincos_pos_embed (He et al. 2022), written out with numpy: a meshgrid with x first, the
+    first half of the channels from grid[0] (the column), each 1D half sin then cos at 1 / 10000^(2i/d)."""
+    np = pytest.importorskip("numpy")
+    dim, size = 16, 5
+
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.stack(np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32)), axis=0)
+    mae = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+    ours = SinCos2D(shape(dim=dim, grid=(size, size))).table(Grid(size, size))
+    assert torch.allclose(ours, torch.from_numpy(mae).float(), atol=1e-6)
 
 
 def test_sincos_is_computed_for_any_grid():

@@ -1,7 +1,9 @@
 """Fixed 2D sin-cos position embedding (ViT's appendix, MAE, CPVT Table 1: 72.3).
 
-Half of the channels encode the row, half the column; each half is ``sin`` then
-``cos`` of the coordinate at geometrically spaced frequencies. The table is a
+The first half of the channels encodes the column (x), the second half the row
+(y), in MAE's order (He et al. 2022, ``get_2d_sincos_pos_embed``), so MAE's
+tables load and compare directly; each half is ``sin`` then ``cos`` of the
+coordinate at geometrically spaced frequencies. The table is a
 pure function of the grid, so it is computed for whatever grid the input has;
 prefix tokens get zeros.
 """
@@ -25,13 +27,13 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
     """(h*w, dim) table in row-major token order: first half of the channels from
-    the row index, second half from the column index."""
+    the column index, second half from the row index (MAE's order)."""
     if dim % 4:
         raise ValueError(f"2D sin-cos needs an embedding dimension divisible by 4, got {dim}")
     rows = sincos_1d(torch.arange(h), dim // 2, temperature)  # (h, dim/2)
     cols = sincos_1d(torch.arange(w), dim // 2, temperature)  # (w, dim/2)
     table = torch.cat(
-        [rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1
+        [cols[None, :, :].expand(h, w, -1), rows[:, None, :].expand(h, w, -1)], dim=-1
     )
     return table.reshape(h * w, dim).float()
 
