@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -97,3 +99,28 @@ def test_rope_rejects_head_dims_it_cannot_split():
         create_model("deit_micro_rope", embed_dim=24, num_heads=4)
     with pytest.raises(ValueError, match="rope_mode"):
         create_model("deit_micro_rope", rope_mode="spiral")
+
+
+def _reference_slopes(n: int) -> list[float]:
+    """ALiBi's get_slopes (Press et al. 2022, reference code), written out."""
+    def power_of_2(k: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(k) - 3)))
+        return [start * start**i for i in range(k)]
+
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + _reference_slopes(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16])
+def test_alibi_slopes_follow_the_reference_for_any_head_count(heads):
+    torch.testing.assert_close(alibi_slopes(heads), torch.tensor(_reference_slopes(heads)))
+
+
+def test_alibi_slopes_for_ti_s_b_head_counts():
+    torch.testing.assert_close(alibi_slopes(3), torch.tensor([0.0625, 2.0**-8, 0.25]))  # DeiT-Ti
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]))
+    assert len(set(alibi_slopes(12).tolist())) == 12  # ViT-B: all distinct
+    with pytest.raises(ValueError, match="at least one head"):
+        alibi_slopes(0)

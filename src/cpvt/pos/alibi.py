@@ -1,7 +1,8 @@
 """2D-ALiBi: an attention-logit bias proportional to the distance between patches.
 
 Press et al. (ALiBi, ICLR 2022) penalise attention linearly with distance, with
-one fixed slope per head (a geometric sequence ``2 ** (-8 h / H)``, h = 1..H);
+one fixed slope per head (the geometric sequence ``2 ** (-8 h / H)``, h = 1..H,
+when H is a power of two; otherwise the reference recipe below);
 the 2D version uses the Euclidean distance between token grid positions
 (as compared in LookHere, NeurIPS 2024). Nothing is learned by default and the
 bias exists for any grid, which is why it holds up well above the training
@@ -18,8 +19,21 @@ from .rope import grid_positions
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
-    """ALiBi's geometric per-head slopes ``2 ** (-8 h / H)``, h = 1..H."""
-    return 2.0 ** (-8.0 * torch.arange(1, num_heads + 1, dtype=torch.float32) / num_heads)
+    """ALiBi's per-head slopes, as its reference code computes them.
+
+    For a power of two H: ``2 ** (-8 h / H)``, h = 1..H. Otherwise, with P the
+    largest power of two below H: the P slopes of P heads, then every other
+    slope of 2P heads for the remaining H - P (so 3 heads get 1/16, 1/256, 1/4).
+    """
+    if num_heads < 1:
+        raise ValueError(f"ALiBi needs at least one head, got {num_heads}")
+
+    def power_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+
+    p = 1 << (num_heads.bit_length() - 1)
+    slopes = power_of_two(p) if p == num_heads else power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
+    return torch.tensor(slopes, dtype=torch.float32)
 
 
 class ALiBi2D(PositionEncoding):
