@@ -144,17 +144,18 @@ class LookHere(PositionEncoding):
         if len(layer_slopes) != 2:
             raise ValueError(f"lookhere_layer_slopes takes (first, last), got {layer_slopes!r}")
         self.heads = heads
-        self.directions, slopes = head_plan(heads, shape.num_heads)
-        self.register_buffer("slopes", torch.tensor(slopes), persistent=False)  # follows .to(device)
+        self.directions, self.head_slopes = head_plan(heads, shape.num_heads)
+        self.register_buffer("slopes", torch.tensor(self.head_slopes), persistent=False)  # follows .to(device)
         self.global_slope = float(global_slope)
-        self.layer_scale = torch.linspace(float(layer_slopes[0]), float(layer_slopes[1]), shape.depth).tolist()
+        first, last = float(layer_slopes[0]), float(layer_slopes[1])
+        self.layer_scale = [first + (last - first) * i / max(shape.depth - 1, 1) for i in range(shape.depth)]
         self._cache: dict[tuple, Tensor] = {}
 
     def maps(self, grid: Grid) -> Tensor:
         device = self.slopes.device
         key = (grid.h, grid.w, grid.num_prefix, device)
         if key not in self._cache:  # one (heads, T, T) map per grid; each block only rescales it
-            self._cache[key] = lookhere_maps(grid, self.directions, self.slopes.tolist(), device)
+            self._cache[key] = lookhere_maps(grid, self.directions, self.head_slopes, device)
         return self._cache[key]
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
