@@ -14,7 +14,8 @@ def test_registry_is_populated():
     for family in ("deit_tiny", "deit_small", "deit_base", "cpvt_ti", "cpvt_s", "cpvt_b", "deit_micro", "cpvt_micro"):
         assert family in ALL
     assert cpvt.list_models("cpvt_ti*") == sorted(
-        ["cpvt_ti", "cpvt_ti_ape", "cpvt_ti_gap", "cpvt_ti_gap_plus", "cpvt_ti_plus", "cpvt_ti_repcpe"]
+        ["cpvt_ti", "cpvt_ti_alibi", "cpvt_ti_ape", "cpvt_ti_gap", "cpvt_ti_gap_plus", "cpvt_ti_lookhere",
+         "cpvt_ti_plus", "cpvt_ti_repcpe", "cpvt_ti_rope_mixed"]
     )
 
 

@@ -114,14 +114,19 @@ class Attention(nn.Module):
             wv = wq if xv is xq else wk if xv is xk else self._windows(xv, pos.grid)[0]
             inputs = (wq, wk, wv)
         q, k, v = self._project(*inputs)
-        if (self.window or k.shape[2] != q.shape[2]) and (pos.attn_bias is not None or pos.qk_angles is not None):
+        if (self.window or k.shape[2] != q.shape[2]) and (pos.attn_bias is not None or pos.qk_angles is not None
+                                                          or pos.content_bias is not None):
             raise ValueError("windowed, sub-sampled or strided keys cannot take a per-pair attention bias or RoPE; "
                              "use convproj_kv_stride=1 / sr_ratio=1 / no windows to combine them")
         if pos.qk_angles is not None:  # RoPE: rotate the patch tokens' queries and keys
             p = pos.grid.num_prefix
             q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], pos.qk_angles)], dim=2)
             k = torch.cat([k[:, :, :p], rotate_pairs(k[:, :, p:], pos.qk_angles)], dim=2)
-        mask = None if pos.attn_bias is None else pos.attn_bias.to(q.dtype)  # (heads, T, T)
+        mask = pos.attn_bias  # (heads, T, T)
+        if pos.content_bias is not None:  # (B, heads, T, T), from the tokens the queries are made of
+            bias = pos.content_bias(inputs[0])
+            mask = bias if mask is None else mask + bias
+        mask = None if mask is None else mask.to(q.dtype)
         if self.keep_attn:  # the same logits SDPA uses, made explicit
             logits = (q.float() @ k.float().transpose(-2, -1)) * self.scale
             self.last_attn = (logits if mask is None else logits + mask.float()).softmax(dim=-1).detach()

@@ -215,7 +215,13 @@ def block_position(encodings: list[PositionEncoding], grid: Grid, layer: int, qk
     projections = [f for enc in encodings if (f := enc.qkv_tokens(grid, layer)) is not None]
     if len(projections) > 1:
         raise ValueError("only one position encoding may replace the q/k/v projection inputs")
-    return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None)
+    contents = [f for enc in encodings if (f := enc.content_bias(grid, layer)) is not None]
+
+    def content(x: Tensor) -> Tensor:
+        return sum(f(x) for f in contents)
+
+    return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None,
+                         content if contents else None)
 
 
 def run_blocks(x: Tensor, grid: Grid, encodings: list[PositionEncoding], pos_drop: nn.Module, blocks: nn.ModuleList):

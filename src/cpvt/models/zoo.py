@@ -12,6 +12,8 @@ Naming:
     deit_<size>_rope       2D RoPE, axial (RoPE-ViT)
     deit_<size>_rope_mixed 2D RoPE with learned mixed frequencies (RoPE-ViT)
     deit_<size>_alibi      2D-ALiBi (distance-proportional logit bias)
+    deit_<size>_lookhere   LookHere: one direction mask per head plus a distance penalty (Fuller et al. 2024)
+    deit_<size>_pape       PaPE: parabolic logit bias chosen by each query's content (arXiv 2602.01418)
     deit_<size>_convffn    no position embedding, a depth-wise 3x3 conv in every MLP (PVTv2)
     deit_<size>_convembed  no position embedding, overlapping conv token embedding (CvT / PVTv2)
     deit_<size>_convproj   no position embedding, CvT's conv q/k/v projection (k/v stride 2)
@@ -21,6 +23,8 @@ Naming:
     cpvt_<size>_plus       PEGs after blocks 0-4 (the paper's ‡ models)
     cpvt_<size>_gap_plus   both (CPVT-Ti-GAP‡)
     cpvt_<size>_ape        learned APE + one PEG after block 0
+    cpvt_<size>_alibi, cpvt_<size>_rope_mixed, cpvt_<size>_lookhere
+                           2D-ALiBi, mixed RoPE or LookHere + one PEG after block 0
 with size tiny/small/base (DeiT) and ti/s/b (CPVT, as in the paper), or micro.
 
 Pyramids (:class:`~cpvt.models.pyramid.PyramidTransformer`, timm's / the papers' configurations):
@@ -62,6 +66,8 @@ for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base"
     _register(f"deit_{_deit}_rope", dict(_size, pos="rope"))
     _register(f"deit_{_deit}_rope_mixed", dict(_size, pos="rope", rope_mode="mixed"))
     _register(f"deit_{_deit}_alibi", dict(_size, pos="alibi"))
+    _register(f"deit_{_deit}_lookhere", dict(_size, pos="lookhere"))
+    _register(f"deit_{_deit}_pape", dict(_size, pos="pape"))
     _register(f"deit_{_deit}_convffn", dict(_size, pos="convffn"))
     _register(f"deit_{_deit}_convembed", dict(_size, pos="convembed"))
     _register(f"deit_{_deit}_convproj", dict(_size, pos="convproj"))
@@ -71,6 +77,10 @@ for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base"
     _register(f"cpvt_{_cpvt}_gap_plus", dict(_size, pos="peg", **GAP, **PLUS))
     _register(f"cpvt_{_cpvt}_ape", dict(_size, pos="ape+peg"))
     _register(f"cpvt_{_cpvt}_repcpe", dict(_size, pos="repcpe"))
+    # a PEG beside a relative scheme: the PEG's zero-padding code plus a bias or rotation that exists at any grid
+    _register(f"cpvt_{_cpvt}_alibi", dict(_size, pos="alibi+peg"))
+    _register(f"cpvt_{_cpvt}_rope_mixed", dict(_size, pos="rope+peg", rope_mode="mixed"))
+    _register(f"cpvt_{_cpvt}_lookhere", dict(_size, pos="lookhere+peg"))
 
 
 # -- pyramids: Twins (one PEG per stage) and CvT (conv embedding + conv projection, no PE) --------------------------

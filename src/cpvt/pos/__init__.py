@@ -17,8 +17,10 @@ from .ape import LearnedAPE, resample_abs_pos_embed
 from .convembed import ConvEmbed
 from .convffn import ConvFFN
 from .convproj import ConvProjection
+from .lookhere import LookHere
 from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
+from .pape import PaPE
 from .peg import PEG, PosConv
 from .repcpe import RepCPE
 from .rope import RoPE2D
@@ -26,7 +28,8 @@ from .rpe import RelPosBias
 from .sincos import SinCos2D
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {
-    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, ConvFFN, RepCPE, ConvEmbed, ConvProjection)
+    cls.name: cls for cls in (NoPosition, LearnedAPE, SinCos2D, RelPosBias, PEG, RoPE2D, ALiBi2D, LookHere, PaPE, ConvFFN, RepCPE,
+                ConvEmbed, ConvProjection)
 }
 
 
@@ -85,6 +88,8 @@ def build_position_encodings(spec: str | Sequence[str], shape: ModelShape, **opt
 __all__ = [
     "ENCODINGS",
     "ALiBi2D",
+    "LookHere",
+    "PaPE",
     "ConvEmbed",
     "ConvFFN",
     "ConvProjection",

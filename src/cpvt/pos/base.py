@@ -11,7 +11,8 @@ slot patch_embed   replaces the patch embedding (images ->      conv embedding
 ``add``            added to the tokens after the patch embed    APE, 2D sin-cos
 ``between``        mixes tokens before block 0 / after block i  PEG
 ``attn_bias``      added to the attention logits of block i     2D relative bias,
-                                                                2D-ALiBi
+                                                                2D-ALiBi, LookHere
+``content_bias``   a logit bias computed from block i's tokens  PaPE
 ``qk_angles``      rotates query/key channel pairs of block i   2D RoPE
 ``ffn_hidden``     transforms the MLP's hidden tokens, block i  ConvFFN
 ``qkv_tokens``     the inputs of the q, k, v projections        conv projection
@@ -99,6 +100,7 @@ class BlockPosition:
     qk_angles: Tensor | None = None  # (heads or 1, N, head_dim / 2): rotation of patch-token q/k pairs
     ffn_hidden: Callable[[Tensor], Tensor] | None = None  # applied to the MLP's hidden tokens (ConvFFN)
     qkv_tokens: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None  # normed x -> q/k/v inputs (CvT)
+    content_bias: Callable[[Tensor], Tensor] | None = None  # normed x (B, T, C) -> logit bias (B, heads, T, T)
 
 
 class PositionEncoding(nn.Module):
@@ -129,6 +131,11 @@ class PositionEncoding(nn.Module):
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor | None:
         """Attention hook: an additive bias (heads, T, T) for block ``layer``, or None."""
+        return None
+
+    def content_bias(self, grid: Grid, layer: int) -> Callable[[Tensor], Tensor] | None:
+        """Content-bias hook: a function from block ``layer``'s normed tokens (B, T, C) to an
+        additive logit bias (B, heads, T, T) (PaPE), or None. Biases of several schemes add."""
         return None
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor | None:
