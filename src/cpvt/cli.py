@@ -98,7 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
-             "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir}
+             "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir,
+             "compile": args.compile or None}
     recipe = args.recipe or _default_recipe(args.data)
     cfg = resolve_config(recipe, flags, args.set)
     train(cfg, resume=args.resume)
@@ -121,8 +122,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides[key[len("model."):]] = value
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
                             batch_size=args.batch_size, device=args.device, data_root=args.data_root,
-                            cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides)
+                            cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides, compile=args.compile)
     print(results_table(results))
+    for r in results:
+        if "compile" in r:
+            first = next(iter(r["sizes"]))
+            print(f"{r['run']}: compiled {r['compile']['graphs']} graph(s) for {len(r['sizes'])} size(s); "
+                  f"the first size took {r['sizes'][first]['seconds']:.1f} s, compilation included")
     if args.json:
         write_json(results, args.json)
         print(f"wrote {args.json}")
@@ -142,7 +148,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
-              data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows)
+              data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows, compile=args.compile)
     return 0
 
 
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable; model.<key> for the model")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="top-1/top-5 of runs at several resolutions, no fine-tuning")
@@ -222,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.add_argument("--json", help="write results to this JSON file")
     s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
+    s.add_argument("--compile", action="store_true", help="torch.compile each model once for all sizes")
     s.add_argument("--set", action="append", metavar="model.KEY=VALUE",
                    help="rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
     s.set_defaults(fn=cmd_eval)
@@ -240,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "every finished run")
     s.add_argument("--out", help="runs and report go here (default: runs/reproduce/<budget>); finished runs are skipped")
     s.add_argument("--experiments", help="row, budget and claim files (default: ./experiments or the repository's)")
+    s.add_argument("--compile", action="store_true", help="train and evaluate through torch.compile")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_reproduce)

@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     amp: str = "auto"  # auto (bf16 where supported) | bf16 | off
     attention: str = "auto"  # auto | default | math (see benchmarks/attention_backends.py)
+    compile: bool = False  # torch.compile the model for training and evaluation (an execution detail, like workers)
     device: str = "auto"
     eval_every: int = 1  # epochs
     ckpt_every_steps: int = 0  # also write `last` every N steps (0: only at epoch ends)

@@ -168,7 +168,20 @@ def _log(info: DistInfo, *args) -> None:
         print(*args, flush=True)
 
 
-def _config_diff(a: dict, b: dict, ignore=("epochs", "out")) -> list[str]:
+def compile_model(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
+    """``torch.compile`` with the default mode. ``dynamic=True`` traces sizes symbolically, so evaluating
+    at many resolutions compiles once (``benchmarks/throughput.py`` measures what it buys)."""
+    return torch.compile(model, dynamic=dynamic)
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has built in this process (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _config_diff(a: dict, b: dict, ignore=("epochs", "out", "compile")) -> list[str]:
     """The settings that differ; a key one side lacks (a run saved before the key existed) counts as its default."""
     defaults = TrainConfig().to_dict()
     keys = sorted(set(a) | set(b))
@@ -261,7 +274,9 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         model.load_state_dict(ckpt.weights, strict=True)
         ckpt.restore_training(optimizer, scheduler, ema)
         epoch, step, best = ckpt.progress["epoch"], ckpt.progress["step"], ckpt.progress.get("best_top1", -1.0)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
+    # compiled: one module for training and evaluation (its weights are the model's; checkpoints save the model)
+    runner = compile_model(model, dynamic=True if len(sizes) > 1 else None) if cfg.compile else model
+    ddp = torch.nn.parallel.DistributedDataParallel(runner) if info.enabled else runner
 
     augment = {s: TrainAugment(cfg, s).to(device) for s in sizes}
     dtype = autocast_dtype(device, cfg.amp)
@@ -331,7 +346,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
             "epoch_time_s": elapsed,
         }
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val = evaluate(model, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
+            val = evaluate(runner, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
             record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
             if ema is not None:
                 val_ema = evaluate(ema.module, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)

@@ -10,6 +10,7 @@ natively at each size instead).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,15 @@ def evaluate_runs(
     amp: str = "auto",
     limit: int | None = None,
     model_overrides: dict[str, Any] | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own.
 
     ``model_overrides`` rebuild each trained model with changed options before its
     weights are loaded: inference-time variants such as ``peg_fixed_grid=True``.
+    ``compile`` runs each model through ``torch.compile`` with symbolic sizes, so
+    all sizes share one compilation; each row records the graphs built for it and
+    the seconds of its first batch (compilation included).
     """
     from .data import open_source
 
@@ -87,9 +92,18 @@ def evaluate_runs(
             **({"model_overrides": model_overrides} if model_overrides else {}),
         }
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        runner, graphs = model, 0
+        if compile:
+            from .engine import compile_model, compiled_graphs
+
+            runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
-            row["sizes"][str(s)] = evaluate(model, images, dev, mean, std, batch_size, amp, progress=True)
+            t0 = time.perf_counter()
+            row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size, amp, progress=True)
+            row["sizes"][str(s)]["seconds"] = time.perf_counter() - t0
+        if compile:
+            row["compile"] = {"graphs": compiled_graphs() - graphs}
         results.append(row)
     return results
 

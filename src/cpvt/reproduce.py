@@ -280,7 +280,7 @@ def run_name(cfg) -> str:
 
     defaults = TrainConfig().to_dict()
     key = {k: v for k, v in cfg.to_dict().items()
-           if k not in ("out", "seed", "data_root", "cache_dir", "workers") and v != defaults.get(k)}
+           if k not in ("out", "seed", "data_root", "cache_dir", "workers", "compile") and v != defaults.get(k)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.model}-{digest}-s{cfg.seed}"
 
@@ -340,7 +340,8 @@ def run_job(job: Job) -> dict[str, Any]:
     metrics = train(job.config, resume=True)
     train_s = time.perf_counter() - t0
     last = job.dir / "last.safetensors"
-    [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit)
+    [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit,
+                          compile=job.config.compile)
     model = load_checkpoint(last).build_model()
     log = job.dir / "log.jsonl"
     curve = [[r["epoch"], r["val_top1"]] for r in map(json.loads, log.read_text().splitlines()) if "val_top1" in r] \
@@ -350,7 +351,7 @@ def run_job(job: Job) -> dict[str, Any]:
     result = {
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
-        "epochs": job.config.epochs, "threads": torch.get_num_threads(), "curve": curve,
+        "epochs": job.config.epochs, "threads": torch.get_num_threads(), "compiled": bool(job.config.compile), "curve": curve,
         "sizes": job.sizes,
         "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
         "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
@@ -403,11 +404,13 @@ def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[
 
 def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None, out: str | None = None,
               experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None,
-              rows: str | None = None) -> Path:
+              rows: str | None = None, compile: bool = False) -> Path:
     """Run (or resume) a sweep and write its report; returns the report path.
 
     ``rows`` (``--rows peg,ape``) trains only the named rows; the report still
-    covers every finished run of the tables in ``out``.
+    covers every finished run of the tables in ``out``. ``compile`` trains and
+    evaluates through ``torch.compile`` (also set by a budget's ``train.compile``);
+    it is not part of a run's identity, so compiled and eager runs share records.
     """
     root = experiments_dir(experiments)
     wanted = parse_tables(tables)
@@ -418,6 +421,8 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    for job in jobs:
+        job.config.compile = job.config.compile or compile
     picked = select_rows(load_rows(root), wanted, rows)
     selected = [j for j in jobs if picked is None or any(rid in picked for rid, _ in j.members)]
     todo = [j for j in selected if not j.done]

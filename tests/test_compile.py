@@ -1,0 +1,47 @@
+"""--compile: torch.compile'd training and evaluation agree with eager, and many sizes share one compilation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cpvt.config import apply_overrides, resolve_config
+from cpvt.engine import train
+from cpvt.evaluate import evaluate_runs
+from cpvt.reproduce import run_name
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def tiny(out, **kw):
+    cfg = resolve_config("synthetic", {"out": str(out)})
+    apply_overrides(cfg, {"model": "cpvt_micro", "img_size": 16, "epochs": 1, "batch_size": 32, "train_limit": 128,
+                          "val_limit": 64, "model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2,
+                          "randaug_n": 0, "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.0, **kw})
+    return cfg
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    train(tiny(tmp_path / "eager", amp="off"))
+    metrics = train(tiny(tmp_path / "compiled", amp="off", compile=True))
+    a, b = load_file(str(tmp_path / "eager" / "last.safetensors")), load_file(str(tmp_path / "compiled" / "last.safetensors"))
+    keys = [k for k in a if "/" not in k]  # the model's weights
+    assert keys and max((a[k] - b[k]).abs().max().item() for k in keys) < 1e-3  # fused kernels round differently
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_compiled_evaluation_agrees_and_compiles_once_for_all_sizes(tmp_path):
+    train(tiny(tmp_path / "run"))
+    sizes = [16, 24, 32, 40]
+    eager = evaluate_runs([str(tmp_path / "run")], img_sizes=sizes)[0]
+    many = evaluate_runs([str(tmp_path / "run")], img_sizes=sizes, compile=True)[0]
+    one = evaluate_runs([str(tmp_path / "run")], img_sizes=[16], compile=True)[0]
+    for s in map(str, sizes):  # bf16 autocast: logits agree to a few 1e-3, so top-1 to within a couple of images
+        assert abs(many["sizes"][s]["top1"] - eager["sizes"][s]["top1"]) <= 100 * 2 / 64
+        assert abs(many["sizes"][s]["loss"] - eager["sizes"][s]["loss"]) < 0.02
+    assert many["compile"]["graphs"] == one["compile"]["graphs"] > 0  # four sizes, no recompile per size
+
+
+def test_compile_is_not_part_of_a_runs_identity(tmp_path):
+    assert run_name(tiny(tmp_path)) == run_name(tiny(tmp_path, compile=True))
