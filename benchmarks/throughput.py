@@ -1,0 +1,189 @@
+"""Throughput: cpvt models eager and compiled, beside timm's DeiT-Ti and the machine's matmul limit, in one run.
+
+    .venv/bin/python benchmarks/throughput.py [--sizes 224,384] [--batch 32] [--rounds 5] [--json out.json]
+    .venv-timm/bin/python benchmarks/throughput.py ...   # adds timm's deit_tiny_patch16_224 (`make timm-env`)
+    ... --memory                                         # also peak RSS of training / evaluation, one process each
+
+Every subject is measured in the same process, in interleaved rounds (subject after
+subject, round after round), and each cell is the median over rounds, so a noisy
+machine moves every column alike: read the ratios, not the absolute numbers.
+
+Modes: inference in fp32 and under bf16 autocast, and one bf16 training step
+(forward, backward, AdamW). The matmul limit is the best GFLOP/s of a large square
+matmul in each dtype, measured between the rounds; "of limit" is the model's
+achieved GFLOP/s (forward FLOPs from ``cpvt.info.count_flops``, training counted
+as 3x the forward) over that limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import cpvt
+from cpvt.info import count_flops
+from cpvt.table import format_table
+
+MODES = ("infer fp32", "infer bf16", "train bf16")
+
+
+def timm_model(size: int):
+    """timm's deit_tiny_patch16_224 at ``size`` (random weights), or None when timm cannot be imported."""
+    try:
+        import timm
+    except Exception:  # noqa: BLE001 - timm imports torchvision, whose compiled ops fail with the CPU-only build
+        return None
+    return timm.create_model("deit_tiny_patch16_224", img_size=size, num_classes=1000)
+
+
+def subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
+    out: dict[str, torch.nn.Module] = {}
+    t = timm_model(size)
+    if t is not None:
+        out["timm deit_tiny"] = t
+    for name in ("deit_tiny", "deit_tiny_nope", "cpvt_ti"):
+        out[f"cpvt {name}"] = cpvt.create_model(name, img_size=size)
+    if compiled:
+        for name in ("deit_tiny", "cpvt_ti"):
+            out[f"cpvt {name} compiled"] = torch.compile(cpvt.create_model(name, img_size=size))
+    return out
+
+
+def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
+    """One timed call: inference, or a bf16 training step (its own optimiser)."""
+    if mode.startswith("infer"):
+        model.eval()
+        bf16 = mode.endswith("bf16")
+
+        def infer():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(x)
+        return infer
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    y = torch.randint(0, 1000, (x.shape[0],))
+
+    def train():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return train
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def measure(args) -> dict:
+    results: dict = {"sizes": {}, "limit_gflops": {}}
+    limits: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for size in args.sizes:
+        models = subjects(size, not args.no_compile)
+        x = torch.randn(args.batch, 3, size, size)
+        flops = {name: count_flops(cpvt.create_model(name.split()[1], img_size=size), size) / 1e9
+                 for name in models if name.startswith("cpvt")}
+        calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in MODES}
+        for fn in calls.values():  # warm-up: compilation, allocator, first-call costs
+            fn()
+            fn()
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        for r in range(args.rounds):
+            for key, fn in calls.items():
+                t = time.perf_counter()
+                for _ in range(args.iters):
+                    fn()
+                times[key].append((time.perf_counter() - t) / args.iters)
+            limits["fp32"].append(matmul_gflops(torch.float32))
+            limits["bf16"].append(matmul_gflops(torch.bfloat16))
+            print(f"  {size} px: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        results["sizes"][str(size)] = {
+            f"{name}|{mode}": {"img_per_s": args.batch / statistics.median(ts),
+                               "gflops_per_img": flops.get(name) or flops.get(f"cpvt {name.split()[1]}")}
+            for (name, mode), ts in times.items()}
+    results["limit_gflops"] = {k: max(v) for k, v in limits.items()}
+    return results
+
+
+def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int) -> float:
+    """Peak resident memory (MB) of a fresh process that runs 3 steps of one measurement."""
+    code = (f"import sys, resource, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput as t; "
+            f"m = t.timm_model({size}) if {kind!r} == 'timm' else t.cpvt.create_model({name!r}, img_size={size}); "
+            f"fn = t.step_fn(m, {mode!r}, torch.randn({batch}, 3, {size}, {size})); [fn() for _ in range(3)]; "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="224,384", help="comma-separated input sizes")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=2, help="calls per subject per round")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--memory", action="store_true", help="also measure peak RSS (fresh process per case)")
+    p.add_argument("--json", help="write every number here")
+    args = p.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = measure(args)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+           "batch": args.batch, "rounds": args.rounds, "iters": args.iters}
+    print(f"\ntorch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
+          f"rounds; matmul limit fp32 {res['limit_gflops']['fp32']:.0f}, bf16 {res['limit_gflops']['bf16']:.0f} GFLOP/s\n")
+    for size, cells in res["sizes"].items():
+        names = list(dict.fromkeys(k.split("|")[0] for k in cells))
+        ref = "timm deit_tiny" if "timm deit_tiny" in names else "cpvt deit_tiny"
+        rows = []
+        for name in names:
+            row = [name]
+            for mode in MODES:
+                c = cells[f"{name}|{mode}"]
+                base = cells[f"{ref}|{mode}"]["img_per_s"]
+                limit = res["limit_gflops"]["bf16" if mode.endswith("bf16") else "fp32"]
+                g = c["gflops_per_img"] or cells[f"cpvt deit_tiny|{mode}"]["gflops_per_img"]
+                achieved = c["img_per_s"] * g * (3 if mode.startswith("train") else 1)
+                row.append(f"{c['img_per_s']:.1f} ({c['img_per_s'] / base:.2f}x, {100 * achieved / limit:.0f}%)")
+            rows.append(row)
+        print(f"{size} px: img/s (ratio to {ref}, share of the matmul limit)")
+        print(format_table(rows, ["model"] + list(MODES), markdown=True) + "\n")
+        peg = cells["cpvt cpvt_ti|infer bf16"]["img_per_s"]
+        nope = cells["cpvt deit_tiny_nope|infer bf16"]["img_per_s"]
+        print(f"PEG cost at {size} px (bf16 inference): cpvt_ti runs at {peg / nope:.3f} of deit_tiny_nope\n")
+    if args.memory:
+        cases = [("cpvt", "cpvt_ti", "train bf16", 224, 64), ("cpvt", "cpvt_ti", "infer bf16", 512, 32)]
+        if timm_model(224) is not None:
+            cases += [("timm", "deit_tiny", "train bf16", 224, 64), ("timm", "deit_tiny", "infer bf16", 512, 32)]
+        res["memory"] = [{"kind": k, "model": n, "mode": m, "size": s, "batch": b, "peak_rss_mb": peak_rss_mb(k, n, m, s, b)}
+                         for k, n, m, s, b in cases]
+        print(format_table([[f"{r['kind']} {r['model']}", r["mode"], r["size"], r["batch"], f"{r['peak_rss_mb']:.0f}"]
+                            for r in res["memory"]], ["model", "mode", "px", "batch", "peak RSS (MB)"], markdown=True))
+    res["env"], res["seconds"] = env, time.perf_counter() - t0
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
