@@ -323,7 +323,7 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
                 png = plot_deltas(res, data, table, trows, base, out / f"{stem}.png", f"{TITLES[table]} — {data}")
             lines += ["", f"![{table} {data}]({png.name})", ""]
     if studies:
-        lines += _why_section(res, entries, rows, results, studies, tested)
+        lines += _why_section(res, entries, rows, results, studies, tested, out)
     if cost:
         lines += [f"## {TITLES['T5']}", ""]
         lines += _t5_table(cost, rows)
@@ -375,12 +375,17 @@ def _changed(entry: dict[str, Any], base: dict[str, Any]) -> str:
 
 
 def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[str, Any],
-                 results: list[dict[str, Any]], studies: list[str], tested: dict[str, list[str]]) -> list[str]:
+                 results: list[dict[str, Any]], studies: list[str], tested: dict[str, list[str]],
+                 out: Path) -> list[str]:
     """One table per study: each of its rows beside the same row under the study's base protocol."""
     lines = ["## Why: variants of the protocol", "",
              "Each study changes one thing in a protocol above and trains some of its rows again. Columns as in "
              "T2: top-1 at 1x, the size where the mean peaks, and the change from 1x to that peak, to 2x and to "
              "the largest test size.", ""]
+    if (out / "why" / "summary.md").exists():  # written by scripts/why_analysis.py
+        lines += ["What the trained models' position code does at 1x and 2x (position probe, attention distance, "
+                  "PEG response, distinct codes, a PEG that sees the training grid): [why/summary.md](why/summary.md).",
+                  ""]
     for data in studies:
         entry = entries[data]
         base_name = entry.get("base", entry["data"])
