@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run a reproduction sweep one row at a time and commit each row's result records
-# as soon as they are written, so a session that ends mid-sweep loses at most the
+# Run a reproduction sweep one row at a time and commit each run's result record
+# within a minute of its being written, so a session that ends mid-sweep loses at most the
 # runs in progress (the next session, even on a fresh clone, skips every committed run).
 #
 #   scripts/sweep.sh [BUDGET] [TABLES] [ROW ...]      # default: cpu T1,T2,T3,T4, every row
@@ -34,20 +34,32 @@ PY
 )
 fi
 
+# Commit every new result record, one commit per record, naming its run.
+commit_records() {
+  for try in 1 2 3 4 5; do  # git's own index lock may be busy (another lane, or a person committing)
+    if (
+      flock 9  # one committer at a time
+      git add "$out/records" || exit 1
+      git diff --cached --name-only -- "$out/records" | while read -r f; do
+        git commit -q -m "$budget sweep: result record $(basename "$(dirname "$f")")/$(basename "$f" .json)" -- "$f" || exit 1
+      done
+    ) 9>"$out/.commit.lock"; then return 0; fi
+    sleep 10
+  done
+}
+
 lane() {
   for row in "${rows[@]}"; do
     $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out"
-    for try in 1 2 3 4 5; do  # git's own index lock may be busy (another lane, or a person committing)
-      if (
-        flock 9  # one lane commits at a time
-        git add "$out/records" &&
-          { git diff --cached --quiet -- "$out/records" ||
-            git commit -q -m "$budget sweep: result records of row $row" -- "$out/records"; }
-      ) 9>"$out/.commit.lock"; then break; fi
-      sleep 10
-    done
+    commit_records
   done
 }
+
+# A row has several seeds: commit each record within a minute of its run finishing,
+# not when the row ends, so a session cut off mid-row keeps its finished runs.
+( while sleep 60; do commit_records; done ) &
+committer=$!
+trap 'kill $committer 2>/dev/null; commit_records' EXIT
 
 if [ "$lanes" -le 1 ]; then
   lane

@@ -44,13 +44,14 @@ def evaluate_runs(
     device: str = "auto",
     data_root: str | None = None,
     cache_dir: str | None = None,
-    amp: str = "auto",
+    amp: str | None = None,
     limit: int | None = None,
     model_overrides: dict[str, Any] | None = None,
     compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own.
 
+    ``amp`` defaults to each run's own training precision (``auto`` for runs saved without one).
     ``model_overrides`` rebuild each trained model with changed options before its
     weights are loaded: inference-time variants such as ``peg_fixed_grid=True``.
     ``compile`` runs each model through ``torch.compile`` with symbolic sizes, so
@@ -100,7 +101,8 @@ def evaluate_runs(
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
             t0 = time.perf_counter()
-            row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size, amp, progress=True)
+            row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size,
+                                           amp or cfg.get("amp", "auto"), progress=True)
             row["sizes"][str(s)]["seconds"] = time.perf_counter() - t0
         if compile:
             row["compile"] = {"graphs": compiled_graphs() - graphs}

@@ -331,7 +331,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Train (or resume) one run, then evaluate its final weights at every test size."""
-    from .engine import train
+    from .engine import autocast_dtype, train
     from .evaluate import evaluate_runs
     from .info import count_params
     from .checkpoint import load_checkpoint
@@ -351,7 +351,9 @@ def run_job(job: Job) -> dict[str, Any]:
     result = {
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
-        "epochs": job.config.epochs, "threads": torch.get_num_threads(), "compiled": bool(job.config.compile), "curve": curve,
+        "epochs": job.config.epochs, "threads": torch.get_num_threads(),
+        "precision": str(autocast_dtype(torch.device("cpu" if not torch.cuda.is_available() else "cuda"), job.config.amp)
+                         or torch.float32).removeprefix("torch."), "compiled": bool(job.config.compile), "curve": curve,
         "sizes": job.sizes,
         "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
         "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
