@@ -1,7 +1,7 @@
 """Multi-head self-attention through ``scaled_dot_product_attention``.
 
 There is one attention class; position enters it only through the
-:class:`~cpvt.pos.BlockPosition` the model hands it: an additive logit bias
+:class:`~cpvt.tokens.BlockPosition` the model hands it: an additive logit bias
 (relative bias, passed to SDPA as a float mask), RoPE angles, an optional
 Q/K-only input or replaced q/k/v inputs (conv projection).
 
@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..pos.base import BlockPosition, Grid
-from ..pos.rope import rotate_pairs
+from ..tokens import BlockPosition, Grid, rotate_pairs
 
 
 class Attention(nn.Module):

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, PositionEncoding, build_position_encodings
-from .vit import ClassifierAPI, EncodingSlots, _init_linear, _pair, run_blocks
+from .base import ClassifierAPI, EncodingSlots, init_linear, pair, run_blocks
 
 
 def _per_stage(value: Any, n: int, name: str) -> tuple:
@@ -122,7 +122,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if attn_scale not in ("head", "dim"):
             raise ValueError(f"attn_scale must be 'head' or 'dim', got {attn_scale!r}")
-        img_size = _pair(img_size)
+        img_size = pair(img_size)
         self.patch_size = math.prod(patch_sizes)  # total stride: inputs must be multiples of it
         check_image(torch.empty(1, in_chans, *img_size, device="meta"), in_chans, self.patch_size)
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
@@ -149,7 +149,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
         self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_linear)
+        self.head.apply(init_linear)
         for stage in self.stages:  # encodings keep their own initialisation
             for module in (stage.patch_embed, stage.blocks):
                 if not isinstance(module, PositionEncoding):
@@ -186,7 +186,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
 
 def _init_weights(m: nn.Module) -> None:
     """Linear: trunc-normal(0.02); convolutions (embeddings, key sub-sampling): He normal on fan-out (Twins)."""
-    _init_linear(m)
+    init_linear(m)
     if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..tokens import grid_positions
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 
 def alibi_slopes(num_heads: int) -> Tensor:

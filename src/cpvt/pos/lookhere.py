@@ -41,9 +41,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..tokens import grid_positions
 from .alibi import alibi_slopes
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 # Each direction decides, from the key's offset (dy, dx) = key - query in rows and columns
 # (rows grow downwards), whether the key is visible. Boundaries are inclusive.

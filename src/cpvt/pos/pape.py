@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tokens import grid_positions
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 
 def default_parabolas(head_dim: int) -> int:
