@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .plotting import pyplot, save
 from .pos import Grid
 from .table import format_table
@@ -95,7 +96,7 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Su
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
         label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained)"
         return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
-                       tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                       tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                        cfg.get("data"))
     name, overrides = _parse_spec(spec)
     if name not in list_models():

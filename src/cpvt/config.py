@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 
+# ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
+# checkpoint here uses unless its config says otherwise.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run. Defaults are DeiT's ImageNet recipe (SPEC.md section 2)."""
@@ -64,8 +70,8 @@ class TrainConfig:
     randaug_n: int = 2  # RandAugment ops per image; 0: off
     randaug_m: int = 9  # magnitude (0-30, as in timm's "rand-m9-mstd0.5")
     reprob: float = 0.25  # random erasing probability
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875  # eval: resize to size / crop_pct, centre-crop size
     # running
     seed: int = 0

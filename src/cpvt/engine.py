@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .augment import EvalTransform, TrainAugment, mix_batch
 from .checkpoint import Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainConfig
+from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .data.base import DataError, Split
 from .errors import TrainingDiverged
 from .runlock import run_lock
@@ -140,8 +140,8 @@ def evaluate(
     model: nn.Module,
     split: Split,
     device: torch.device,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     batch_size: int = 256,
     amp: str = "auto",
     info: DistInfo = DistInfo(),

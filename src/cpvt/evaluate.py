@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .data.base import DataError
 from .engine import evaluate
 from .table import format_table
@@ -92,7 +93,7 @@ def evaluate_runs(
             "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
             **({"model_overrides": model_overrides} if model_overrides else {}),
         }
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         runner, graphs = model, 0
         if compile:
             from .engine import compile_model, compiled_graphs
