@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Defaults are DeiT's ImageNet recipe (SPEC.md section 2)."""
+    """Every knob of a training run. Defaults are DeiT's ImageNet recipe (Touvron et al. 2021), as CPVT (Chu et al. 2023) trains."""
 
     # what to train, on what
     model: str = "deit_tiny"
