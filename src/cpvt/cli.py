@@ -2,11 +2,16 @@
 
     cpvt models [PATTERN]                 list registered models
     cpvt encodings                        list position encodings and their options
-    cpvt info MODEL [--img-size N] [--json] [--set key=value ...]
+    cpvt info MODEL [--img-size N] [--json] [--set model.key=value ...]
     cpvt train --model M --data D [...]   train (see `cpvt train -h`)
     cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F]
     cpvt demo                             train 3 micro models and test them at 3 resolutions
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
+    cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
+
+Every command takes overrides one way: ``--set KEY=VALUE`` (repeatable), with
+``model.KEY`` for a model option; values are Python literals (``[0, 1]``,
+``True``, ``5e-4``) or else strings.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from . import __version__
 from .info import count_params, model_info
 from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
-from .config import RECIPES, parse_set
+from .analyze import ANALYSES
+from .config import RECIPES, model_options, parse_set
 from .errors import RunLocked, TrainingDiverged
 from .table import format_table
 
@@ -45,6 +51,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         return parse_set(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_set(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """The one ``--set`` option every command shares (see the module docstring)."""
+    parser.add_argument("--set", type=parse_override, action="append", metavar=metavar, help=f"{help}; repeatable")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -73,7 +84,7 @@ def cmd_encodings(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    model = create_model(args.model, **dict(args.set or []))
+    model = create_model(args.model, **model_options(args.set, "info"))
     info = model_info(model, args.img_size)
     if args.json:
         info["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model.model_args.items()}
@@ -114,12 +125,7 @@ def _default_recipe(data: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_runs, plot_results, results_table, write_json
 
-    overrides = {}
-    for text in args.set or []:
-        key, value = parse_set(text)
-        if not key.startswith("model.") or key == "model.":
-            raise ValueError(f"eval --set takes model options only (model.<key>=<value>), got {text!r}")
-        overrides[key[len("model."):]] = value
+    overrides = model_options(args.set, "eval")
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
                             batch_size=args.batch_size, device=args.device, data_root=args.data_root,
                             cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides, compile=args.compile)
@@ -157,7 +163,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     analyze(args.kind, args.models, data=args.data, out=args.out, images=args.images, img_size=args.img_size,
             seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
-            data_root=args.data_root, cache_dir=args.cache_dir)
+            data_root=args.data_root, cache_dir=args.cache_dir, overrides=model_options(args.set, "analyze"))
     return 0
 
 
@@ -167,7 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     source = load_checkpoint(args.weights)
     fmt = args.format or detect_format(source.weights)
-    model = load_converted(args.model, source.weights, fmt, **dict(args.set or []))
+    model = load_converted(args.model, source.weights, fmt, **model_options(args.set, "convert"))
     classes = [str(i) for i in range(model.num_classes)]
     save_checkpoint(args.out, model, config={"model": args.model, "img_size": model.img_size[0], "converted_from": fmt},
                     classes=classes)
@@ -188,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cpvt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _model_commands(sub)
+    _training_commands(sub)
+    _tool_commands(sub)
+    return p
+
+
+def _model_commands(sub) -> None:
+    """models, encodings, info: what the registry holds."""
     s = sub.add_parser("models", help="list registered models")
     s.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'cpvt_ti*'")
     s.set_defaults(fn=cmd_models)
@@ -198,10 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="parameters, FLOPs and token grid of a model")
     s.add_argument("model")
     s.add_argument("--img-size", type=parse_size, default=None, help="N or HxW (default: the model's own)")
-    s.add_argument("--set", type=parse_override, action="append", metavar="KEY=VALUE", help="model override, repeatable")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.peg_positions=[0,1]")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(fn=cmd_info)
 
+
+def _training_commands(sub) -> None:
+    """train, eval, demo, reproduce."""
     s = sub.add_parser("train", help="train a model (DeiT recipe by default)")
     s.add_argument("--model", help="registry name (see `cpvt models`)")
     s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
@@ -212,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", help=f"built-in ({', '.join(RECIPES)}) or a .toml path; default: by --data")
     s.add_argument("--data-root", help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")
     s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable; model.<key> for the model")
+    add_set(s, "KEY=VALUE", "config override; model.KEY for a model option")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     s.set_defaults(fn=cmd_train)
@@ -230,14 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write results to this JSON file")
     s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
     s.add_argument("--compile", action="store_true", help="torch.compile each model once for all sizes")
-    s.add_argument("--set", action="append", metavar="model.KEY=VALUE",
-                   help="rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
+    add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished demo runs")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for all three runs")
+    add_set(s, "KEY=VALUE", "config override for all three runs; model.KEY for a model option")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
@@ -253,17 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_reproduce)
 
+
+def _tool_commands(sub) -> None:
+    """convert, analyze."""
     s = sub.add_parser("convert", help="other projects' weights (timm Twins, official / HF CvT) -> cpvt checkpoint")
     s.add_argument("weights", help="a state dict (.pth/.pt, weights only) or .safetensors file")
     s.add_argument("out", help="the cpvt checkpoint to write (.safetensors)")
     s.add_argument("--model", required=True, help="registry name, e.g. twins_pcpvt_small or cvt_13")
     s.add_argument("--format", help="timm-twins | cvt-official | cvt-hf (default: detected from the keys)")
-    s.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
-                   help="model override, e.g. num_classes=10")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
     s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("analyze", help="equivariance, position probe, attention and PEG maps of models or runs")
-    s.add_argument("kind", choices=["equivariance", "position", "attention", "peg"])
+    s.add_argument("kind", choices=list(ANALYSES), help="; ".join(f"{k}: {a.help}" for k, a in ANALYSES.items()))
     s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders")
     s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
     s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
@@ -275,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=parse_sizes, help="attention: blocks whose query maps are drawn (default: first, middle, last)")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
+    add_set(s, "model.KEY=VALUE", "model option for every model given (MODEL:key=value sets one model's)")
     s.set_defaults(fn=cmd_analyze)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

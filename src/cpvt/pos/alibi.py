@@ -19,7 +19,13 @@ from .base import Grid, ModelShape, PositionEncoding
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
-    """ALiBi's per-head slopes, as its reference code computes them.
+    """:func:`alibi_slope_list` as a float32 tensor."""
+    return torch.tensor(alibi_slope_list(num_heads), dtype=torch.float32)
+
+
+def alibi_slope_list(num_heads: int) -> list[float]:
+    """ALiBi's per-head slopes, as its reference code computes them (plain numbers, so they
+    exist even while a model is built on the meta device).
 
     For a power of two H: ``2 ** (-8 h / H)``, h = 1..H. Otherwise, with P the
     largest power of two below H: the P slopes of P heads, then every other
@@ -32,8 +38,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
         return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
 
     p = 1 << (num_heads.bit_length() - 1)
-    slopes = power_of_two(p) if p == num_heads else power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return power_of_two(p) if p == num_heads else power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
 
 
 class ALiBi2D(PositionEncoding):

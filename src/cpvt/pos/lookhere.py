@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..tokens import grid_positions
-from .alibi import alibi_slopes
+from .alibi import alibi_slope_list
 from .base import Grid, ModelShape, PositionEncoding
 
 # Each direction decides, from the key's offset (dy, dx) = key - query in rows and columns
@@ -105,7 +105,7 @@ def head_plan(heads: str, num_heads: int) -> tuple[list[str], list[float]]:
     directions, slopes = [], []
     for g in groups:
         directions += [GROUPS[g][i % 4] for i in range(per)]
-        slopes += alibi_slopes(per).tolist() if g == "none" else [DIRECTED_SLOPE] * per
+        slopes += alibi_slope_list(per) if g == "none" else [DIRECTED_SLOPE] * per
     return directions, slopes
 
 
