@@ -36,6 +36,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device):
+    """A run's checkpoint and its model, rebuilt with ``overrides``, on ``dev`` in eval mode."""
+    ckpt = load_checkpoint(resolve_checkpoint(run))
+    if not ckpt.meta:
+        raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
+    try:
+        return ckpt, ckpt.build_model(**(overrides or {})).to(dev).eval()
+    except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
+        raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
+                         f"{overrides}: {str(e).splitlines()[0]}") from None
+
+
+def _check_classes(run: str, ckpt, model, name: str, source) -> None:
+    if len(source.classes) != model.num_classes:
+        raise DataError(
+            f"{run} was trained on {model.num_classes} classes but {name!r} has {len(source.classes)}: "
+            f"evaluate on the data it was trained on (its classes: {', '.join(ckpt.classes[:10])}...)"
+        )
+
+
 def evaluate_runs(
     runs: list[str],
     data: str | None = None,
@@ -64,15 +84,8 @@ def evaluate_runs(
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     results, sources = [], {}
     for run in runs:
-        ckpt = load_checkpoint(resolve_checkpoint(run))
+        ckpt, model = _trained_model(run, model_overrides, dev)
         cfg = ckpt.config
-        if not ckpt.meta:
-            raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
-        try:
-            model = ckpt.build_model(**(model_overrides or {})).to(dev).eval()
-        except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
-            raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
-                             f"{model_overrides}: {str(e).splitlines()[0]}") from None
         sizes = img_sizes or [cfg.get("img_size") or model.img_size[0]]
         for s in sizes:
             model.grid_for(s)  # clear error before any decoding
@@ -81,11 +94,7 @@ def evaluate_runs(
         if key not in sources:
             sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
         source = sources[key]
-        if len(source.classes) != model.num_classes:
-            raise DataError(
-                f"{run} was trained on {model.num_classes} classes but {name!r} has {len(source.classes)}: "
-                f"evaluate on the data it was trained on (its classes: {', '.join(ckpt.classes[:10])}...)"
-            )
+        _check_classes(run, ckpt, model, name, source)
         split = "val" if "val" in source.splits else "test"
         pct = crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)
         row: dict[str, Any] = {
