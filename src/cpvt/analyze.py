@@ -35,7 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import load_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD, parse_set
+from .evaluate import resolve_checkpoint
+from .models import create_model, list_models
 from .plotting import pyplot, save
 from .pos import Grid
 from .table import format_table
@@ -74,13 +77,8 @@ def _single_stage(model: nn.Module, spec: str) -> nn.Module:
 def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
                  overrides: dict[str, Any] | None = None) -> Subject:
     """A registry model (random weights, seeded) or a trained run folder / checkpoint, rebuilt with ``overrides``."""
-    from .models import create_model, list_models
-
     p = Path(spec)
     if p.exists():
-        from .checkpoint import load_checkpoint
-        from .evaluate import resolve_checkpoint
-
         ckpt = load_checkpoint(resolve_checkpoint(p))
         if not ckpt.meta:
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .data.base import DataError
-from .engine import evaluate
+from .engine import compile_model, compiled_graphs, evaluate
 from .table import format_table
 
 
@@ -105,8 +105,6 @@ def evaluate_runs(
         mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         runner, graphs = model, 0
         if compile:
-            from .engine import compile_model, compiled_graphs
-
             runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
