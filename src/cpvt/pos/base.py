@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 
@@ -160,6 +161,30 @@ class PositionEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export`` / ``torch.onnx.export`` traces the model.
+
+    An encoding whose eager code branches on the grid (the APE's shortcut on its
+    own grid) uses this to keep a graph that is valid at every grid; eager and
+    ``torch.compile`` runs never see it, so their numerics are unchanged.
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def grid_cached(cache: dict, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
+    """``cache[key]``, computed by ``compute()`` the first time a grid is seen.
+
+    While exporting, the grid sizes are symbolic (they cannot be dictionary keys,
+    and a cached tensor would freeze one grid into the graph), so the value is
+    computed afresh, by the same code, and not stored.
+    """
+    if is_exporting():
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
 
 
 def add_tensors(a: Tensor | None, b: Tensor | None) -> Tensor | None:
