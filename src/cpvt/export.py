@@ -105,9 +105,23 @@ def blocking_part(error: BaseException) -> str:
     return f"cpvt/{short}:{line} in {name}"
 
 
+def trace_size(model: nn.Module, img_size: int | None = None) -> int:
+    """The example size traced: twice the export size. ``torch.export`` fixes any size that is 0 or 1 on the
+    example (a one-window stage of Twins-SVT at its own size, for instance), so every grid is made large."""
+    return 2 * (img_size or model.img_size[0])
+
+
+def _summary(error: BaseException) -> str:
+    """The informative line of an exporter error: torch.onnx's "Exception summary" if it has one."""
+    text = str(error).strip()
+    m = re.search(r"Exception summary\s*\n\s*\n?(.+)", text)
+    line = m.group(1) if m else (text.splitlines()[0] if text else "")
+    return f"{type(error).__name__}: {line.strip()}"[:400]
+
+
 def export_program(model: nn.Module, img_size: int | None = None, batch: int = 2) -> torch.export.ExportedProgram:
     """``torch.export`` the model with symbolic batch, height and width; a failure names the blocking code."""
-    s = img_size or model.img_size[0]
+    s = trace_size(model, img_size)
     model.grid_for(s)
     example = torch.randn(batch, model.in_chans, s, s)
     try:
@@ -116,9 +130,8 @@ def export_program(model: nn.Module, img_size: int | None = None, batch: int = 2
             return torch.export.export(model.eval(), (example,), dynamic_shapes=_dynamic_shapes(), strict=False)
     except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear error
         where = blocking_part(e)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"cannot export {model.model_name} (pos={model.model_args.get('pos')!r}) with dynamic "
-                          f"height and width: {type(e).__name__}: {first}"
+                          f"height and width: {_summary(e)}"
                           + (f" [blocking part: {where}]" if where else "")) from e
 
 
@@ -144,8 +157,7 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx", opset
                                              input_names=["images"], output_names=["logits"], verbose=False)
     except Exception as e:  # noqa: BLE001
         where = blocking_part(e)
-        raise ExportError(f"cannot convert {model.model_name} to ONNX opset {opset}: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise ExportError(f"cannot convert {model.model_name} to ONNX opset {opset}: {_summary(e)}"
                           + (f" [blocking part: {where}]" if where else "")) from e
     if metadata:
         onnx_program.model.metadata_props.update({f"cpvt.{k}": json.dumps(v) for k, v in metadata.items()})
