@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, c in cells.items():
             rows.append([size, name, f"{c['img_per_s']:.2f}", f"{c['img_per_s'] / base:.2f}",
                          f"{c['max_abs_diff_vs_eager']:.1e}", f"{c['first_call_s']:.1f}"])
-    print(format_table(rows, ["px", "runtime", "img/s", "vs eager", "max |diff| vs eager", "first call (s)"],
+    print(format_table(rows, ["px", "runtime", "img/s", "vs eager", "max abs diff vs eager", "first call (s)"],
                        markdown=True))
     res["env"], res["seconds"] = env, time.perf_counter() - t0
     if args.json:

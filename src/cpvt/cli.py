@@ -186,7 +186,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     sizes=sizes, tol=args.tol, overrides=dict(args.set or []), verify=not args.no_verify)
     opset = f", opset {report['opset']}" if report["opset"] else ""
     print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
-          f"dynamic batch, height and width, traced at {report['export_size']}px")
+          f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
     if report["verified"]:
         backend = "onnxruntime" if report["format"] == "onnx" else "torch.export.load"
         rows = [[r["size"], f"{r['max_abs_diff']:.2e}", f"{r['max_abs_logit']:.2f}"] for r in report["verified"]]

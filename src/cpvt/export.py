@@ -261,7 +261,8 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
         if s not in sizes:
             sizes.append(s)
     report = {"path": str(out), "format": format, "model": meta["model"], "pos": meta["pos"],
-              "opset": opset if format == "onnx" else None, "export_size": meta["img_size"], "tolerance": tol,
+              "opset": opset if format == "onnx" else None, "export_size": meta["img_size"],
+              "trace_size": trace_size(model, meta["img_size"]), "tolerance": tol,
               "verified": []}
     if verify:
         report["verified"] = verify_export(model, out, sizes, format, tol)

@@ -68,7 +68,7 @@ def model_args(name: str, **overrides: Any) -> dict[str, Any]:
     return {**fn(), **overrides}
 
 
-def create_model(name: str, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("cpvt_ti", num_classes=10, peg_kernel_size=5)``.
 
     ``pretrained``: a cpvt checkpoint or run folder (``best``, else ``last``), a file
@@ -80,7 +80,7 @@ def create_model(name: str, pretrained: str | Path | None = None, **overrides: A
     """
     cls, _ = _lookup(name)
     ckpt = None
-    if pretrained is not None:
+    if pretrained:  # None or False (timm's spelling): random initialisation
         from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
         ckpt = load_checkpoint(resolve_checkpoint(pretrained))
