@@ -21,7 +21,8 @@ from cpvt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpvt.cli import main
 from cpvt.config import apply_overrides, resolve_config
 from cpvt.engine import train
-from cpvt.export import ExportError, blocking_part, default_sizes, export_model, read_metadata, verify_export
+from cpvt.export import (ExportError, blocking_part, default_sizes, export_model, onnx_opset, read_metadata,
+                         verify_export)
 from cpvt.pos.base import Grid, grid_cached
 from cpvt.predict import Preprocess, find_images, predict
 
@@ -158,12 +159,29 @@ def test_onnx_export_matches_pytorch_at_three_sizes(case, tmp_path):
     model = slim(name, overrides)
     sizes = default_sizes(model)
     assert len(sizes) == 3 and sizes[0] == tuple(model.img_size) and sizes[2][0] != sizes[2][1]
-    path = export_model(model, tmp_path / "m.onnx", metadata={"model": name})
+    opset = 17 if case[0] == "peg" else 18  # below the exporter's own 18: converted, and the file says so
+    path = export_model(model, tmp_path / "m.onnx", opset=opset, metadata={"model": name})
     assert path.is_file() and not list(tmp_path.glob("*.data"))  # one self-contained file
+    assert onnx_opset(path) == opset
     rows = verify_export(model, path, sizes, tol=1e-4)
     assert [r["size"] for r in rows] == [f"{h}x{w}" for h, w in sizes]
     assert all(r["max_abs_diff"] <= 1e-4 and r["max_abs_logit"] > 1e-3 for r in rows), rows
     assert read_metadata(path)["model"] == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in CASES])
+def test_pt2_export_matches_pytorch_at_three_sizes(case, tmp_path):
+    """torch.export programs keep runtime shape guards; all but Twins-SVT's windows are free of size ones."""
+    _, name, overrides = case
+    model = slim(name, overrides)
+    path = export_model(model, tmp_path / "m.pt2", format="pt2")
+    if name == "twins_svt_micro":  # a known limit, reported as such (its ONNX export has no guards)
+        with pytest.raises(ExportError, match="keeps the shape guards torch.export derived.*use --format onnx"):
+            verify_export(model, path, default_sizes(model), format="pt2")
+        return
+    rows = verify_export(model, path, default_sizes(model), format="pt2", tol=1e-4)
+    assert len(rows) == 3 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
 
 
 def test_pt2_export_runs_at_other_sizes(tmp_path):

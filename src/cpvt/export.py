@@ -162,7 +162,19 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx", opset
     if metadata:
         onnx_program.model.metadata_props.update({f"cpvt.{k}": json.dumps(v) for k, v in metadata.items()})
     onnx_program.save(str(path), external_data=False)
+    written = onnx_opset(path)
+    if written != opset:  # torch.onnx converts below its own minimum (18) and keeps 18 if that fails
+        raise ExportError(f"{model.model_name}: asked for ONNX opset {opset}, but the exporter could only write "
+                          f"opset {written} ({path} is left as written)")
     return path
+
+
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _encodings(model: nn.Module) -> list[nn.Module]:
@@ -237,7 +249,13 @@ def verify_export(model: nn.Module, path: str | Path, sizes: list[tuple[int, int
         if not diff <= tol:
             bad.append(f"{h}x{w}: max |diff| {diff:.2e} > {tol:.0e}")
     if bad:
-        raise ExportError(f"{path} disagrees with PyTorch: " + "; ".join(bad))
+        hint = ""
+        if format == "pt2" and any("Guard failed" in r.get("error", "") or "Runtime assertion" in r.get("error", "")
+                                   for r in rows):
+            hint = (" [the .pt2 program keeps the shape guards torch.export derived from the traced size (here from "
+                    "reshapes whose view-or-copy choice depends on the sizes); the ONNX export has no such guards: "
+                    "use --format onnx]")
+        raise ExportError(f"{path} disagrees with PyTorch: " + "; ".join(bad) + hint)
     return rows
 
 
