@@ -82,7 +82,8 @@ class RoPE2D(PositionEncoding):
                 ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
                 return torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
 
-            return grid_cached(self._axial_cache, (grid.h, grid.w, self.freqs.device), compute)  # (1, N, D/2), shared by heads
+            # (1, N, D/2), shared by heads
+            return grid_cached(self._axial_cache, (grid.h, grid.w, self.freqs.device), compute)
         ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
         fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
         return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)
