@@ -149,6 +149,19 @@ class Checkpoint:
             torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).exists():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
+    return p
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a cpvt checkpoint (safetensors) or a plain weights file (``.pt``/``.pth``
     state dict, loaded with ``weights_only=True``). Pickles that need code are refused."""

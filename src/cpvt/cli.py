@@ -8,6 +8,8 @@
     cpvt demo                             train 3 micro models and test them at 3 resolutions
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
     cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
+    cpvt export RUN_OR_MODEL [--format onnx|pt2] [--out F]   dynamic batch/height/width, verified at 3+ sizes
+    cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F]
 
 Every command takes overrides one way: ``--set KEY=VALUE`` (repeatable), with
 ``model.KEY`` for a model option; values are Python literals (``[0, 1]``,
@@ -182,6 +184,45 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    sizes = [s if isinstance(s, tuple) else (s, s) for s in (args.verify_sizes or [])]
+    report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
+                    sizes=sizes, tol=args.tol, overrides=model_options(args.set, "export"), verify=not args.no_verify)
+    opset = f", opset {report['opset']}" if report["opset"] else ""
+    print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
+          f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
+    if report["verified"]:
+        backend = "onnxruntime" if report["format"] == "onnx" else "torch.export.load"
+        rows = [[r["size"], f"{r['max_abs_diff']:.2e}", f"{r['max_abs_logit']:.2f}"] for r in report["verified"]]
+        print(format_table(rows, ["size", f"max |{backend} - pytorch|", "max |logit|"]))
+        print(f"verified at {len(rows)} sizes: every difference within {report['tolerance']:.0e}")
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_predictions, predict
+
+    preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
+                    batch_size=args.batch_size)
+    print(format_predictions(preds))
+    if args.json:
+        preds.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if preds.results else 1
+
+
+def parse_size_list(text: str) -> list[int | tuple[int, int]]:
+    """``"224,384,256x320"`` -> [224, 384, (256, 320)]."""
+    return [parse_size(t) for t in text.split(",") if t.strip()]
+
+
 def parse_sizes(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -197,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_commands(sub)
     _training_commands(sub)
     _tool_commands(sub)
+    _deploy_commands(sub)
     return p
 
 
@@ -295,6 +337,33 @@ def _tool_commands(sub) -> None:
     s.add_argument("--cache-dir")
     add_set(s, "model.KEY=VALUE", "model option for every model given (MODEL:key=value sets one model's)")
     s.set_defaults(fn=cmd_analyze)
+
+
+def _deploy_commands(sub) -> None:
+    """export, predict."""
+    s = sub.add_parser("export", help="ONNX / torch.export file with dynamic batch, height and width, verified")
+    s.add_argument("run_or_model", help="a run folder or checkpoint, or a registry name (random weights)")
+    s.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2 (torch.export)")
+    s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>)")
+    s.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
+    s.add_argument("--img-size", type=int, help="size traced at export (default: the run's training size)")
+    s.add_argument("--verify-sizes", type=parse_size_list, help="sizes to verify, e.g. 224,384,256x320 "
+                   "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
+    s.add_argument("--tol", type=float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
+    s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
+    s.add_argument("--json", help="write the export report (sizes and differences) here")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("predict", help="classify images with a trained run (PyTorch or an exported ONNX file)")
+    s.add_argument("run", help="run folder or checkpoint file (gives the classes and preprocessing)")
+    s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)")
+    s.add_argument("--img-size", type=int, help="input size (default: the run's training size)")
+    s.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    s.add_argument("--json", help="write predictions and skipped files here")
+    s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(fn=cmd_predict)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,24 +16,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .data.base import DataError
 from .engine import compile_model, compiled_graphs, evaluate
 from .table import format_table
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (p / name).exists():
-                return p / name
-        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
-    return p
 
 
 def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device):

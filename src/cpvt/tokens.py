@@ -10,7 +10,9 @@ neither), so each can use it without an upward import:
   pairwise rotation RoPE applies to queries and keys;
 * :func:`map_patches`: split off the prefix, run a convolution over the patch
   map, put the prefix back (PEG, RepCPE, ConvFFN, conv projection);
-* :func:`check_image`, :func:`check_odd_kernel`: the input and kernel checks.
+* :func:`check_image`, :func:`check_odd_kernel`: the input and kernel checks;
+* :func:`is_exporting`, :func:`grid_cached`: per-grid caches that step aside
+  while ``torch.export`` traces symbolic sizes.
 """
 
 from __future__ import annotations
@@ -121,3 +123,27 @@ def check_image(x: Tensor, in_chans: int, patch_size: int) -> None:
             f"multiples of {p} (any aspect ratio), e.g. {max(p, h // p * p)}x{max(p, w // p * p)} "
             f"or {(h // p + 1) * p}x{(w // p + 1) * p}"
         )
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export`` / ``torch.onnx.export`` traces the model.
+
+    An encoding whose eager code branches on the grid (the APE's shortcut on its
+    own grid) uses this to keep a graph that is valid at every grid; eager and
+    ``torch.compile`` runs never see it, so their numerics are unchanged.
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def grid_cached(cache: dict, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
+    """``cache[key]``, computed by ``compute()`` the first time a grid is seen.
+
+    While exporting, the grid sizes are symbolic (they cannot be dictionary keys,
+    and a cached tensor would freeze one grid into the graph), so the value is
+    computed afresh, by the same code, and not stored.
+    """
+    if is_exporting():
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..tokens import grid_positions
+from ..tokens import grid_cached, grid_positions
 from .base import Grid, ModelShape, PositionEncoding
 
 
@@ -64,22 +64,20 @@ class ALiBi2D(PositionEncoding):
 
     def distances(self, grid: Grid) -> Tensor:
         """(T, T) Euclidean distance between token grid positions; 0 on prefix rows and columns."""
-        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
-        if key not in self._dist_cache:
+        def compute() -> Tensor:
             ys, xs = grid_positions(grid.h, grid.w, self.slopes.device)
             pos = torch.stack([ys, xs], dim=1)
             d = torch.zeros(grid.num_tokens, grid.num_tokens, device=self.slopes.device)
             d[grid.num_prefix :, grid.num_prefix :] = torch.cdist(pos, pos)
-            self._dist_cache[key] = d
-        return self._dist_cache[key]
+            return d
+
+        return grid_cached(self._dist_cache, (grid.h, grid.w, grid.num_prefix, self.slopes.device), compute)
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
         if self.learned:
             return -self.slopes[:, None, None] * self.distances(grid)  # (heads, T, T)
-        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
-        if key not in self._bias_cache:  # fixed slopes: the same bias for every block
-            self._bias_cache[key] = -self.slopes[:, None, None] * self.distances(grid)
-        return self._bias_cache[key]
+        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)  # fixed slopes: the same bias for every block
+        return grid_cached(self._bias_cache, key, lambda: -self.slopes[:, None, None] * self.distances(grid))
 
     def extra_repr(self) -> str:
         return f"heads={len(self.slopes)}, learned={self.learned}"

@@ -38,7 +38,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from ..tokens import BlockPosition, Grid  # noqa: F401 (part of this interface)
+from ..tokens import BlockPosition, Grid, grid_cached, is_exporting  # noqa: F401 (part of this interface)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..tokens import grid_positions
+from ..tokens import grid_cached, grid_positions
 from .alibi import alibi_slope_list
 from .base import Grid, ModelShape, PositionEncoding
 
@@ -153,10 +153,8 @@ class LookHere(PositionEncoding):
 
     def maps(self, grid: Grid) -> Tensor:
         device = self.slopes.device
-        key = (grid.h, grid.w, grid.num_prefix, device)
-        if key not in self._cache:  # one (heads, T, T) map per grid; each block only rescales it
-            self._cache[key] = lookhere_maps(grid, self.directions, self.head_slopes, device)
-        return self._cache[key]
+        key = (grid.h, grid.w, grid.num_prefix, device)  # one (heads, T, T) map per grid; each block only rescales it
+        return grid_cached(self._cache, key, lambda: lookhere_maps(grid, self.directions, self.head_slopes, device))
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
         return -(self.global_slope * self.layer_scale[layer]) * self.maps(grid)

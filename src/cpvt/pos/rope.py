@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..tokens import grid_positions, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
+from ..tokens import grid_cached, grid_positions, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
 from .base import Grid, ModelShape, PositionEncoding
 
 MODES = ("axial", "mixed")
@@ -64,11 +64,12 @@ class RoPE2D(PositionEncoding):
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
         if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid
-            key = (grid.h, grid.w, self.freqs.device)
-            if key not in self._axial_cache:
+            def compute() -> Tensor:
                 ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
-                self._axial_cache[key] = torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
-            return self._axial_cache[key]  # (1, N, D/2), shared by heads
+                return torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
+
+            # (1, N, D/2), shared by heads
+            return grid_cached(self._axial_cache, (grid.h, grid.w, self.freqs.device), compute)
         ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
         fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
         return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)
