@@ -138,6 +138,8 @@ def is_exporting() -> bool:
 def grid_cached(cache: dict, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
     """``cache[key]``, computed by ``compute()`` the first time a grid is seen.
 
+    Stored values are ordinary tensors even when first computed under
+    ``torch.inference_mode()``, so evaluation before training is safe.
     While exporting, the grid sizes are symbolic (they cannot be dictionary keys,
     and a cached tensor would freeze one grid into the graph), so the value is
     computed afresh, by the same code, and not stored.
@@ -145,5 +147,8 @@ def grid_cached(cache: dict, key: tuple, compute: Callable[[], Tensor]) -> Tenso
     if is_exporting():
         return compute()
     if key not in cache:
-        cache[key] = compute()
+        # A first call under torch.inference_mode() must not store an inference tensor: a later
+        # training step could not save it for backward. The value is the same either way.
+        with torch.inference_mode(False):
+            cache[key] = compute()
     return cache[key]
