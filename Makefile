@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,onnx]"
 	@touch $@
 
 demo: $(STAMP)
@@ -27,6 +27,7 @@ TABLES ?= all
 reproduce: $(STAMP)
 	$(BIN)/cpvt reproduce $(TABLES) --budget $(BUDGET) --out docs/results/$(BUDGET)
 
+# The default suite includes ONNX export parity (the onnx extra is installed above).
 # Long tests kept out of the default run (every model at 224/384/512, ...).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
