@@ -119,7 +119,7 @@ def test_resample_is_the_same_function_outside_export():
 
 
 def test_grid_caches_keep_one_tensor_per_grid_in_eager_and_are_bypassed_while_exporting(monkeypatch):
-    import cpvt.pos.base as base
+    import cpvt.tokens as base
 
     cache, calls = {}, []
 
@@ -218,7 +218,7 @@ def test_export_errors_are_clear(tmp_path, monkeypatch):
     try:
         cpvt.create_model("deit_micro", **SLIM)(torch.randn(1, 3, 30, 30))
     except ValueError as e:
-        assert blocking_part(e).startswith("cpvt/layers/patch_embed.py:")
+        assert blocking_part(e).startswith("cpvt/tokens.py:")  # check_image, called by the patch embedding
     else:
         raise AssertionError("a 30 px input to a patch-4 model must fail")
 
