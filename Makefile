@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,onnx]"
 	@touch $@
 
 demo: $(STAMP)
@@ -20,13 +20,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# CPVT's tables at a budget (smoke < 1 min, cpu ~3 h on 2 cores, gpu ~25 min on one H200).
+# CPVT's tables at a budget (smoke < 1 min, cpu ~25 h on 2 cores over several sessions, gpu ~25 min on one H200).
 # Finished runs are skipped, so an interrupted sweep resumes; the report lands in docs/results/<budget>/.
 BUDGET ?= cpu
 TABLES ?= all
 reproduce: $(STAMP)
 	$(BIN)/cpvt reproduce $(TABLES) --budget $(BUDGET) --out docs/results/$(BUDGET)
 
+# The default suite includes ONNX export parity (the onnx extra is installed above).
 # Long tests kept out of the default run (every model at 224/384/512, ...).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

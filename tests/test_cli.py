@@ -14,7 +14,7 @@ def test_info_json_reports_counts_and_flops(capsys):
 
 
 def test_info_table_with_overrides_and_size(capsys):
-    assert main(["info", "cpvt_micro", "--img-size", "48x64", "--set", "peg_positions=[0,1]"]) == 0
+    assert main(["info", "cpvt_micro", "--img-size", "48x64", "--set", "model.peg_positions=[0,1]"]) == 0
     out = capsys.readouterr().out
     assert "12x16 (+1 prefix) = 193 tokens" in out
     assert "2,560" in out  # two PEGs of 128 channels: 2 * (128*9 + 128)

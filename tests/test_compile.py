@@ -35,12 +35,15 @@ def test_compiled_evaluation_agrees_and_compiles_once_for_all_sizes(tmp_path):
     train(tiny(tmp_path / "run"))
     sizes = [16, 24, 32, 40]
     eager = evaluate_runs([str(tmp_path / "run")], img_sizes=sizes)[0]
+    torch._dynamo.reset()  # each count starts from an empty cache (otherwise the second run reuses the first one's graphs)
     many = evaluate_runs([str(tmp_path / "run")], img_sizes=sizes, compile=True)[0]
-    one = evaluate_runs([str(tmp_path / "run")], img_sizes=[16], compile=True)[0]
-    for s in map(str, sizes):  # bf16 autocast: logits agree to a few 1e-3, so top-1 to within a couple of images
+    torch._dynamo.reset()
+    two = evaluate_runs([str(tmp_path / "run")], img_sizes=sizes[:2], compile=True)[0]
+    for s in map(str, sizes):  # fused kernels: logits agree to a few 1e-3 (bf16), so top-1 to within a couple of images
         assert abs(many["sizes"][s]["top1"] - eager["sizes"][s]["top1"]) <= 100 * 2 / 64
         assert abs(many["sizes"][s]["loss"] - eager["sizes"][s]["loss"]) < 0.02
-    assert many["compile"]["graphs"] == one["compile"]["graphs"] > 0  # four sizes, no recompile per size
+    # symbolic sizes: four sizes build no more graphs than two (a recompile per size would add them)
+    assert many["compile"]["graphs"] == two["compile"]["graphs"] > 0
 
 
 def test_compile_is_not_part_of_a_runs_identity(tmp_path):

@@ -266,3 +266,16 @@ def test_ape_plus_peg_uses_both_hooks():
     model = cpvt.create_model("cpvt_micro_ape")
     assert [type(e).__name__ for e in model.position_encodings()] == ["LearnedAPE", "PEG"]
     assert {"pos_embed", "pos_block.0.proj.0.weight"} <= set(model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["deit_micro_rpe", "deit_micro_rope", "deit_micro_rope_mixed", "deit_micro_alibi",
+                                  "deit_micro_lookhere", "deit_micro_pape"])
+def test_grid_caches_filled_under_inference_mode_still_train(name):
+    """A cached per-grid tensor first built under inference_mode must not break a later backward."""
+    torch.manual_seed(0)
+    model = cpvt.create_model(name, depth=2, embed_dim=32, num_heads=4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()  # raised "Inference tensors cannot be saved for backward" for RPE and PaPE
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -242,7 +242,7 @@ def test_convert_command_writes_a_checkpoint(tmp_path):
 
     t, args = _hf_fixture()
     save_file({k: v.contiguous() for k, v in _prefixed(t, "state.").items()}, str(tmp_path / "hf.safetensors"))
-    sets = [f"--set={k}={tuple(v) if isinstance(v, list) else v}" for k, v in args.items()]
+    sets = [f"--set=model.{k}={tuple(v) if isinstance(v, list) else v}" for k, v in args.items()]
     assert main(["convert", str(tmp_path / "hf.safetensors"), str(tmp_path / "ours.safetensors"), "--model", "cvt_13",
                  *sets]) == 0
     model = load_checkpoint(tmp_path / "ours.safetensors").build_model().eval()

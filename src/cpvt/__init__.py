@@ -3,10 +3,12 @@
     >>> import cpvt
     >>> model = cpvt.create_model("cpvt_ti", num_classes=10)
     >>> cpvt.list_models("cpvt_ti*")
+    >>> model, preprocess, classes = cpvt.load_run("runs/c10-cpvt")   # a trained run, ready to classify
 """
 
 from .models import VisionTransformer, create_model, list_models, model_args, register_model
 from .pos import build_position_encodings, list_encodings
+from .predict import load_run
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,7 @@ __all__ = [
     "create_model",
     "list_encodings",
     "list_models",
+    "load_run",
     "model_args",
     "register_model",
 ]

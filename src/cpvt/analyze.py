@@ -18,15 +18,16 @@ the numbers and printing a short table:
   and real images: the border signal that zero padding creates.
 
 A model is named as ``MODEL`` or ``MODEL:key=value,key=value`` (registry
-overrides, e.g. ``cpvt_micro_gap:peg_padding=circular``), or as a run folder /
-checkpoint file.
+overrides, e.g. ``cpvt_micro_gap:peg_padding=circular``, read by the same parser
+as ``--set``), or as a run folder / checkpoint file. ``--set model.KEY=VALUE``
+applies to every model given. Each analysis is one entry of :data:`ANALYSES`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import load_checkpoint
+from .config import IMAGENET_MEAN, IMAGENET_STD, parse_set
+from .evaluate import resolve_checkpoint
+from .models import create_model, list_models
 from .plotting import pyplot, save
 from .pos import Grid
 from .table import format_table
-
-KINDS = ("equivariance", "position", "attention", "peg")
-
 
 # ----------------------------------------------------------------------------- models and images
 
@@ -57,17 +59,12 @@ class Subject:
 
 
 def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``MODEL:key=value,key=value`` -> the model name and its options (each pair read by :func:`parse_set`)."""
     name, _, rest = spec.partition(":")
-    overrides: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
-        if "=" not in part:
-            raise ValueError(f"model spec {spec!r}: expected MODEL:key=value,key=value")
-        k, v = part.split("=", 1)
-        try:
-            overrides[k.strip()] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            overrides[k.strip()] = v
-    return name, overrides
+    try:
+        return name, dict(parse_set(part) for part in filter(None, rest.split(",")))
+    except ValueError:
+        raise ValueError(f"model spec {spec!r}: expected MODEL:key=value,key=value") from None
 
 
 def _single_stage(model: nn.Module, spec: str) -> nn.Module:
@@ -77,33 +74,30 @@ def _single_stage(model: nn.Module, spec: str) -> nn.Module:
     return model
 
 
-def load_subject(spec: str, seed: int = 0, num_classes: int | None = None) -> Subject:
-    """A registry model (random weights, seeded) or a trained run folder / checkpoint."""
-    from .models import create_model, list_models
-
+def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
+                 overrides: dict[str, Any] | None = None) -> Subject:
+    """A registry model (random weights, seeded) or a trained run folder / checkpoint, rebuilt with ``overrides``."""
     p = Path(spec)
     if p.exists():
-        from .checkpoint import load_checkpoint
-        from .evaluate import resolve_checkpoint
-
         ckpt = load_checkpoint(resolve_checkpoint(p))
         if not ckpt.meta:
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
-        model = _single_stage(ckpt.build_model().eval(), spec)
+        model = _single_stage(ckpt.build_model(**(overrides or {})).eval(), spec)
         cfg = ckpt.config
         shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes"}
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
         label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained)"
         return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
-                       tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                       tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                        cfg.get("data"))
-    name, overrides = _parse_spec(spec)
+    name, options = _parse_spec(spec)
+    options = {**(overrides or {}), **options}
     if name not in list_models():
         raise ValueError(f"{spec!r} is neither a run folder, a checkpoint nor a registered model (see `cpvt models`)")
     torch.manual_seed(seed)
     if num_classes is not None:
-        overrides.setdefault("num_classes", num_classes)
-    model = _single_stage(create_model(name, **overrides).eval(), spec)
+        options.setdefault("num_classes", num_classes)
+    model = _single_stage(create_model(name, **options).eval(), spec)
     return Subject(spec, model, int(model.img_size[0]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None)
 
 
@@ -460,88 +454,146 @@ def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
 # ----------------------------------------------------------------------------- driver
 
 
+@dataclass
+class Inputs:
+    """What every analysis of one model gets: its real images at its size, and the driver's options."""
+
+    real: Tensor
+    size: int
+    seed: int
+    images: int
+    offsets: list[int] | None
+    shift_mode: str
+    blocks: list[int] | None
+
+
+Rows = list[list[Any]]
+
+
+def _run_equivariance(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, list[str]]:
+    p = s.model.patch_size
+    offs = inp.offsets or sorted({1, 2, p // 2, p, 2 * p, 3 * p} - {0})
+    r = equivariance(s, normalise(inp.real, s), offs, inp.shift_mode)
+    whole = next((d for d in offs if d % p == 0), offs[-1])
+    row = [s.label, f"{r['error'][str(whole)][0]:.3g}", f"{r['error'][str(whole)][-1]:.3g}",
+           f"{r['agreement'][str(whole)]:.1f}", f"{min(r['agreement'].values()):.1f}"]
+    headers = ["model", f"error @{whole}px stage 0", f"error @{whole}px last", f"top-1 kept @{whole}px (%)",
+               "worst top-1 kept (%)"]
+    return r, [row], headers
+
+
+def _run_position(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, list[str]]:
+    half, size, seed = inp.images // 2, inp.size, inp.seed
+    kinds = {
+        "real": (inp.real[:half], inp.real[half:]),
+        "constant": (image_batch("constant", half, size, seed), image_batch("constant", half, size, seed + 1)),
+        "noise": (image_batch("noise", half, size, seed), image_batch("noise", half, size, seed + 1)),
+    }
+    r = position_probe(s, kinds)
+    row = ([s.label] + [f"{max(r[k]['spearman']):.3f}" for k in kinds]
+           + [f"{r['constant']['spearman'][-1]:.3f}", f"{r['constant']['mae'][-1]:.3f}"])
+    headers = ["model"] + [f"best ρ {k}" for k in kinds] + ["ρ constant, last", "MAE constant, last"]
+    return r, [row], headers
+
+
+def _run_attention(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, list[str]]:
+    r = attention_analysis(s, normalise(inp.real[: min(inp.images, 16)], s), inp.blocks)
+    md = torch.tensor(r["mean_distance"]).mean(1)
+    row = [s.label, f"{md[0]:.2f}", f"{md[len(md) // 2]:.2f}", f"{md[-1]:.2f}", f"{md.min():.2f}",
+           f"{r['uniform_distance']:.2f}", f"{r['row_sums_max_error']:.1e}"]
+    headers = ["model", "mean dist block 0 (px)", "middle", "last", "lowest block", "uniform attention",
+               "max |row sum - 1|"]
+    return r, [row], headers
+
+
+def _run_peg(s: Subject, inp: Inputs) -> tuple[dict[str, Any] | None, Rows, list[str]]:
+    headers = ["model", "PEG after block", "border/interior (constant)", "interior spread (constant)",
+               "border/interior (real)"]
+    if not hasattr(getattr(s.model, "pos_block", None), "generators_at"):
+        print(f"skipping {s.label}: it has no PEG")
+        return None, [], headers
+    const = image_batch("constant", 1, inp.size, inp.seed)
+    r = {"constant": peg_response(s, normalise(const, s)), "real": peg_response(s, normalise(inp.real, s))}
+    ratio = lambda c: c["border_mean"] / max(c["interior_mean"], 1e-12)  # noqa: E731
+    rows = [[s.label, key.split("@")[1], f"{ratio(c):.3f}", f"{c['interior_spread']:.2e}", f"{ratio(r['real'][key]):.3f}"]
+            for key, c in r["constant"].items()]
+    return r, rows, headers
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One ``cpvt analyze`` kind: how to measure one model, and how to plot all of them."""
+
+    run: Callable[[Subject, Inputs], tuple[dict[str, Any] | None, Rows, list[str]]]
+    plot: Callable[[dict[str, Any], list[Subject], Tensor, Path], list[Path]]
+    help: str
+
+
+ANALYSES: dict[str, Analysis] = {
+    "equivariance": Analysis(
+        _run_equivariance, lambda res, subs, img, d: [plot_equivariance(res, subs[0].model.patch_size, d / "equivariance.png")],
+        "how feature maps and predictions follow a shifted input"),
+    "position": Analysis(
+        _run_position, lambda res, subs, img, d: list(plot_position(res, d / "position_curves.png", d / "position_maps.png")),
+        "how well each stage's tokens predict their own grid position (linear probe)"),
+    "attention": Analysis(
+        _run_attention,
+        lambda res, subs, img, d: list(plot_attention(res, img, d / "attention_distance.png", d / "attention_maps.png")),
+        "mean attention distance per block and head, and query maps"),
+    "peg": Analysis(_run_peg, lambda res, subs, img, d: [plot_peg(res, d / "peg_response.png")],
+                    "what each PEG adds at the border and inside, on constant and real images"),
+}
+KINDS = tuple(ANALYSES)
+
+
+def _load_subjects(specs: list[str], seed: int, overrides: dict[str, Any] | None) -> list[Subject]:
+    """Each spec as a :class:`Subject`; two of the same configuration are numbered."""
+    if len(set(specs)) < len(specs):
+        raise ValueError("the same model was given twice")
+    subjects = [load_subject(s, seed, overrides=overrides) for s in specs]
+    seen: dict[str, int] = {}
+    for s in subjects:
+        seen[s.label] = seen.get(s.label, 0) + 1
+        if seen[s.label] > 1:
+            s.label = f"{s.label} #{seen[s.label]}"
+    return subjects
+
+
 def analyze(kind: str, specs: list[str], data: str | None = None, out: str | None = None, images: int = 64,
             img_size: int | None = None, seed: int = 0, offsets: list[int] | None = None, shift_mode: str = "canvas",
-            blocks: list[int] | None = None, data_root: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """Run one analysis over several models; writes ``<out>/<kind>.json`` and PNGs, prints a table."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown analysis {kind!r}; choose from {', '.join(KINDS)}")
+            blocks: list[int] | None = None, data_root: str | None = None, cache_dir: str | None = None,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one analysis (a key of :data:`ANALYSES`) over several models; writes ``<out>/<kind>.json`` and PNGs,
+    prints a table. ``overrides`` are model options applied to every model (``--set model.KEY=VALUE``)."""
+    if kind not in ANALYSES:
+        raise ValueError(f"unknown analysis {kind!r}; choose from {', '.join(ANALYSES)}")
     if shift_mode not in ("canvas", "circular"):
         raise ValueError(f"--shift-mode must be canvas or circular, got {shift_mode!r}")
     if images < 2:
         raise ValueError(f"--images must be at least 2, got {images}")
-    subjects = [load_subject(s, seed) for s in specs]
-    if len(set(specs)) < len(specs):
-        raise ValueError("the same model was given twice")
-    seen: dict[str, int] = {}
-    for s in subjects:  # two runs of the same configuration: number them
-        seen[s.label] = seen.get(s.label, 0) + 1
-        if seen[s.label] > 1:
-            s.label = f"{s.label} #{seen[s.label]}"
+    subjects = _load_subjects(specs, seed, overrides)
     data = data or next((s.data for s in subjects if s.data), None) or "synthetic"
     out_dir = Path(out or f"runs/analysis/{kind}")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     results: dict[str, Any] = {}
-    files: list[Path] = []
-    table_rows: list[list[Any]] = []
+    table_rows: Rows = []
+    headers: list[str] = []
     shown: Tensor | None = None
     for s in subjects:
         size = img_size or s.img_size
         s.model.grid_for(size)  # clear error for a bad size
         real = image_batch("real", images, size, seed, data, data_root, cache_dir)
-        if kind == "equivariance":
-            p = s.model.patch_size
-            offs = offsets or sorted({1, 2, p // 2, p, 2 * p, 3 * p} - {0})
-            r = equivariance(s, normalise(real, s), offs, shift_mode)
-            whole = next((d for d in offs if d % p == 0), offs[-1])
-            table_rows.append([s.label, f"{r['error'][str(whole)][0]:.3g}", f"{r['error'][str(whole)][-1]:.3g}",
-                               f"{r['agreement'][str(whole)]:.1f}", f"{min(r['agreement'].values()):.1f}"])
-            headers = ["model", f"error @{whole}px stage 0", f"error @{whole}px last", f"top-1 kept @{whole}px (%)",
-                       "worst top-1 kept (%)"]
-        elif kind == "position":
-            half = images // 2
-            kinds = {
-                "real": (real[:half], real[half:]),
-                "constant": (image_batch("constant", half, size, seed), image_batch("constant", half, size, seed + 1)),
-                "noise": (image_batch("noise", half, size, seed), image_batch("noise", half, size, seed + 1)),
-            }
-            r = position_probe(s, kinds)
-            table_rows.append([s.label] + [f"{max(r[k]['spearman']):.3f}" for k in kinds]
-                              + [f"{r['constant']['spearman'][-1]:.3f}", f"{r['constant']['mae'][-1]:.3f}"])
-            headers = ["model"] + [f"best ρ {k}" for k in kinds] + ["ρ constant, last", "MAE constant, last"]
-        elif kind == "attention":
-            r = attention_analysis(s, normalise(real[: min(images, 16)], s), blocks)
-            md = torch.tensor(r["mean_distance"]).mean(1)
-            table_rows.append([s.label, f"{md[0]:.2f}", f"{md[len(md) // 2]:.2f}", f"{md[-1]:.2f}",
-                               f"{md.min():.2f}", f"{r['uniform_distance']:.2f}", f"{r['row_sums_max_error']:.1e}"])
-            headers = ["model", "mean dist block 0 (px)", "middle", "last", "lowest block", "uniform attention",
-                       "max |row sum - 1|"]
-            shown = real[0] if shown is None else shown
-        else:
-            headers = ["model", "PEG after block", "border/interior (constant)", "interior spread (constant)",
-                       "border/interior (real)"]
-            if not hasattr(getattr(s.model, "pos_block", None), "generators_at"):
-                print(f"skipping {s.label}: it has no PEG")
-                continue
-            const = image_batch("constant", 1, size, seed)
-            r = {"constant": peg_response(s, normalise(const, s)), "real": peg_response(s, normalise(real, s))}
-            for key, c in r["constant"].items():
-                table_rows.append([s.label, key.split("@")[1], f"{c['border_mean'] / max(c['interior_mean'], 1e-12):.3f}",
-                                   f"{c['interior_spread']:.2e}",
-                                   f"{r['real'][key]['border_mean'] / max(r['real'][key]['interior_mean'], 1e-12):.3f}"])
-        results[s.label] = r
+        shown = real[0] if shown is None else shown
+        r, rows, headers = ANALYSES[kind].run(s, Inputs(real, size, seed, images, offsets, shift_mode, blocks))
+        table_rows += rows
+        if r is not None:
+            results[s.label] = r
     if not results:
         raise ValueError(f"none of {', '.join(specs)} has a PEG; `cpvt analyze peg` needs a CPVT-style model")
-    if kind == "equivariance":
-        files.append(plot_equivariance(results, subjects[0].model.patch_size, out_dir / "equivariance.png"))
-    elif kind == "position":
-        files.extend(plot_position(results, out_dir / "position_curves.png", out_dir / "position_maps.png"))
-    elif kind == "attention":
-        files.extend(plot_attention(results, shown, out_dir / "attention_distance.png", out_dir / "attention_maps.png"))
-    else:
-        files.append(plot_peg(results, out_dir / "peg_response.png"))
-    meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed}
+    files = ANALYSES[kind].plot(results, subjects, shown, out_dir)
+    meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed,
+            **({"overrides": overrides} if overrides else {})}
     (out_dir / f"{kind}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(format_table(table_rows, headers))
     print("\nwrote " + ", ".join(str(f) for f in files + [out_dir / f"{kind}.json"]))

@@ -15,9 +15,7 @@ new checkpoint, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from .fileio import atomic_path
 
 FORMAT = "cpvt-checkpoint-1"
 
@@ -34,17 +34,8 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -156,6 +147,19 @@ class Checkpoint:
         cuda = [self.tensors[k] for k in sorted(self.tensors) if k.startswith("rng/cuda/")]
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).exists():
+                return p / name
+        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
+    return p
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

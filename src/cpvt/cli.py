@@ -2,11 +2,18 @@
 
     cpvt models [PATTERN]                 list registered models
     cpvt encodings                        list position encodings and their options
-    cpvt info MODEL [--img-size N] [--json] [--set key=value ...]
+    cpvt info MODEL [--img-size N] [--json] [--set model.key=value ...]
     cpvt train --model M --data D [...]   train (see `cpvt train -h`)
     cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F]
     cpvt demo                             train 3 micro models and test them at 3 resolutions
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
+    cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
+    cpvt export RUN_OR_MODEL [--format onnx|pt2] [--out F]   dynamic batch/height/width, verified at 3+ sizes
+    cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F]
+
+Every command takes overrides one way: ``--set KEY=VALUE`` (repeatable), with
+``model.KEY`` for a model option; values are Python literals (``[0, 1]``,
+``True``, ``5e-4``) or else strings.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from . import __version__
 from .info import count_params, model_info
 from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
-from .config import RECIPES, parse_set
+from .analyze import ANALYSES
+from .config import RECIPES, model_options, parse_set
 from .errors import RunLocked, TrainingDiverged
 from .table import format_table
 
@@ -45,6 +53,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         return parse_set(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_set(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """The one ``--set`` option every command shares (see the module docstring)."""
+    parser.add_argument("--set", type=parse_override, action="append", metavar=metavar, help=f"{help}; repeatable")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -73,7 +86,7 @@ def cmd_encodings(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    model = create_model(args.model, **dict(args.set or []))
+    model = create_model(args.model, **model_options(args.set, "info"))
     info = model_info(model, args.img_size)
     if args.json:
         info["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model.model_args.items()}
@@ -114,12 +127,7 @@ def _default_recipe(data: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_runs, plot_results, results_table, write_json
 
-    overrides = {}
-    for text in args.set or []:
-        key, value = parse_set(text)
-        if not key.startswith("model.") or key == "model.":
-            raise ValueError(f"eval --set takes model options only (model.<key>=<value>), got {text!r}")
-        overrides[key[len("model."):]] = value
+    overrides = model_options(args.set, "eval")
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
                             batch_size=args.batch_size, device=args.device, data_root=args.data_root,
                             cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides, compile=args.compile)
@@ -157,7 +165,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     analyze(args.kind, args.models, data=args.data, out=args.out, images=args.images, img_size=args.img_size,
             seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
-            data_root=args.data_root, cache_dir=args.cache_dir)
+            data_root=args.data_root, cache_dir=args.cache_dir, overrides=model_options(args.set, "analyze"))
     return 0
 
 
@@ -167,13 +175,52 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     source = load_checkpoint(args.weights)
     fmt = args.format or detect_format(source.weights)
-    model = load_converted(args.model, source.weights, fmt, **dict(args.set or []))
+    model = load_converted(args.model, source.weights, fmt, **model_options(args.set, "convert"))
     classes = [str(i) for i in range(model.num_classes)]
     save_checkpoint(args.out, model, config={"model": args.model, "img_size": model.img_size[0], "converted_from": fmt},
                     classes=classes)
     print(f"{args.weights} ({fmt}) -> {args.out}: {args.model}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, loaded strictly")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    sizes = [s if isinstance(s, tuple) else (s, s) for s in (args.verify_sizes or [])]
+    report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
+                    sizes=sizes, tol=args.tol, overrides=model_options(args.set, "export"), verify=not args.no_verify)
+    opset = f", opset {report['opset']}" if report["opset"] else ""
+    print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
+          f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
+    if report["verified"]:
+        backend = "onnxruntime" if report["format"] == "onnx" else "torch.export.load"
+        rows = [[r["size"], f"{r['max_abs_diff']:.2e}", f"{r['max_abs_logit']:.2f}"] for r in report["verified"]]
+        print(format_table(rows, ["size", f"max |{backend} - pytorch|", "max |logit|"]))
+        print(f"verified at {len(rows)} sizes: every difference within {report['tolerance']:.0e}")
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_predictions, predict
+
+    preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
+                    batch_size=args.batch_size)
+    print(format_predictions(preds))
+    if args.json:
+        preds.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if preds.results else 1
+
+
+def parse_size_list(text: str) -> list[int | tuple[int, int]]:
+    """``"224,384,256x320"`` -> [224, 384, (256, 320)]."""
+    return [parse_size(t) for t in text.split(",") if t.strip()]
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -188,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cpvt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _model_commands(sub)
+    _training_commands(sub)
+    _tool_commands(sub)
+    _deploy_commands(sub)
+    return p
+
+
+def _model_commands(sub) -> None:
+    """models, encodings, info: what the registry holds."""
     s = sub.add_parser("models", help="list registered models")
     s.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'cpvt_ti*'")
     s.set_defaults(fn=cmd_models)
@@ -198,10 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="parameters, FLOPs and token grid of a model")
     s.add_argument("model")
     s.add_argument("--img-size", type=parse_size, default=None, help="N or HxW (default: the model's own)")
-    s.add_argument("--set", type=parse_override, action="append", metavar="KEY=VALUE", help="model override, repeatable")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.peg_positions=[0,1]")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(fn=cmd_info)
 
+
+def _training_commands(sub) -> None:
+    """train, eval, demo, reproduce."""
     s = sub.add_parser("train", help="train a model (DeiT recipe by default)")
     s.add_argument("--model", help="registry name (see `cpvt models`)")
     s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
@@ -212,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", help=f"built-in ({', '.join(RECIPES)}) or a .toml path; default: by --data")
     s.add_argument("--data-root", help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")
     s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable; model.<key> for the model")
+    add_set(s, "KEY=VALUE", "config override; model.KEY for a model option")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     s.set_defaults(fn=cmd_train)
@@ -230,19 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write results to this JSON file")
     s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
     s.add_argument("--compile", action="store_true", help="torch.compile each model once for all sizes")
-    s.add_argument("--set", action="append", metavar="model.KEY=VALUE",
-                   help="rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
+    add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished demo runs")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for all three runs")
+    add_set(s, "KEY=VALUE", "config override for all three runs; model.KEY for a model option")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
     s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
-    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~3 h, 2 cores) | gpu (~25 min, one H200)")
+    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~25 h, 2 cores) | gpu (~25 min, one H200)")
     s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's)")
     s.add_argument("--rows", help="train only these rows, comma-separated file names (peg,ape); the report keeps "
                                   "every finished run")
@@ -253,17 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir")
     s.set_defaults(fn=cmd_reproduce)
 
+
+def _tool_commands(sub) -> None:
+    """convert, analyze."""
     s = sub.add_parser("convert", help="other projects' weights (timm Twins, official / HF CvT) -> cpvt checkpoint")
     s.add_argument("weights", help="a state dict (.pth/.pt, weights only) or .safetensors file")
     s.add_argument("out", help="the cpvt checkpoint to write (.safetensors)")
     s.add_argument("--model", required=True, help="registry name, e.g. twins_pcpvt_small or cvt_13")
     s.add_argument("--format", help="timm-twins | cvt-official | cvt-hf (default: detected from the keys)")
-    s.add_argument("--set", action="append", type=parse_override, metavar="KEY=VALUE",
-                   help="model override, e.g. num_classes=10")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
     s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("analyze", help="equivariance, position probe, attention and PEG maps of models or runs")
-    s.add_argument("kind", choices=["equivariance", "position", "attention", "peg"])
+    s.add_argument("kind", choices=list(ANALYSES), help="; ".join(f"{k}: {a.help}" for k, a in ANALYSES.items()))
     s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders")
     s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
     s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
@@ -275,8 +335,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blocks", type=parse_sizes, help="attention: blocks whose query maps are drawn (default: first, middle, last)")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
+    add_set(s, "model.KEY=VALUE", "model option for every model given (MODEL:key=value sets one model's)")
     s.set_defaults(fn=cmd_analyze)
-    return p
+
+
+def _deploy_commands(sub) -> None:
+    """export, predict."""
+    s = sub.add_parser("export", help="ONNX / torch.export file with dynamic batch, height and width, verified")
+    s.add_argument("run_or_model", help="a run folder or checkpoint, or a registry name (random weights)")
+    s.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2 (torch.export)")
+    s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>)")
+    s.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
+    s.add_argument("--img-size", type=int, help="size traced at export (default: the run's training size)")
+    s.add_argument("--verify-sizes", type=parse_size_list, help="sizes to verify, e.g. 224,384,256x320 "
+                   "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
+    s.add_argument("--tol", type=float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
+    s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
+    add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
+    s.add_argument("--json", help="write the export report (sizes and differences) here")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("predict", help="classify images with a trained run (PyTorch or an exported ONNX file)")
+    s.add_argument("run", help="run folder or checkpoint file (gives the classes and preprocessing)")
+    s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)")
+    s.add_argument("--img-size", type=int, help="input size (default: the run's training size)")
+    s.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    s.add_argument("--json", help="write predictions and skipped files here")
+    s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(fn=cmd_predict)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 
+# ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
+# checkpoint here uses unless its config says otherwise.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Defaults are DeiT's ImageNet recipe (SPEC.md section 2)."""
+    """Every knob of a training run. Defaults are DeiT's ImageNet recipe (Touvron et al. 2021), as CPVT (Chu et al. 2023) trains."""
 
     # what to train, on what
     model: str = "deit_tiny"
@@ -64,8 +70,8 @@ class TrainConfig:
     randaug_n: int = 2  # RandAugment ops per image; 0: off
     randaug_m: int = 9  # magnitude (0-30, as in timm's "rand-m9-mstd0.5")
     reprob: float = 0.25  # random erasing probability
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875  # eval: resize to size / crop_pct, centre-crop size
     # running
     seed: int = 0
@@ -154,7 +160,11 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
 
 
 def parse_set(text: str) -> tuple[str, Any]:
-    """``key=value``: the value is a Python literal if it parses as one, else a string."""
+    """``key=value``: the value is a Python literal if it parses as one, else a string.
+
+    The one parser of overrides: every ``--set`` of every command and the ``MODEL:key=value``
+    specs of ``cpvt analyze`` go through it.
+    """
     if "=" not in text:
         raise ValueError(f"expected key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -165,11 +175,30 @@ def parse_set(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def resolve_config(recipe: str | None = None, flags: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
-    """Defaults <- recipe <- flags (None values ignored) <- ``--set`` pairs."""
+Override = tuple[str, Any]
+
+
+def _pairs(sets: list[str | Override] | None) -> list[Override]:
+    return [p if isinstance(p, tuple) else parse_set(p) for p in sets or []]
+
+
+def model_options(sets: list[str | Override] | None, command: str) -> dict[str, Any]:
+    """The model options of ``--set model.KEY=VALUE`` pairs, for commands that take nothing else
+    (``info``, ``eval``, ``convert``, ``analyze``); any other key is a ValueError naming the syntax."""
+    options = {}
+    for key, value in _pairs(sets):
+        if not key.startswith("model.") or key == "model.":
+            raise ValueError(f"{command} --set takes model options only (model.<key>=<value>), got {key!r}")
+        options[key[len("model."):]] = value
+    return options
+
+
+def resolve_config(recipe: str | None = None, flags: dict[str, Any] | None = None,
+                   sets: list[str | Override] | None = None) -> TrainConfig:
+    """Defaults <- recipe <- flags (None values ignored) <- ``--set`` pairs (``"key=value"`` or parsed)."""
     cfg = TrainConfig()
     if recipe:
         apply_overrides(cfg, load_recipe(recipe))
     apply_overrides(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
-    apply_overrides(cfg, dict(parse_set(s) for s in sets or []))
+    apply_overrides(cfg, dict(_pairs(sets)))
     return cfg

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .augment import EvalTransform, TrainAugment, mix_batch
 from .checkpoint import Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainConfig
+from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .data.base import DataError, Split
 from .errors import TrainingDiverged
 from .runlock import run_lock
@@ -140,8 +140,8 @@ def evaluate(
     model: nn.Module,
     split: Split,
     device: torch.device,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     batch_size: int = 256,
     amp: str = "auto",
     info: DistInfo = DistInfo(),
@@ -247,10 +247,40 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict[str, Any]:
+@dataclass
+class TrainState:
+    """One training job between steps: what :func:`setup` builds and the loop pieces share."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    out: Path
+    model: nn.Module  # the weights (checkpoints save this)
+    runner: nn.Module  # the model, or its compiled wrapper: what runs forward
+    ddp: nn.Module  # the runner, wrapped for DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: AveragedModel | None
+    order: BatchOrder
+    augment: dict[int, TrainAugment]  # per training size
+    tokens: dict[int, int]  # tokens per image, per size (picks the attention backend)
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    train_split: Split
+    val_split: Split
+    config: dict[str, Any]  # cfg as saved with every checkpoint
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished in the current epoch (resume mid-epoch)
+    best: float = -1.0  # best validation top-1 so far
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(self.augment)
+
+
+def _resume_checkpoint(cfg: TrainConfig, resume: bool, info: DistInfo) -> Checkpoint | None:
+    """The run's last checkpoint when resuming (its config must match), else None."""
     out = Path(cfg.out)
-    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
-    ckpt: Checkpoint | None = None
+    last_path = out / "last.safetensors"
     if resume and info.is_main and out.exists():
         remove_stale_temporaries(out)
     if resume and last_path.exists():
@@ -259,23 +289,34 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         if diff:
             raise ValueError(f"--resume with a different config than the run in {out}: " + "; ".join(diff))
         _log(info, f"resuming {out} from epoch {ckpt.progress['epoch']} step {ckpt.progress['step']}")
-    elif resume:
+        return ckpt
+    if resume:
         _log(info, f"nothing to resume in {out}: starting a new run")
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    return None
 
-    torch.manual_seed(cfg.seed)
+
+def _train_sizes(cfg: TrainConfig) -> tuple[int, ...]:
+    """The training sizes (mixed resolution) or the one ``img_size``, checked; fills in a missing ``img_size``."""
     if cfg.img_size is None:
         with torch.device("meta"):
             cfg.img_size = int(create_model(cfg.model, **cfg.model_args).img_size[0])
     sizes = tuple(cfg.train_sizes) or (cfg.img_size,)
     if any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
         raise ValueError(f"train_sizes must be positive integers (px), got {list(cfg.train_sizes)}")
-    source, train_split, val_split = load_data(cfg, info)
-    num_classes = train_split.num_classes
-    model = create_model(
-        cfg.model, **{"num_classes": num_classes, "img_size": cfg.img_size, "drop_path_rate": cfg.drop_path, **cfg.model_args}
-    )
+    return sizes
+
+
+def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: torch.device) -> TrainState:
+    """Seed, load the data, build the model, optimiser, schedule and EMA, restore ``ckpt``; write config.json.
+
+    The order of the random draws (model init under ``seed``, then augmentation
+    streams under ``seed + rank``) is part of what makes a run reproducible.
+    """
+    torch.manual_seed(cfg.seed)
+    sizes = _train_sizes(cfg)
+    _, train_split, val_split = load_data(cfg, info)
+    model = create_model(cfg.model, **{"num_classes": train_split.num_classes, "img_size": cfg.img_size,
+                                       "drop_path_rate": cfg.drop_path, **cfg.model_args})
     tokens = {s: math.prod(model.grid_for(s)) + model.num_prefix for s in {cfg.img_size, *sizes}}  # a clear error now
     model.to(device)
     torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process
@@ -284,102 +325,131 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.scaled_lr(), betas=cfg.betas)
     scheduler = build_scheduler(optimizer, cfg, order.steps)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
-    epoch, step, best = 0, 0, -1.0
+    progress = {"epoch": 0, "step": 0, "best_top1": -1.0}
     if ckpt is not None:
         model.load_state_dict(ckpt.weights, strict=True)
         ckpt.restore_training(optimizer, scheduler, ema)
-        epoch, step, best = ckpt.progress["epoch"], ckpt.progress["step"], ckpt.progress.get("best_top1", -1.0)
+        progress = {"best_top1": -1.0, **ckpt.progress}
     # compiled: one module for training and evaluation (its weights are the model's; checkpoints save the model)
     runner = compile_model(model, dynamic=True if len(sizes) > 1 else None) if cfg.compile else model
     ddp = torch.nn.parallel.DistributedDataParallel(runner) if info.enabled else runner
-
-    augment = {s: TrainAugment(cfg, s).to(device) for s in sizes}
-    dtype = autocast_dtype(device, cfg.amp)
-    config = cfg.to_dict()
+    st = TrainState(cfg, info, device, Path(cfg.out), model, runner, ddp, optimizer, scheduler, ema, order,
+                    {s: TrainAugment(cfg, s).to(device) for s in sizes}, tokens, autocast_dtype(device, cfg.amp),
+                    train_split, val_split, cfg.to_dict(), progress["epoch"], progress["step"], progress["best_top1"])
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2))
+        st.out.mkdir(parents=True, exist_ok=True)
+        (st.out / "config.json").write_text(json.dumps(st.config, indent=2))
         n_params = sum(p.numel() for p in model.parameters())
         _log(info, f"{cfg.model} ({n_params:,} params) on {cfg.data}: {len(train_split):,} train / {len(val_split):,} "
-             f"val images at {cfg.img_size}px, {num_classes} classes; {cfg.epochs} epochs x {order.steps} steps of "
-             f"{cfg.batch_size} at {'/'.join(map(str, sizes))}px on {info.world_size} x {device.type}, "
-             f"amp={dtype or 'off'}")
+             f"val images at {cfg.img_size}px, {train_split.num_classes} classes; {cfg.epochs} epochs x {order.steps} "
+             f"steps of {cfg.batch_size} at {'/'.join(map(str, sizes))}px on {info.world_size} x {device.type}, "
+             f"amp={st.dtype or 'off'}")
+    return st
 
-    def save_last(e: int, s: int) -> None:
-        if info.is_main:
-            save_checkpoint(last_path, model, config=config, classes=train_split.classes, optimizer=optimizer,
-                            scheduler=scheduler, ema=ema, progress={"epoch": e, "step": s, "best_top1": best})
 
-    log_path = out / "log.jsonl"
+def save_last(st: TrainState, epoch: int, step: int) -> None:
+    """The resumable checkpoint (weights, optimiser, schedule, EMA, RNG, progress), written atomically."""
+    if st.info.is_main:
+        save_checkpoint(st.out / "last.safetensors", st.model, config=st.config, classes=st.train_split.classes,
+                        optimizer=st.optimizer, scheduler=st.scheduler, ema=st.ema,
+                        progress={"epoch": epoch, "step": step, "best_top1": st.best})
+
+
+def train_step(st: TrainState, idx: Tensor, size: int) -> Tensor:
+    """One optimiser step on the samples ``idx`` at input size ``size``; returns the loss.
+
+    Raises :class:`TrainingDiverged` (on every process) if the loss is not finite.
+    """
+    cfg, device = st.cfg, st.device
+    x = st.augment[size](st.train_split.images[idx].to(device, non_blocking=True))
+    x, target = mix_batch(x, st.train_split.labels[idx].to(device), st.train_split.num_classes, cfg)
+    with attention_context(cfg, device, st.tokens[size]), torch.autocast(
+        device.type, dtype=st.dtype or torch.float32, enabled=st.dtype is not None
+    ):
+        logits = st.ddp(x)
+    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+    bad = torch.tensor(float(not torch.isfinite(loss)), device=device)
+    if all_reduce_sum(bad, st.info).item() > 0:
+        last = st.out / "last.safetensors"
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at epoch {st.epoch + 1} step {st.step + 1}; stopping. The last good "
+            f"checkpoint is kept in {last if last.exists() else '(none written yet)'}. "
+            f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
+        )
+    st.optimizer.zero_grad(set_to_none=True)
+    with attention_context(cfg, device, st.tokens[size]):
+        loss.backward()
+    if cfg.clip_grad:
+        nn.utils.clip_grad_norm_(st.model.parameters(), cfg.clip_grad)
+    st.optimizer.step()
+    st.scheduler.step()
+    if st.ema is not None:
+        st.ema.update_parameters(st.model)
+    return loss
+
+
+def train_one_epoch(st: TrainState) -> dict[str, Any]:
+    """The rest of epoch ``st.epoch`` from step ``st.step``; returns its log record (loss, lr, speed)."""
+    cfg, order = st.cfg, st.order
+    st.ddp.train()
+    t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=st.device)
+    bar = tqdm(range(st.step, order.steps), desc=f"epoch {st.epoch + 1}/{cfg.epochs}", leave=False,
+               disable=None if st.info.is_main else True, file=sys.stderr)  # None: off when not a terminal
+    size_of_step = step_sizes(st.sizes, cfg.seed, st.epoch, order.steps)
+    for step in bar:
+        st.step = step
+        idx = order.indices(st.epoch, step)
+        loss = train_step(st, idx, size_of_step[step])
+        loss_sum += loss.detach() * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
+        if cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and step + 1 < order.steps:
+            save_last(st, st.epoch, step + 1)
+    bar.close()
+    st.epoch, st.step = st.epoch + 1, 0
+    elapsed = time.perf_counter() - t0
+    stats = torch.stack([loss_sum, torch.tensor(float(seen), device=st.device)])
+    all_reduce_sum(stats, st.info)
+    return {"epoch": st.epoch, "train_loss": stats[0].item() / max(stats[1].item(), 1),
+            "lr": st.optimizer.param_groups[0]["lr"], "img_per_s": stats[1].item() / elapsed, "epoch_time_s": elapsed}
+
+
+def validate(st: TrainState, record: dict[str, Any]) -> None:
+    """Top-1/top-5 on the validation split (and of the EMA) into ``record``; a new best is saved as best.safetensors."""
+    cfg = st.cfg
+    val = evaluate(st.runner, st.val_split, st.device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, st.info)
+    record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+    if st.ema is not None:
+        val_ema = evaluate(st.ema.module, st.val_split, st.device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp,
+                           st.info)
+        record.update(val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
+    if val["top1"] > st.best:
+        st.best = val["top1"]
+        if st.info.is_main:
+            save_checkpoint(st.out / "best.safetensors", st.model, config=st.config, classes=st.train_split.classes,
+                            progress={"epoch": st.epoch, "step": 0, "best_top1": st.best})
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict[str, Any]:
+    """Setup, then per epoch: train, validate when due, checkpoint, log."""
+    ckpt = _resume_checkpoint(cfg, resume, info)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    st = setup(cfg, ckpt, info, device)
     metrics: dict[str, Any] = {}
-    while epoch < cfg.epochs:
-        ddp.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        bar = tqdm(range(step, order.steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if info.is_main else True, file=sys.stderr)  # None: off when not a terminal
-        size_of_step = step_sizes(sizes, cfg.seed, epoch, order.steps)
-        for step in bar:
-            idx, size = order.indices(epoch, step), size_of_step[step]
-            x = augment[size](train_split.images[idx].to(device, non_blocking=True))
-            x, target = mix_batch(x, train_split.labels[idx].to(device), num_classes, cfg)
-            with attention_context(cfg, device, tokens[size]), torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                logits = ddp(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
-            bad = torch.tensor(float(not torch.isfinite(loss)), device=device)
-            if all_reduce_sum(bad, info).item() > 0:
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; stopping. The last good "
-                    f"checkpoint is kept in {last_path if last_path.exists() else '(none written yet)'}. "
-                    f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            with attention_context(cfg, device, tokens[size]):
-                loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and step + 1 < order.steps:
-                save_last(epoch, step + 1)
-        bar.close()
-        epoch, step = epoch + 1, 0
-        elapsed = time.perf_counter() - t0
-        stats = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
-        all_reduce_sum(stats, info)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": stats[0].item() / max(stats[1].item(), 1),
-            "lr": optimizer.param_groups[0]["lr"],
-            "img_per_s": stats[1].item() / elapsed,
-            "epoch_time_s": elapsed,
-        }
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val = evaluate(runner, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
-            record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
-            if ema is not None:
-                val_ema = evaluate(ema.module, val_split, device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, info)
-                record.update(val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
-            if val["top1"] > best:
-                best = val["top1"]
-                if info.is_main:
-                    save_checkpoint(best_path, model, config=config, classes=train_split.classes,
-                                    progress={"epoch": epoch, "step": 0, "best_top1": best})
-        save_last(epoch, 0)
+    while st.epoch < cfg.epochs:
+        record = train_one_epoch(st)
+        if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
+            validate(st, record)
+        save_last(st, st.epoch, 0)
         if info.is_main:
-            with open(log_path, "a") as f:
+            with open(st.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             _log(info, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         metrics = record
-    metrics = {**metrics, "best_val_top1": best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
-               "params": sum(p.numel() for p in model.parameters())}
+    metrics = {**metrics, "best_val_top1": st.best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
+               "params": sum(p.numel() for p in st.model.parameters())}
     if info.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (st.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     barrier(info)
     return metrics

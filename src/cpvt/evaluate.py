@@ -16,23 +16,31 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .data.base import DataError
-from .engine import evaluate
+from .engine import compile_model, compiled_graphs, evaluate
 from .table import format_table
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (p / name).exists():
-                return p / name
-        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
-    return p
+def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device):
+    """A run's checkpoint and its model, rebuilt with ``overrides``, on ``dev`` in eval mode."""
+    ckpt = load_checkpoint(resolve_checkpoint(run))
+    if not ckpt.meta:
+        raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
+    try:
+        return ckpt, ckpt.build_model(**(overrides or {})).to(dev).eval()
+    except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
+        raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
+                         f"{overrides}: {str(e).splitlines()[0]}") from None
+
+
+def _check_classes(run: str, ckpt, model, name: str, source) -> None:
+    if len(source.classes) != model.num_classes:
+        raise DataError(
+            f"{run} was trained on {model.num_classes} classes but {name!r} has {len(source.classes)}: "
+            f"evaluate on the data it was trained on (its classes: {', '.join(ckpt.classes[:10])}...)"
+        )
 
 
 def evaluate_runs(
@@ -63,15 +71,8 @@ def evaluate_runs(
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     results, sources = [], {}
     for run in runs:
-        ckpt = load_checkpoint(resolve_checkpoint(run))
+        ckpt, model = _trained_model(run, model_overrides, dev)
         cfg = ckpt.config
-        if not ckpt.meta:
-            raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
-        try:
-            model = ckpt.build_model(**(model_overrides or {})).to(dev).eval()
-        except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
-            raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
-                             f"{model_overrides}: {str(e).splitlines()[0]}") from None
         sizes = img_sizes or [cfg.get("img_size") or model.img_size[0]]
         for s in sizes:
             model.grid_for(s)  # clear error before any decoding
@@ -80,11 +81,7 @@ def evaluate_runs(
         if key not in sources:
             sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
         source = sources[key]
-        if len(source.classes) != model.num_classes:
-            raise DataError(
-                f"{run} was trained on {model.num_classes} classes but {name!r} has {len(source.classes)}: "
-                f"evaluate on the data it was trained on (its classes: {', '.join(ckpt.classes[:10])}...)"
-            )
+        _check_classes(run, ckpt, model, name, source)
         split = "val" if "val" in source.splits else "test"
         pct = crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)
         row: dict[str, Any] = {
@@ -92,11 +89,9 @@ def evaluate_runs(
             "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
             **({"model_overrides": model_overrides} if model_overrides else {}),
         }
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
         runner, graphs = model, 0
         if compile:
-            from .engine import compile_model, compiled_graphs
-
             runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)

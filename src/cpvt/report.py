@@ -16,10 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .experiments import NOT_INHERITED, TABLES, dataset_entries, environment, load_claims, load_rows, scales_of
 from .plotting import pyplot, save
 from .table import format_table
-
-BASELINES = {"T1": "t1_encodings/ape", "T3": "t3_placement/pos0", "T4": "t4_peg/kernel3"}
 
 
 class Stats:
@@ -271,14 +270,37 @@ def _cost_baselines(cost: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str], results: list[dict[str, Any]],
                  cost: list[dict[str, Any]] | None, out: Path, command: str, elapsed: float) -> Path:
-    from .reproduce import TITLES, dataset_entries, environment, load_claims, load_rows, scales_of
-
     rows = load_rows(root)
     entries = {e["name"]: e for e in dataset_entries(spec)}
     tested = {d: [f"{s:g}" for s in scales_of(e, spec)] for d, e in entries.items()}
     # a dataset's results count only at the scales its budget entry tests now (CIFAR-10: 1x only)
     res = Results([{**r, "scales": {k: v for k, v in r["scales"].items() if k in tested.get(r["data"], [k])}}
                    for r in results], rows)
+    lines = _header(budget, spec, results, command, elapsed)
+    studies = [d for d in res.datasets if entries.get(d, {}).get("study")]
+    for data in res.datasets:
+        if data not in studies:
+            lines += _dataset_section(res, data, entries.get(data, {}), rows, results, tables, tested, out)
+    if studies:
+        lines += _why_section(res, entries, rows, results, studies, tested, out)
+    if cost:
+        lines += [f"## {TABLES['T5'].title}", ""]
+        lines += _t5_table(cost, rows)
+        png = plot_cost(cost, rows, out / "t5_cost.png")
+        lines += ["", f"![T5]({png.name})", ""]
+    # resolution claims only where the dataset has a T2 (CIFAR-10's 2x was upsampling: dropped, see its note)
+    summary = [v for data in res.datasets if data not in studies for c in load_claims(root)
+               if ("T2" in entries.get(data, {}).get("tables", ["T2"]) or "@" not in f"{c['a']}{c['b']}")
+               and (v := judge(c, res, data)) is not None]
+    lines += _claims_section(summary)
+    (out / "results.json").write_text(json.dumps({"budget": budget, "command": command, "runs": results, "cost": cost,
+                                                  "claims": summary}, indent=2))
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _header(budget: str, spec: dict[str, Any], results: list[dict[str, Any]], command: str, elapsed: float) -> list[str]:
     lines = [f"# CPVT reproduction, `{budget}` budget", ""]
     lines += [f"Produced by `{command}` on {_dt.date.today().isoformat()} ({environment()}); "
               f"this invocation took {elapsed / 60:.1f} min (finished runs are reused, so a rerun is quick; "
@@ -289,74 +311,63 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
               "Paper numbers are ImageNet-1k, 300 epochs, 224 px (CPVT, Chu et al. 2023, Tables 1-3); ours are far smaller, so "
               "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
               ""]
-    summary: list[dict[str, Any]] = []
-    studies = [d for d in res.datasets if entries.get(d, {}).get("study")]
-    for data in res.datasets:
-        entry = entries.get(data, {})
-        if data in studies:
+    return lines
+
+
+def _dataset_section(res: Results, data: str, entry: dict[str, Any], rows: dict[str, Any],
+                     results: list[dict[str, Any]], tables: list[str], tested: dict[str, list[str]],
+                     out: Path) -> list[str]:
+    """One dataset: its setup, then each table it runs, drawn by the table's kind."""
+    sample = next(r for r in results if r["data"] == data)
+    scales = tested.get(data, list(sample["sizes"]))
+    sizes = {s: sample["sizes"][s] for s in scales}
+    runs = [r for r in results if r["data"] == data]
+    lines = [f"## {data}", ""]
+    lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
+              f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
+              f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
+              f"on {sample.get('eval_images') or 'all'} held-out images. {len(runs)} runs, "
+              f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
+              f"evaluation.{_flatness(runs)}", ""]
+    if entry.get("note"):
+        lines += [entry["note"].strip(), ""]
+    for table, spec in TABLES.items():
+        if spec.kind == "cost" or table not in tables or table not in entry.get("tables", []):
             continue
-        sample = next(r for r in results if r["data"] == data)
-        scales = tested.get(data, list(sample["sizes"]))
-        sizes = {s: sample["sizes"][s] for s in scales}
-        runs = [r for r in results if r["data"] == data]
-        lines += [f"## {data}", ""]
-        lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
-                  f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
-                  f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
-                  f"on {sample.get('eval_images') or 'all'} held-out images. {len(runs)} runs, "
-                  f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
-                  f"evaluation.{_flatness(runs)}", ""]
-        if entry.get("note"):
-            lines += [entry["note"].strip(), ""]
-        for table in ("T1", "T2", "T3", "T4"):
-            if table not in tables or table not in entry.get("tables", []):
-                continue
-            trows = [r for r in rows.values() if r.table == table]
-            lines += [f"### {TITLES[table]}", ""]
-            stem = f"{table.lower()}_{data}"
-            if table == "T2":
-                lines += _t2_table(res, data, trows, scales, sizes)
-                png = plot_resolution(res, data, trows, scales, sizes, out / f"{stem}.png")
-            else:
-                base = BASELINES[table]
-                lines += _delta_table(res, data, table, trows, base)
-                png = plot_deltas(res, data, table, trows, base, out / f"{stem}.png", f"{TITLES[table]} — {data}")
-            lines += ["", f"![{table} {data}]({png.name})", ""]
-    if studies:
-        lines += _why_section(res, entries, rows, results, studies, tested, out)
-    if cost:
-        lines += [f"## {TITLES['T5']}", ""]
-        lines += _t5_table(cost, rows)
-        png = plot_cost(cost, rows, out / "t5_cost.png")
-        lines += ["", f"![T5]({png.name})", ""]
-    claims = load_claims(root)
-    # resolution claims only where the dataset has a T2 (CIFAR-10's 2x was upsampling: dropped, see its note)
-    verdicts = [v for data in res.datasets if data not in studies for c in claims
-                if ("T2" in entries.get(data, {}).get("tables", ["T2"]) or "@" not in f"{c['a']}{c['b']}")
-                and (v := judge(c, res, data)) is not None]
-    if verdicts:
-        n_ok = sum(v["ok"] for v in verdicts)
-        n_checked = sum(v["checked"] for v in verdicts)
-        n_clear = sum(v["ok"] and not v["within_noise"] for v in verdicts)
-        lines += ["## The paper's claims, checked", "",
-                  f"{n_ok} of {n_checked} checks go the paper's way, {n_clear} of them by more than the seed noise. \"Within seed noise\" marks a difference "
-                  "smaller than its noise estimate (the sd of the per-seed paired difference over sqrt(n), or, "
-                  "with one seed, the pooled seed sd times sqrt 2): its direction is not established by this run.", ""]
-        for v in verdicts:
-            if not v["checked"]:
-                lines.append(f"- ➖ **{v['verdict']}** [{v['data']}]: {v['claim']}; paper {v['paper']}.")
-                continue
-            mark = "✅" if v["ok"] and not v["within_noise"] else ("⚠️" if v["within_noise"] else "❌")
-            noise = f", noise {v['noise']:.2f}" if v["noise"] is not None else ""
-            lines.append(f"- {mark} **{v['verdict']}** [{v['data']}]: {v['claim']}. Ours {v['a']:.2f} vs "
-                         f"{v['b']:.2f} ({v['diff']:+.2f}{noise}; {v['noise_basis']}); paper {v['paper']}.")
-        lines.append("")
-        summary = verdicts
-    (out / "results.json").write_text(json.dumps({"budget": budget, "command": command, "runs": results, "cost": cost,
-                                                  "claims": summary}, indent=2))
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+        trows = [r for r in rows.values() if r.table == table]
+        stem = f"{table.lower()}_{data}"
+        lines += [f"### {spec.title}", ""]
+        if spec.kind == "resolution":
+            lines += _t2_table(res, data, trows, scales, sizes)
+            png = plot_resolution(res, data, trows, scales, sizes, out / f"{stem}.png")
+        else:
+            lines += _delta_table(res, data, table, trows, spec.baseline)
+            png = plot_deltas(res, data, table, trows, spec.baseline, out / f"{stem}.png", f"{spec.title} — {data}")
+        lines += ["", f"![{table} {data}]({png.name})", ""]
+    return lines
+
+
+def _claims_section(verdicts: list[dict[str, Any]]) -> list[str]:
+    """Each claim's verdict on each dataset, with a count of those that go the paper's way."""
+    if not verdicts:
+        return []
+    n_ok = sum(v["ok"] for v in verdicts)
+    n_checked = sum(v["checked"] for v in verdicts)
+    n_clear = sum(v["ok"] and not v["within_noise"] for v in verdicts)
+    lines = ["## The paper's claims, checked", "",
+             f"{n_ok} of {n_checked} checks go the paper's way, {n_clear} of them by more than the seed noise. "
+             "\"Within seed noise\" marks a difference smaller than its noise estimate (the sd of the per-seed paired "
+             "difference over sqrt(n), or, with one seed, the pooled seed sd times sqrt 2): its direction is not "
+             "established by this run.", ""]
+    for v in verdicts:
+        if not v["checked"]:
+            lines.append(f"- ➖ **{v['verdict']}** [{v['data']}]: {v['claim']}; paper {v['paper']}.")
+            continue
+        mark = "✅" if v["ok"] and not v["within_noise"] else ("⚠️" if v["within_noise"] else "❌")
+        noise = f", noise {v['noise']:.2f}" if v["noise"] is not None else ""
+        lines.append(f"- {mark} **{v['verdict']}** [{v['data']}]: {v['claim']}. Ours {v['a']:.2f} vs "
+                     f"{v['b']:.2f} ({v['diff']:+.2f}{noise}; {v['noise_basis']}); paper {v['paper']}.")
+    return lines + [""]
 
 
 def _changed(entry: dict[str, Any], base: dict[str, Any]) -> str:
@@ -366,8 +377,6 @@ def _changed(entry: dict[str, Any], base: dict[str, Any]) -> str:
         for k, v in entry.get(group, {}).items():
             if base.get(group, {}).get(k) != v:
                 diffs.append(f"`{k}` {json.dumps(base.get(group, {}).get(k, 'default'))} → {json.dumps(v)}")
-    from .reproduce import NOT_INHERITED
-
     for k, v in entry.items():
         if k not in ("train", "model_args", "seeds", "tables", *NOT_INHERITED) and base.get(k) != v:
             diffs.append(f"`{k}` {json.dumps(base.get(k))} → {json.dumps(v)}")

@@ -24,143 +24,30 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
-import platform
 import statistics
-import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig, apply_overrides, resolve_config
+from .engine import autocast_dtype, train
 from .errors import RunLocked
+from .evaluate import evaluate_runs
+from .experiments import (  # noqa: F401 (the experiment definitions, re-exported for scripts)
+    DEIT_SIZES, NOT_INHERITED, TABLES, TITLES, Row, TableSpec, dataset_entries, environment, experiments_dir,
+    load_budget, load_claims, load_rows, parse_tables, scales_of,
+)
+from .fileio import write_text_atomic
+from .info import count_flops, count_params
+from .models import create_model
+from .models import model_args as registry_args
+from .pos import all_encoding_options
+from .report import write_report
 from .runlock import run_lock
-
-TABLES = ("T1", "T2", "T3", "T4", "T5")
-TRAINED = ("T1", "T3", "T4")  # tables whose rows train a model (T2 reuses T1's runs, T5 trains nothing)
-DEIT_SIZES = {"ti": "tiny", "s": "small", "b": "base"}
-TITLES = {
-    "T1": "T1: position encodings (top-1 at the training resolution)",
-    "T2": "T2: resolution, trained at one size and tested without fine-tuning",
-    "T3": "T3: where the PEG goes",
-    "T4": "T4: what makes a PEG work",
-    "T5": "T5: cost",
-}
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def experiments_dir(path: str | Path | None = None) -> Path:
-    """``path``, else ``$CPVT_EXPERIMENTS``, else ``./experiments``, else the repository's."""
-    candidates = [path, os.environ.get("CPVT_EXPERIMENTS"), "experiments", Path(__file__).resolve().parents[2] / "experiments"]
-    for c in candidates:
-        if c is not None and (Path(c) / "budgets.toml").exists():
-            return Path(c)
-    where = path or os.environ.get("CPVT_EXPERIMENTS") or "./experiments"
-    raise ValueError(f"no experiments folder with a budgets.toml at {where}; pass --experiments DIR (the repository's experiments/)")
-
-
-@dataclass
-class Row:
-    """One table row: a file under ``experiments/<table folder>/``."""
-
-    id: str  # "t1_encodings/peg"
-    table: str
-    label: str
-    model: str | None = None  # may contain {size}
-    model_args: dict[str, Any] = field(default_factory=dict)
-    paper: dict[str, Any] = field(default_factory=dict)
-    run: str | None = None  # T2: the T1 row whose runs it reads
-    order: int = 0  # position in its table
-    highlight: bool = False  # T2: drawn thick in the resolution plot
-
-    @property
-    def name(self) -> str:
-        """The file name without ``.toml`` (``peg`` for ``t1_encodings/peg``): what ``--rows`` takes."""
-        return self.id.split("/", 1)[1]
-
-
-def load_rows(root: Path) -> dict[str, Row]:
-    rows: dict[str, Row] = {}
-    for path in sorted(root.glob("t*/*.toml")):
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-        rid = f"{path.parent.name}/{path.stem}"
-        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order", "highlight"}
-        if unknown or d.get("table") not in TABLES:
-            raise ValueError(f"{path}: needs table = one of {TABLES}; unknown keys {sorted(unknown)}")
-        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)), bool(d.get("highlight", False)))
-    for r in rows.values():
-        if r.table == "T2" and r.run not in rows:
-            raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")
-        if r.table != "T2" and not r.model:
-            raise ValueError(f"experiments/{r.id}.toml: needs model = ...")
-    return dict(sorted(rows.items(), key=lambda kv: (kv[1].table, kv[1].order, kv[0])))
-
-
-def load_budget(root: Path, name: str) -> dict[str, Any]:
-    with open(root / "budgets.toml", "rb") as f:
-        budgets = tomllib.load(f)
-    if name not in budgets:
-        raise ValueError(f"unknown budget {name!r}; {root / 'budgets.toml'} defines {', '.join(budgets)}")
-    return budgets[name]
-
-
-NOT_INHERITED = ("name", "base", "note", "study", "rows", "row_seeds")
-
-
-def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
-    """A budget's ``[[datasets]]`` entries, resolved.
-
-    Each entry is named by ``name`` (default: its ``data``); runs and records go under that name.
-    ``base = "<name>"`` starts from an earlier entry: every key this one does not set, except
-    ``note``, ``study``, ``rows`` and ``row_seeds``, with ``train`` and ``model_args`` merged key by
-    key. ``rows = [...]`` limits the entry to those rows (file stems), and ``study = "..."`` marks a
-    variant of the protocol measured for the report's "why" section rather than for the tables.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for raw in budget.get("datasets", []):
-        entry = dict(raw)
-        if "base" in entry:
-            if entry["base"] not in out:
-                raise ValueError(f"dataset entry {entry.get('name', entry.get('data'))!r}: base {entry['base']!r} "
-                                 f"is not an earlier entry (entries: {', '.join(out) or 'none'})")
-            base = out[entry["base"]]
-            merged = {k: v for k, v in base.items() if k not in NOT_INHERITED}
-            for key in ("train", "model_args"):
-                merged[key] = {**base.get(key, {}), **entry.pop(key, {})}
-            entry = {**merged, **entry}
-        if "data" not in entry:
-            raise ValueError(f"dataset entry {entry.get('name')!r} needs data = ... (or a base)")
-        entry["name"] = entry.get("name", entry["data"])
-        if entry["name"] in out:
-            raise ValueError(f"two dataset entries are named {entry['name']!r}; give one a name = ...")
-        out[entry["name"]] = entry
-    return list(out.values())
-
-
-def load_claims(root: Path) -> list[dict[str, Any]]:
-    path = root / "claims.toml"
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        return tomllib.load(f).get("claim", [])
-
-
-def parse_tables(spec: str) -> list[str]:
-    """``all``, ``T1`` or ``t1,t3`` -> canonical table names, in order."""
-    if spec.lower() == "all":
-        return list(TABLES)
-    out = []
-    for part in spec.replace(" ", "").split(","):
-        t = part.upper()
-        if t not in TABLES:
-            raise ValueError(f"unknown table {part!r}; choose from {', '.join(TABLES)} or all (comma-separate several)")
-        out.append(t)
-    return sorted(set(out), key=TABLES.index)
-
 
 # ----------------------------------------------------------------------------- formulas
 
@@ -211,11 +98,6 @@ def _seeds(table: str, row: Row, entry: dict, budget: dict, override: int | None
     return int(per_row or entry.get("seeds", {}).get(t) or budget.get("seeds", {}).get(t) or 1)
 
 
-def scales_of(entry: dict, budget: dict) -> list[float]:
-    """Test scales of one dataset: its own ``scales``, else the budget's."""
-    return [float(s) for s in entry.get("scales", budget.get("scales", [1.0]))]
-
-
 def select_rows(rows: dict[str, Row], tables: list[str], names: str | None) -> set[str] | None:
     """``--rows peg,ape``: the ids of the named rows in ``tables`` (a file stem or ``folder/stem``); None: all."""
     if not names:
@@ -238,8 +120,6 @@ def _test_sizes(img_size: int, patch: int, scales: list[float]) -> dict[str, int
 def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_root: str | None = None,
                cache_dir: str | None = None):
     """The TrainConfig of one (row, dataset, seed): recipe <- budget [train] <- model <- model_args <- seed."""
-    from .config import apply_overrides, resolve_config
-    from .models import model_args as registry_args
 
     size = entry.get("size", budget.get("size", "micro"))
     family = row.model.split("_")[0]  # DeiT sizes are spelled out (deit_tiny), CPVT's abbreviated (cpvt_ti)
@@ -248,10 +128,6 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
                                                "data_root": data_root, "cache_dir": cache_dir})
     apply_overrides(cfg, dict(entry.get("train", {})))
     args = {**entry.get("model_args", {}), **row.model_args}
-    import torch
-
-    from .models import create_model
-
     with torch.device("meta"):  # the model's shape, no memory
         base = create_model(model, **{k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))})
     img_size = int(cfg.img_size or base.img_size[0])
@@ -259,8 +135,6 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     names = {"depth": len(base.blocks), "grid": img_size // patch}
     cfg.model_args = {k: evaluate_formula(v[1:], **names) if isinstance(v, str) and v.startswith("=") else v
                       for k, v in args.items()}
-    from .pos import all_encoding_options
-
     defaults = {**all_encoding_options(), **registry_args(model)}
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     # an override equal to the model's default is dropped, so rows that mean the same run share it
@@ -276,8 +150,6 @@ def run_name(cfg) -> str:
     So a config field added later, whose default keeps the old behaviour, leaves
     every finished run's name (and its committed record) valid.
     """
-    from .config import TrainConfig
-
     defaults = TrainConfig().to_dict()
     key = {k: v for k, v in cfg.to_dict().items()
            if k not in ("out", "seed", "data_root", "cache_dir", "workers", "compile") and v != defaults.get(k)}
@@ -324,17 +196,11 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Train (or resume) one run, then evaluate its final weights at every test size."""
-    from .engine import autocast_dtype, train
-    from .evaluate import evaluate_runs
-    from .info import count_params
-    from .checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     metrics = train(job.config, resume=True)
@@ -346,8 +212,6 @@ def run_job(job: Job) -> dict[str, Any]:
     log = job.dir / "log.jsonl"
     curve = [[r["epoch"], r["val_top1"]] for r in map(json.loads, log.read_text().splitlines()) if "val_top1" in r] \
         if log.exists() else []
-    import torch
-
     result = {
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
@@ -368,11 +232,6 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """T5: parameters, FLOPs and inference throughput, measured round-robin in one process (ratios compare)."""
-    import torch
-
-    from .info import count_flops, count_params
-    from .models import create_model
-
     path = out / "cost.json"
     key = {"rows": [r.id for r in rows], "cost": cost}
     if path.exists():
@@ -456,8 +315,6 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     # the report covers every finished run of the tables, not only the selected rows;
     # the rows a run serves come from today's plan (a row added later may share a finished run)
     results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.done]
-    from .report import write_report
-
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
                         command=_command(tables, budget, seeds, out, rows), elapsed=time.perf_counter() - t0)
     print(f"\nreport: {path}", flush=True)
@@ -473,10 +330,3 @@ def _command(tables: str, budget: str, seeds: int | None, out: str | None, rows:
     if out:
         parts += ["--out", out]
     return " ".join(parts)
-
-
-def environment() -> str:
-    import torch
-
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, torch {torch.__version__}" + (
-        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")

@@ -69,6 +69,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from ..fileio import write_text_atomic
 from .base import DataError, Split
 
 __all__ = [
@@ -360,7 +361,7 @@ class ImageFolderSource:
             "classes": self.classes, "labels": kept_labels, "skipped": skipped,
         }
         os.replace(images, _with(stem, ".npy"))
-        _atomic_write_text(_with(stem, ".json"), json.dumps(meta))
+        write_text_atomic(_with(stem, ".json"), json.dumps(meta))
         cached = self._load_cache(stem, key, size)
         if cached is None:  # pragma: no cover - would mean the file system lost what was just written
             raise DataError(f"could not read back the cache just written at {stem}.npy")
@@ -492,12 +493,3 @@ def _remove(path) -> None:
         pass
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise

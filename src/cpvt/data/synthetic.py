@@ -203,6 +203,29 @@ def _as_indices(indices) -> Tensor:
 # Scene parameters.
 
 
+def _distractors(u: Tensor, color: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Distractor discs from the uniform streams ``u``: centres, radii, colours (away from the shape's), mask."""
+    n_range = N_DISTRACTORS_MAX - N_DISTRACTORS_MIN + 1
+    n_dist = N_DISTRACTORS_MIN + (u[:, _S_NDIST] * n_range).to(torch.int64).clamp_(max=n_range - 1)
+    d = u[:, _S_DIST:_S_ZOOM].reshape(-1, N_DISTRACTORS_MAX, 6)
+    dr = D_MIN + (D_MAX - D_MIN) * d[..., 2]
+    dx, dy = d[..., 0], d[..., 1]
+    d_off = DISTRACTOR_MIN_DIFF + (1.0 - 2 * DISTRACTOR_MIN_DIFF) * d[..., 3:6]
+    dcolor = torch.remainder(color[:, None, :] + d_off, 1.0)
+    dmask = torch.arange(N_DISTRACTORS_MAX)[None, :] < n_dist[:, None]
+    return dx, dy, dr, dcolor, dmask
+
+
+def _zoom_factor(u: Tensor, zoom: tuple[float, float], cx: Tensor, cy: Tensor, r: Tensor) -> Tensor:
+    """Per-scene zoom about the centre: log-uniform in ``zoom``, capped so the main shape stays inside."""
+    lo_z, hi_z = (float(z) for z in zoom)
+    if not 0 < lo_z <= hi_z:
+        raise ValueError(f"zoom must be a range 0 < low <= high, got {zoom}")
+    z = torch.exp(math.log(lo_z) + (math.log(hi_z) - math.log(lo_z)) * u[:, _S_ZOOM])
+    reach = torch.maximum((cx - 0.5).abs(), (cy - 0.5).abs()) + 0.5 * r  # centre + r/2, from the image centre
+    return torch.minimum(z, 0.5 / reach)  # at most a quarter of the box is cut by the border
+
+
 def make_scene_params(seed: int, split_id: int, indices: Tensor,
                       zoom: tuple[float, float] = (1.0, 1.0)) -> dict[str, Tensor]:
     """Continuous scene parameters for ``indices`` (int64, any order) of one split.
@@ -238,21 +261,8 @@ def make_scene_params(seed: int, split_id: int, indices: Tensor,
     bg_off = BG_MIN_DIFF + (1.0 - 2 * BG_MIN_DIFF) * u[:, _S_BG : _S_BG + 3]
     bg = torch.remainder(color + bg_off, 1.0)
 
-    n_range = N_DISTRACTORS_MAX - N_DISTRACTORS_MIN + 1
-    n_dist = N_DISTRACTORS_MIN + (u[:, _S_NDIST] * n_range).to(torch.int64).clamp_(max=n_range - 1)
-    d = u[:, _S_DIST:_S_ZOOM].reshape(-1, N_DISTRACTORS_MAX, 6)
-    dr = D_MIN + (D_MAX - D_MIN) * d[..., 2]
-    dx, dy = d[..., 0], d[..., 1]
-    d_off = DISTRACTOR_MIN_DIFF + (1.0 - 2 * DISTRACTOR_MIN_DIFF) * d[..., 3:6]
-    dcolor = torch.remainder(color[:, None, :] + d_off, 1.0)
-    dmask = torch.arange(N_DISTRACTORS_MAX)[None, :] < n_dist[:, None]
-
-    lo_z, hi_z = (float(z) for z in zoom)
-    if not 0 < lo_z <= hi_z:
-        raise ValueError(f"zoom must be a range 0 < low <= high, got {zoom}")
-    z = torch.exp(math.log(lo_z) + (math.log(hi_z) - math.log(lo_z)) * u[:, _S_ZOOM])
-    reach = torch.maximum((cx - 0.5).abs(), (cy - 0.5).abs()) + 0.5 * r  # centre + r/2, from the image centre
-    z = torch.minimum(z, 0.5 / reach)  # at most a quarter of the box is cut by the border
+    dx, dy, dr, dcolor, dmask = _distractors(u, color)
+    z = _zoom_factor(u, zoom, cx, cy, r)
     cx, cy, r = 0.5 + z * (cx - 0.5), 0.5 + z * (cy - 0.5), z * r
     dx, dy, dr = 0.5 + z[:, None] * (dx - 0.5), 0.5 + z[:, None] * (dy - 0.5), z[:, None] * dr
 

@@ -1,7 +1,7 @@
 """Multi-head self-attention through ``scaled_dot_product_attention``.
 
 There is one attention class; position enters it only through the
-:class:`~cpvt.pos.BlockPosition` the model hands it: an additive logit bias
+:class:`~cpvt.tokens.BlockPosition` the model hands it: an additive logit bias
 (relative bias, passed to SDPA as a float mask), RoPE angles, an optional
 Q/K-only input or replaced q/k/v inputs (conv projection).
 
@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..pos.base import BlockPosition, Grid
-from ..pos.rope import rotate_pairs
+from ..tokens import BlockPosition, Grid, is_exporting, rotate_pairs
 
 
 class Attention(nn.Module):
@@ -82,7 +81,8 @@ class Attention(nn.Module):
             raise ValueError("windowed attention takes no class token (use global_pool='avg')")
         b, _, c = x.shape
         s = self.window
-        hp, wp = -(-grid.h // s) * s, -(-grid.w // s) * s
+        hp, wp = (grid.h + s - 1) // s * s, (grid.w + s - 1) // s * s  # ceil to a multiple of s (no negative
+        # floor division: ONNX's integer Div truncates, so -(-h // s) would round the wrong way in an export)
         fmap = F.pad(x.reshape(b, grid.h, grid.w, c), (0, 0, 0, wp - grid.w, 0, hp - grid.h))
         groups = fmap.reshape(b, hp // s, s, wp // s, s, c).transpose(2, 3).reshape(-1, s * s, c)
         return groups, (hp, wp)
@@ -132,7 +132,10 @@ class Attention(nn.Module):
             self.last_attn = (logits if mask is None else logits + mask.float()).softmax(dim=-1).detach()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
                                            dropout_p=self.attn_drop if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(q.shape[0], q.shape[2], c)  # (B or B*groups, T, C)
+        y = y.transpose(1, 2)
+        if is_exporting():  # a real copy: the ONNX exporter's decomposition of SDPA can give the output strides
+            y = y.clone(memory_format=torch.contiguous_format)  # that a view (what reshape became) cannot take
+        y = y.reshape(q.shape[0], q.shape[2], c)  # (B or B*groups, T, C)
         if self.window:
             y = self._unwindow(y, pos.grid, padded, b)
         return self.proj_drop(self.proj(y))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..pos.base import BlockPosition
+from ..tokens import BlockPosition
 from .attention import Attention
 from .drop_path import DropPath
 from .mlp import Mlp

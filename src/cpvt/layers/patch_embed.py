@@ -4,23 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..pos.base import Grid
-
-
-def check_image(x: Tensor, in_chans: int, patch_size: int) -> None:
-    """Raise a ValueError that names the problem if ``x`` is not a valid input."""
-    if x.ndim != 4:
-        raise ValueError(f"expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
-    c, h, w = x.shape[1:]
-    if c != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {c} (input shape {tuple(x.shape)})")
-    if h < patch_size or w < patch_size or h % patch_size or w % patch_size:
-        p = patch_size
-        raise ValueError(
-            f"input size {h}x{w} is not valid for patch size {p}: height and width must be positive "
-            f"multiples of {p} (any aspect ratio), e.g. {max(p, h // p * p)}x{max(p, w // p * p)} "
-            f"or {(h // p + 1) * p}x{(w // p + 1) * p}"
-        )
+from ..tokens import Grid, check_image
 
 
 class PatchEmbed(nn.Module):

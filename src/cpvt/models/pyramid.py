@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, PositionEncoding, build_position_encodings
-from .vit import ClassifierAPI, EncodingSlots, _init_linear, _pair, run_blocks
+from .base import ClassifierAPI, EncodingSlots, init_linear, pair, run_blocks
 
 
 def _per_stage(value: Any, n: int, name: str) -> tuple:
@@ -65,6 +65,12 @@ class PyramidStage(EncodingSlots, nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x, Grid(grid.h, grid.w, self.num_prefix)
+
+
+def _check_choices(**options: tuple[Any, tuple[Any, ...]]) -> None:
+    for name, (value, allowed) in options.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
 
 
 class PyramidTransformer(ClassifierAPI, nn.Module):
@@ -118,11 +124,8 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
         mlp_ratios, sr_ratios, windows = (_per_stage(v, n, k) for v, k in (
             (mlp_ratios, "mlp_ratios"), (sr_ratios, "sr_ratios"), (windows, "windows")))
         stage_opts = _per_stage(stage_pos_options or {}, n, "stage_pos_options")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if attn_scale not in ("head", "dim"):
-            raise ValueError(f"attn_scale must be 'head' or 'dim', got {attn_scale!r}")
-        img_size = _pair(img_size)
+        _check_choices(global_pool=(global_pool, ("token", "avg")), attn_scale=(attn_scale, ("head", "dim")))
+        img_size = pair(img_size)
         self.patch_size = math.prod(patch_sizes)  # total stride: inputs must be multiples of it
         check_image(torch.empty(1, in_chans, *img_size, device="meta"), in_chans, self.patch_size)
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
@@ -149,14 +152,18 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
         self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(_init_linear)
-        for stage in self.stages:  # encodings keep their own initialisation
+        self.head.apply(init_linear)
+        self._init_stages()
+        self.save_flat_params_by_slot()
+
+    def _init_stages(self) -> None:
+        """Twins' initialisation of the embeddings, blocks and class token; encodings keep their own."""
+        for stage in self.stages:
             for module in (stage.patch_embed, stage.blocks):
                 if not isinstance(module, PositionEncoding):
                     module.apply(_init_weights)
             if stage.cls_token is not None:
                 nn.init.trunc_normal_(stage.cls_token, std=0.02)
-        self.save_flat_params_by_slot()
 
     def position_encodings(self) -> list[PositionEncoding]:
         """Every stage's encodings, stage by stage."""
@@ -186,7 +193,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
 
 def _init_weights(m: nn.Module) -> None:
     """Linear: trunc-normal(0.02); convolutions (embeddings, key sub-sampling): He normal on fan-out (Twins)."""
-    _init_linear(m)
+    init_linear(m)
     if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -67,10 +68,46 @@ def model_args(name: str, **overrides: Any) -> dict[str, Any]:
     return {**fn(), **overrides}
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("cpvt_ti", num_classes=10, peg_kernel_size=5)``."""
+def create_model(name: str, *, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("cpvt_ti", num_classes=10, peg_kernel_size=5)``.
+
+    ``pretrained``: a cpvt checkpoint or run folder (``best``, else ``last``), a file
+    written by ``cpvt convert``, or a plain state dict (``.pth`` / ``.safetensors``,
+    e.g. timm's DeiT weights). The weights load strictly: a missing, unexpected or
+    mis-shaped tensor is a :class:`~cpvt.checkpoint.CheckpointError` naming it. A cpvt
+    checkpoint's stored options (``num_classes``, ``peg_kernel_size``, ...) are the
+    defaults under ``overrides``; one saved from another model is refused.
+    """
     cls, _ = _lookup(name)
+    ckpt = None
+    if pretrained:  # None or False (timm's spelling): random initialisation
+        from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+        ckpt = load_checkpoint(resolve_checkpoint(pretrained))
+        saved = ckpt.meta.get("model_name")
+        if saved is not None and saved != name:
+            raise CheckpointError(f"{pretrained} holds a {saved!r} model, not {name!r}: "
+                                  f"create_model({saved!r}, pretrained=...) or cpvt.load_run({str(pretrained)!r})")
+        overrides = {**ckpt.meta.get("model_args", {}), **overrides}
     args = model_args(name, **overrides)
     model = cls(**args)
     model.model_name, model.model_args = name, args
+    if ckpt is not None:
+        load_strict(model, ckpt.weights, source=str(pretrained))
     return model
+
+
+def load_strict(model: nn.Module, weights: dict[str, Any], source: str) -> None:
+    """``model.load_state_dict(weights, strict=True)``, its failure one CheckpointError that names the tensors."""
+    from ..checkpoint import CheckpointError
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k} {tuple(weights[k].shape)} (model: {tuple(own[k].shape)})"
+              for k in sorted(set(own) & set(weights)) if tuple(weights[k].shape) != tuple(own[k].shape)]
+    problems = [f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''} ({len(items)})"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if items]
+    if problems:
+        raise CheckpointError(f"{source} does not fit {model.model_name}: " + "; ".join(problems))
+    model.load_state_dict(weights, strict=True)

@@ -14,12 +14,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..tokens import grid_cached, grid_positions
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
-    """ALiBi's per-head slopes, as its reference code computes them.
+    """:func:`alibi_slope_list` as a float32 tensor."""
+    return torch.tensor(alibi_slope_list(num_heads), dtype=torch.float32)
+
+
+def alibi_slope_list(num_heads: int) -> list[float]:
+    """ALiBi's per-head slopes, as its reference code computes them (plain numbers, so they
+    exist even while a model is built on the meta device).
 
     For a power of two H: ``2 ** (-8 h / H)``, h = 1..H. Otherwise, with P the
     largest power of two below H: the P slopes of P heads, then every other
@@ -32,8 +38,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
         return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
 
     p = 1 << (num_heads.bit_length() - 1)
-    slopes = power_of_two(p) if p == num_heads else power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return power_of_two(p) if p == num_heads else power_of_two(p) + power_of_two(2 * p)[0::2][: num_heads - p]
 
 
 class ALiBi2D(PositionEncoding):
@@ -59,22 +64,20 @@ class ALiBi2D(PositionEncoding):
 
     def distances(self, grid: Grid) -> Tensor:
         """(T, T) Euclidean distance between token grid positions; 0 on prefix rows and columns."""
-        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
-        if key not in self._dist_cache:
+        def compute() -> Tensor:
             ys, xs = grid_positions(grid.h, grid.w, self.slopes.device)
             pos = torch.stack([ys, xs], dim=1)
             d = torch.zeros(grid.num_tokens, grid.num_tokens, device=self.slopes.device)
             d[grid.num_prefix :, grid.num_prefix :] = torch.cdist(pos, pos)
-            self._dist_cache[key] = d
-        return self._dist_cache[key]
+            return d
+
+        return grid_cached(self._dist_cache, (grid.h, grid.w, grid.num_prefix, self.slopes.device), compute)
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
         if self.learned:
             return -self.slopes[:, None, None] * self.distances(grid)  # (heads, T, T)
-        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)
-        if key not in self._bias_cache:  # fixed slopes: the same bias for every block
-            self._bias_cache[key] = -self.slopes[:, None, None] * self.distances(grid)
-        return self._bias_cache[key]
+        key = (grid.h, grid.w, grid.num_prefix, self.slopes.device)  # fixed slopes: the same bias for every block
+        return grid_cached(self._bias_cache, key, lambda: -self.slopes[:, None, None] * self.distances(grid))
 
     def extra_repr(self) -> str:
         return f"heads={len(self.slopes)}, learned={self.learned}"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from .base import Grid, ModelShape, PositionEncoding, is_exporting
 
 
 def resample_abs_pos_embed(
@@ -23,8 +23,14 @@ def resample_abs_pos_embed(
     shrinking, prefix entries kept as they are. The identity on its own grid.
 
     This is the one helper every checkpoint filter and the model share.
+
+    While the model is being exported (:func:`~cpvt.pos.base.is_exporting`) the
+    shortcut is skipped, so the exported graph resamples for whatever grid it is
+    given (the shortcut would bake the export grid's table in; at the export grid
+    the bicubic resampling is the identity). Eager and compiled runs take the
+    shortcut exactly as before.
     """
-    if tuple(new_grid) == tuple(old_grid):
+    if not is_exporting() and tuple(new_grid) == tuple(old_grid):
         return table
     prefix, patches = table[:, :num_prefix], table[:, num_prefix:]
     c = table.shape[-1]

@@ -25,7 +25,9 @@ holds. The model stores each scheme under the attribute named by its ``slot``
 timm's and the official code's key names.
 
 Nothing here knows the input resolution in advance: every hook receives a
-:class:`Grid` and must work for any ``H x W``.
+:class:`Grid` and must work for any ``H x W``. (:class:`Grid` and
+:class:`BlockPosition` live in :mod:`cpvt.tokens`, below both this package and
+:mod:`cpvt.layers`; they are re-exported here.)
 """
 
 from __future__ import annotations
@@ -36,37 +38,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class Grid:
-    """Token layout of one forward pass: ``num_prefix`` tokens (the class token),
-    then an ``h x w`` grid of patch tokens in row-major order."""
-
-    h: int
-    w: int
-    num_prefix: int = 0
-
-    @property
-    def num_patches(self) -> int:
-        return self.h * self.w
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prefix + self.h * self.w
-
-    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, P+N, C) -> prefix (B, P, C), patch tokens (B, N, C)."""
-        return x[:, : self.num_prefix], x[:, self.num_prefix :]
-
-    def to_map(self, tokens: Tensor) -> Tensor:
-        """Patch tokens (B, N, C) -> feature map (B, C, H, W)."""
-        b, n, c = tokens.shape
-        return tokens.transpose(1, 2).reshape(b, c, self.h, self.w)
-
-    @staticmethod
-    def from_map(fmap: Tensor) -> Tensor:
-        """Feature map (B, C, H, W) -> patch tokens (B, N, C)."""
-        return fmap.flatten(2).transpose(1, 2)
+from ..tokens import BlockPosition, Grid, grid_cached, is_exporting  # noqa: F401 (part of this interface)
 
 
 @dataclass(frozen=True)
@@ -81,26 +53,6 @@ class ModelShape:
     mlp_hidden: int = 0  # hidden width of the feed-forward networks
     patch_size: int = 16
     in_chans: int = 3
-
-
-@dataclass
-class BlockPosition:
-    """What the encodings hand to one transformer block.
-
-    ``attn_bias`` (heads, T, T) is added to the attention logits; ``qk_delta``
-    (B, T, C) is added to the input of the query and key projections only (a
-    PEG in Q/K-only mode), so the values see the un-encoded tokens.
-    ``qk_angles`` rotates channel pairs ``(2i, 2i+1)`` of the patch tokens'
-    queries and keys (RoPE); prefix tokens are not rotated.
-    """
-
-    grid: Grid
-    attn_bias: Tensor | None = None
-    qk_delta: Tensor | None = None
-    qk_angles: Tensor | None = None  # (heads or 1, N, head_dim / 2): rotation of patch-token q/k pairs
-    ffn_hidden: Callable[[Tensor], Tensor] | None = None  # applied to the MLP's hidden tokens (ConvFFN)
-    qkv_tokens: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None  # normed x -> q/k/v inputs (CvT)
-    content_bias: Callable[[Tensor], Tensor] | None = None  # normed x (B, T, C) -> logit bias (B, heads, T, T)
 
 
 class PositionEncoding(nn.Module):

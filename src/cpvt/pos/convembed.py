@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from ..tokens import Grid, check_image, check_odd_kernel
+from .base import ModelShape, PositionEncoding
 
 
 class ConvEmbed(PositionEncoding):
@@ -35,8 +36,7 @@ class ConvEmbed(PositionEncoding):
     def __init__(self, shape: ModelShape, kernel_size: int | None = None, padding: int | None = None):
         super().__init__()
         k = 2 * shape.patch_size - 1 if kernel_size is None else int(kernel_size)
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"convembed_kernel_size must be a positive odd number, got {k}")
+        check_odd_kernel("convembed_kernel_size", k)
         s = shape.patch_size
         pad = (k - 1) // 2 if padding is None else int(padding)
         if not (k - s) / 2 <= pad < k / 2:
@@ -47,8 +47,6 @@ class ConvEmbed(PositionEncoding):
         self.norm = nn.LayerNorm(shape.dim, eps=1e-5)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
-        from ..layers.patch_embed import check_image
-
         check_image(x, self.in_chans, self.patch_size)
         x = self.proj(x)  # (B, D, H/p, W/p)
         return self.norm(Grid.from_map(x)), Grid(x.shape[2], x.shape[3])

@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from ..tokens import Grid, check_odd_kernel, map_patches
+from .base import ModelShape, PositionEncoding
 
 
 class ConvFFN(PositionEncoding):
@@ -38,8 +39,7 @@ class ConvFFN(PositionEncoding):
 
     def __init__(self, shape: ModelShape, kernel_size: int = 3, layers: Sequence[int] | None = None):
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"convffn_kernel_size must be a positive odd number, got {kernel_size}")
+        check_odd_kernel("convffn_kernel_size", kernel_size)
         if not shape.mlp_hidden:
             raise ValueError("ConvFFN needs the model's MLP hidden size (ModelShape.mlp_hidden)")
         if layers is None:
@@ -59,12 +59,7 @@ class ConvFFN(PositionEncoding):
         if str(layer) not in self.convs:
             return None
         conv = self.convs[str(layer)]
-
-        def apply(h: Tensor) -> Tensor:
-            prefix, patches = grid.split(h)
-            return torch.cat([prefix, Grid.from_map(conv(grid.to_map(patches)))], dim=1)
-
-        return apply
+        return lambda h: map_patches(h, grid, conv)
 
     def no_weight_decay(self) -> set[str]:
         return set()  # part of the network, decayed like the MLP (PVTv2)

@@ -24,7 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from ..tokens import Grid, check_odd_kernel, map_patches
+from .base import ModelShape, PositionEncoding
 
 
 def conv_bn(dim: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -52,8 +53,7 @@ class ConvProjection(PositionEncoding):
 
     def __init__(self, shape: ModelShape, kernel_size: int = 3, kv_stride: int = 2):
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"convproj_kernel_size must be a positive odd number, got {kernel_size}")
+        check_odd_kernel("convproj_kernel_size", kernel_size)
         if kv_stride < 1:
             raise ValueError(f"convproj_kv_stride must be >= 1, got {kv_stride}")
         self.kernel_size, self.kv_stride = kernel_size, kv_stride
@@ -69,11 +69,7 @@ class ConvProjection(PositionEncoding):
 
     def qkv_tokens(self, grid: Grid, layer: int) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
         def project(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            prefix, patches = grid.split(x)
-            fmap = grid.to_map(patches)
-            return tuple(
-                torch.cat([prefix, Grid.from_map(conv[layer](fmap))], dim=1) for conv in (self.q, self.k, self.v)
-            )
+            return tuple(map_patches(x, grid, conv[layer]) for conv in (self.q, self.k, self.v))
 
         return project
 

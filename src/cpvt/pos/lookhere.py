@@ -41,9 +41,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .alibi import alibi_slopes
+from ..tokens import grid_cached, grid_positions
+from .alibi import alibi_slope_list
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 # Each direction decides, from the key's offset (dy, dx) = key - query in rows and columns
 # (rows grow downwards), whether the key is visible. Boundaries are inclusive.
@@ -105,7 +105,7 @@ def head_plan(heads: str, num_heads: int) -> tuple[list[str], list[float]]:
     directions, slopes = [], []
     for g in groups:
         directions += [GROUPS[g][i % 4] for i in range(per)]
-        slopes += alibi_slopes(per).tolist() if g == "none" else [DIRECTED_SLOPE] * per
+        slopes += alibi_slope_list(per) if g == "none" else [DIRECTED_SLOPE] * per
     return directions, slopes
 
 
@@ -153,10 +153,8 @@ class LookHere(PositionEncoding):
 
     def maps(self, grid: Grid) -> Tensor:
         device = self.slopes.device
-        key = (grid.h, grid.w, grid.num_prefix, device)
-        if key not in self._cache:  # one (heads, T, T) map per grid; each block only rescales it
-            self._cache[key] = lookhere_maps(grid, self.directions, self.head_slopes, device)
-        return self._cache[key]
+        key = (grid.h, grid.w, grid.num_prefix, device)  # one (heads, T, T) map per grid; each block only rescales it
+        return grid_cached(self._cache, key, lambda: lookhere_maps(grid, self.directions, self.head_slopes, device))
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
         return -(self.global_slope * self.layer_scale[layer]) * self.maps(grid)

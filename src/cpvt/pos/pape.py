@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tokens import grid_cached, grid_positions
 from .base import Grid, ModelShape, PositionEncoding
-from .rope import grid_positions
 
 
 def default_parabolas(head_dim: int) -> int:
@@ -71,12 +71,12 @@ class PaPE(PositionEncoding):
 
     def positions(self, grid: Grid) -> Tensor:
         """(T, 2) (column, row) of every token; prefix tokens at (-1, -1)."""
-        key = (grid.h, grid.w, grid.num_prefix, self.position.device)
-        if key not in self._positions:
+        def compute() -> Tensor:
             ys, xs = grid_positions(grid.h, grid.w, self.position.device)
             prefix = torch.full((grid.num_prefix, 2), -1.0, device=self.position.device)
-            self._positions[key] = torch.cat([prefix, torch.stack([xs, ys], dim=1)])
-        return self._positions[key]
+            return torch.cat([prefix, torch.stack([xs, ys], dim=1)])
+
+        return grid_cached(self._positions, (grid.h, grid.w, grid.num_prefix, self.position.device), compute)
 
     def bias(self, x: Tensor, grid: Grid, layer: int) -> Tensor:
         """Normed tokens (B, T, C) -> logit bias (B, heads, T, T), float32."""

@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from ..tokens import Grid, check_odd_kernel, map_patches
+from .base import ModelShape, PositionEncoding
 
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
 KINDS = ("depthwise", "separable")
@@ -101,8 +103,7 @@ class PEG(PositionEncoding):
                 f"peg_positions {list(positions)} invalid for depth {shape.depth}: each must be in "
                 f"[-1, {last}] (-1 = before block 0, i = after block i; Q/K-only needs {what})"
             )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"peg_kernel_size must be a positive odd number (same-size output), got {kernel_size}")
+        check_odd_kernel("peg_kernel_size", kernel_size)
         if kind not in KINDS:
             raise ValueError(f"peg_kind must be one of {KINDS}, got {kind!r}")
         if padding not in PADDING_MODES:
@@ -133,22 +134,20 @@ class PEG(PositionEncoding):
         qk_delta = None
         for gen in self.generators_at(after):
             self._check_grid(grid)
-            prefix, patches = grid.split(x)  # (B, P, C), (B, N, C)
-            fmap = grid.to_map(patches)  # (B, C, H, W)
-            if self.fixed_grid and fmap.shape[-2:] != self.ref:
-                # float32: antialiased resampling has no bfloat16 kernel on the CPU
-                ref = F.interpolate(fmap.float(), size=self.ref, mode="bilinear", align_corners=False,
-                                    antialias=True).to(fmap.dtype)
-                out = F.interpolate(gen(ref), size=fmap.shape[-2:], mode="bilinear", align_corners=False)
-            else:
-                out = gen(fmap)
-            delta = Grid.from_map(out)  # (B, N, C)
-            delta = torch.cat([torch.zeros_like(prefix), delta], dim=1)  # class token untouched
+            on_ref = self.fixed_grid and (grid.h, grid.w) != self.ref
+            delta = map_patches(x, grid, partial(self._on_ref_grid, gen) if on_ref else gen, zero_prefix=True)
             if self.qk_only:
                 qk_delta = delta if qk_delta is None else qk_delta + delta
             else:
                 x = x + delta
         return x, qk_delta
+
+    def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
+        """The generator run on the training grid: the map resampled there, convolved, resampled back."""
+        # float32: antialiased resampling has no bfloat16 kernel on the CPU
+        ref = F.interpolate(fmap.float(), size=self.ref, mode="bilinear", align_corners=False,
+                            antialias=True).to(fmap.dtype)
+        return F.interpolate(gen(ref), size=fmap.shape[-2:], mode="bilinear", align_corners=False)
 
     def extra_repr(self) -> str:
         return (

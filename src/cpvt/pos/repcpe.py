@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from ..tokens import Grid, check_odd_kernel, map_patches
+from .base import ModelShape, PositionEncoding
 
 
 class RepCPEConv(nn.Module):
@@ -67,8 +68,7 @@ class RepCPE(PositionEncoding):
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
         if not positions or any(not -1 <= p < shape.depth for p in positions):
             raise ValueError(f"repcpe_positions {list(positions)} invalid for depth {shape.depth}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"repcpe_kernel_size must be a positive odd number, got {kernel_size}")
+        check_odd_kernel("repcpe_kernel_size", kernel_size)
         self.positions, self.kernel_size = positions, kernel_size
         for j in range(len(positions)):
             self.add_module(str(j), RepCPEConv(shape.dim, kernel_size))
@@ -80,8 +80,7 @@ class RepCPE(PositionEncoding):
     def between(self, x: Tensor, grid: Grid, after: int) -> tuple[Tensor, Tensor | None]:
         for j, p in enumerate(self.positions):
             if p == after:
-                prefix, patches = grid.split(x)
-                x = torch.cat([prefix, Grid.from_map(self.get_submodule(str(j))(grid.to_map(patches)))], dim=1)
+                x = map_patches(x, grid, self.get_submodule(str(j)))
         return x, None
 
     def reparameterize(self) -> None:

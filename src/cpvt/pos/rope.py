@@ -24,24 +24,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..tokens import grid_cached, grid_positions, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
 from .base import Grid, ModelShape, PositionEncoding
 
 MODES = ("axial", "mixed")
-
-
-def grid_positions(h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
-    """Row-major (y, x) token indices, each (N,) float."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-    return ys.flatten(), xs.flatten()
-
-
-def rotate_pairs(t: Tensor, angles: Tensor) -> Tensor:
-    """Rotate channel pairs (2i, 2i+1) of ``t`` (..., N, D) by ``angles`` (..., N, D/2)."""
-    x = t.float().unflatten(-1, (-1, 2))
-    cos, sin = angles.cos(), angles.sin()
-    x0, x1 = x[..., 0], x[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(t.dtype)
 
 
 class RoPE2D(PositionEncoding):
@@ -78,11 +64,12 @@ class RoPE2D(PositionEncoding):
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
         if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid
-            key = (grid.h, grid.w, self.freqs.device)
-            if key not in self._axial_cache:
+            def compute() -> Tensor:
                 ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
-                self._axial_cache[key] = torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
-            return self._axial_cache[key]  # (1, N, D/2), shared by heads
+                return torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
+
+            # (1, N, D/2), shared by heads
+            return grid_cached(self._axial_cache, (grid.h, grid.w, self.freqs.device), compute)
         ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
         fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
         return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Grid, ModelShape, PositionEncoding
+from .base import Grid, ModelShape, PositionEncoding, grid_cached
 
 
 def relative_index(h: int, w: int, num_prefix: int, max_offset: int, device=None) -> Tensor:
@@ -62,10 +62,9 @@ class RelPosBias(PositionEncoding):
         self._index_cache: dict[tuple, Tensor] = {}
 
     def index(self, grid: Grid) -> Tensor:
-        key = (grid.h, grid.w, self.table.device)
-        if key not in self._index_cache:  # derivable, so cached rather than stored
-            self._index_cache[key] = relative_index(grid.h, grid.w, self.num_prefix, self.max_offset, self.table.device)
-        return self._index_cache[key]
+        key = (grid.h, grid.w, self.table.device)  # derivable, so cached rather than stored
+        return grid_cached(self._index_cache, key,
+                           lambda: relative_index(grid.h, grid.w, self.num_prefix, self.max_offset, self.table.device))
 
     def attn_bias(self, grid: Grid, layer: int) -> Tensor:
         table = self.table[0 if self.shared else layer]  # (entries, heads)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Grid, ModelShape, PositionEncoding
+from .base import Grid, ModelShape, PositionEncoding, is_exporting
 
 
 def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -55,8 +55,9 @@ class SinCos2D(PositionEncoding):
         self.register_buffer("base_table", sincos_2d(*self.base_grid, self.dim, temperature), persistent=False)
 
     def table(self, grid: Grid) -> Tensor:
-        """(N, C) table for the grid's patch tokens."""
-        if (grid.h, grid.w) == self.base_grid:
+        """(N, C) table for the grid's patch tokens (computed, not the stored one, while exporting: the
+        exported graph must build the table of whatever grid it is given)."""
+        if not is_exporting() and (grid.h, grid.w) == self.base_grid:
             return self.base_table
         return sincos_2d(grid.h, grid.w, self.dim, self.temperature).to(self.base_table.device)
 

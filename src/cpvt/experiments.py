@@ -1,0 +1,176 @@
+"""The experiments as data: table rows, budgets and claims under ``experiments/``.
+
+Nothing here trains or imports PyTorch at module level; :mod:`cpvt.reproduce`
+plans and runs sweeps from these definitions and :mod:`cpvt.report` writes
+their report.
+
+* one TOML file per table row (``t1_encodings/peg.toml`` ...): a model name with
+  ``{size}`` left open, model overrides, and the paper's number for that row;
+* ``budgets.toml``: model size, datasets, training overrides, test scales and
+  seeds for each budget;
+* ``claims.toml``: the paper's claims as comparisons between rows.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One of CPVT's tables as the sweep and the report see it.
+
+    ``kind`` picks the report section that draws it: ``deltas`` (top-1 of each row
+    against ``baseline``, trained runs), ``resolution`` (the runs of another table's
+    rows tested at every size) or ``cost`` (parameters, FLOPs, throughput; nothing
+    trains). Adding a table is one entry here plus its row files.
+    """
+
+    title: str
+    kind: str
+    baseline: str | None = None
+
+    @property
+    def trains(self) -> bool:
+        return self.kind == "deltas"
+
+
+TABLES: dict[str, TableSpec] = {
+    "T1": TableSpec("T1: position encodings (top-1 at the training resolution)", "deltas", "t1_encodings/ape"),
+    "T2": TableSpec("T2: resolution, trained at one size and tested without fine-tuning", "resolution"),
+    "T3": TableSpec("T3: where the PEG goes", "deltas", "t3_placement/pos0"),
+    "T4": TableSpec("T4: what makes a PEG work", "deltas", "t4_peg/kernel3"),
+    "T5": TableSpec("T5: cost", "cost"),
+}
+TITLES = {name: spec.title for name, spec in TABLES.items()}
+DEIT_SIZES = {"ti": "tiny", "s": "small", "b": "base"}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def experiments_dir(path: str | Path | None = None) -> Path:
+    """``path``, else ``$CPVT_EXPERIMENTS``, else ``./experiments``, else the repository's."""
+    candidates = [path, os.environ.get("CPVT_EXPERIMENTS"), "experiments", Path(__file__).resolve().parents[2] / "experiments"]
+    for c in candidates:
+        if c is not None and (Path(c) / "budgets.toml").exists():
+            return Path(c)
+    where = path or os.environ.get("CPVT_EXPERIMENTS") or "./experiments"
+    raise ValueError(f"no experiments folder with a budgets.toml at {where}; pass --experiments DIR (the repository's experiments/)")
+
+
+@dataclass
+class Row:
+    """One table row: a file under ``experiments/<table folder>/``."""
+
+    id: str  # "t1_encodings/peg"
+    table: str
+    label: str
+    model: str | None = None  # may contain {size}
+    model_args: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None  # T2: the T1 row whose runs it reads
+    order: int = 0  # position in its table
+    highlight: bool = False  # T2: drawn thick in the resolution plot
+
+    @property
+    def name(self) -> str:
+        """The file name without ``.toml`` (``peg`` for ``t1_encodings/peg``): what ``--rows`` takes."""
+        return self.id.split("/", 1)[1]
+
+
+def load_rows(root: Path) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for path in sorted(root.glob("t*/*.toml")):
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+        rid = f"{path.parent.name}/{path.stem}"
+        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order", "highlight"}
+        if unknown or d.get("table") not in TABLES:
+            raise ValueError(f"{path}: needs table = one of {tuple(TABLES)}; unknown keys {sorted(unknown)}")
+        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)), bool(d.get("highlight", False)))
+    for r in rows.values():
+        if r.table == "T2" and r.run not in rows:
+            raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")
+        if r.table != "T2" and not r.model:
+            raise ValueError(f"experiments/{r.id}.toml: needs model = ...")
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1].table, kv[1].order, kv[0])))
+
+
+def load_budget(root: Path, name: str) -> dict[str, Any]:
+    with open(root / "budgets.toml", "rb") as f:
+        budgets = tomllib.load(f)
+    if name not in budgets:
+        raise ValueError(f"unknown budget {name!r}; {root / 'budgets.toml'} defines {', '.join(budgets)}")
+    return budgets[name]
+
+
+NOT_INHERITED = ("name", "base", "note", "study", "rows", "row_seeds")
+
+
+def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
+    """A budget's ``[[datasets]]`` entries, resolved.
+
+    Each entry is named by ``name`` (default: its ``data``); runs and records go under that name.
+    ``base = "<name>"`` starts from an earlier entry: every key this one does not set, except
+    ``note``, ``study``, ``rows`` and ``row_seeds``, with ``train`` and ``model_args`` merged key by
+    key. ``rows = [...]`` limits the entry to those rows (file stems), and ``study = "..."`` marks a
+    variant of the protocol measured for the report's "why" section rather than for the tables.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for raw in budget.get("datasets", []):
+        entry = dict(raw)
+        if "base" in entry:
+            if entry["base"] not in out:
+                raise ValueError(f"dataset entry {entry.get('name', entry.get('data'))!r}: base {entry['base']!r} "
+                                 f"is not an earlier entry (entries: {', '.join(out) or 'none'})")
+            base = out[entry["base"]]
+            merged = {k: v for k, v in base.items() if k not in NOT_INHERITED}
+            for key in ("train", "model_args"):
+                merged[key] = {**base.get(key, {}), **entry.pop(key, {})}
+            entry = {**merged, **entry}
+        if "data" not in entry:
+            raise ValueError(f"dataset entry {entry.get('name')!r} needs data = ... (or a base)")
+        entry["name"] = entry.get("name", entry["data"])
+        if entry["name"] in out:
+            raise ValueError(f"two dataset entries are named {entry['name']!r}; give one a name = ...")
+        out[entry["name"]] = entry
+    return list(out.values())
+
+
+def load_claims(root: Path) -> list[dict[str, Any]]:
+    path = root / "claims.toml"
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("claim", [])
+
+
+def parse_tables(spec: str) -> list[str]:
+    """``all``, ``T1`` or ``t1,t3`` -> canonical table names, in order."""
+    if spec.lower() == "all":
+        return list(TABLES)
+    out = []
+    for part in spec.replace(" ", "").split(","):
+        t = part.upper()
+        if t not in TABLES:
+            raise ValueError(f"unknown table {part!r}; choose from {', '.join(TABLES)} or all (comma-separate several)")
+        out.append(t)
+    return sorted(set(out), key=list(TABLES).index)
+
+
+def scales_of(entry: dict, budget: dict) -> list[float]:
+    """Test scales of one dataset: its own ``scales``, else the budget's."""
+    return [float(s) for s in entry.get("scales", budget.get("scales", [1.0]))]
+
+
+def environment() -> str:
+    import torch  # only when a report is written
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
