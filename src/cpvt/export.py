@@ -209,12 +209,10 @@ def _runner(path: Path, format: str):
             with torch.no_grad():
                 return module(x)
         return run
-    _require("onnxruntime")
-    import onnxruntime as ort
+    from .predict import onnx_runner
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    run = onnx_runner(path)
+    return lambda x: torch.from_numpy(run(x.numpy()))
 
 
 def verify_export(model: nn.Module, path: str | Path, sizes: list[tuple[int, int]], format: str = "onnx",

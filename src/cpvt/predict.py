@@ -26,15 +26,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .augment import EvalTransform
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .data.folder import _image_files, resize_and_crop, to_rgb
-
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
+from .config import IMAGENET_MEAN, IMAGENET_STD
+from .data.folder import _image_files, image_array, load_image
 
 
 @dataclass(frozen=True)
@@ -43,35 +42,25 @@ class Preprocess:
 
     img_size: int
     crop_pct: float = 0.875
-    mean: tuple[float, float, float] = DEFAULT_MEAN
-    std: tuple[float, float, float] = DEFAULT_STD
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def uint8(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
-        """The resized, centre-cropped RGB image as uint8 (3, size, size). Raises what Pillow raises."""
+        """The resized, centre-cropped RGB image as uint8 (3, size, size), as the data sources decode it.
+        Raises what Pillow raises."""
         if isinstance(image, Image.Image):
-            im = ImageOps.exif_transpose(image) or image
-            return _chw(resize_and_crop(to_rgb(im), self.img_size, "eval", self.crop_pct))
-        with Image.open(image) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return _chw(resize_and_crop(to_rgb(im), self.img_size, "eval", self.crop_pct))
+            return image_array(image, self.img_size, "eval", self.crop_pct)
+        return load_image(image, self.img_size, "eval", self.crop_pct)
 
     def normalise(self, images: np.ndarray | Tensor) -> Tensor:
-        """uint8 (..., 3, H, W) -> normalised float32, exactly as the training engine's EvalTransform."""
-        x = torch.as_tensor(images)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x.float().div_(255) - mean) / std
+        """uint8 (B, 3, H, W) -> normalised float32: the evaluation engine's own transform."""
+        return EvalTransform(self.mean, self.std)(torch.as_tensor(images))
 
     def __call__(self, image: str | os.PathLike | Image.Image) -> Tensor:
-        return self.normalise(self.uint8(image))
+        return self.normalise(self.uint8(image)[None])[0]
 
     def with_size(self, img_size: int) -> "Preprocess":
         return Preprocess(img_size, self.crop_pct, self.mean, self.std)
-
-
-def _chw(im: Image.Image) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
 class LoadedRun(NamedTuple):
@@ -97,8 +86,8 @@ def load_run(path: str | os.PathLike, img_size: int | None = None, device: str |
     cfg = ckpt.config
     size = img_size or cfg.get("img_size") or model.img_size[0]
     model.grid_for(size)  # a clear error for a size the model cannot take
-    preprocess = Preprocess(int(size), float(cfg.get("crop_pct", 0.875)), tuple(cfg.get("mean", DEFAULT_MEAN)),
-                            tuple(cfg.get("std", DEFAULT_STD)))
+    preprocess = Preprocess(int(size), float(cfg.get("crop_pct", 0.875)), tuple(cfg.get("mean", IMAGENET_MEAN)),
+                            tuple(cfg.get("std", IMAGENET_STD)))
     classes = list(ckpt.classes) or [str(i) for i in range(model.num_classes)]
     if len(classes) != model.num_classes:
         raise CheckpointError(f"{path}: {len(classes)} class names for a {model.num_classes}-class model")

@@ -153,9 +153,14 @@ def load_image(path: str | os.PathLike, size: int, mode: str = "train", crop_pct
     """
     with Image.open(path) as im:
         im.load()
-        im = ImageOps.exif_transpose(im) or im
-        im = resize_and_crop(to_rgb(im), size, mode, crop_pct)
-        return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+        return image_array(im, size, mode, crop_pct)
+
+
+def image_array(im: Image.Image, size: int, mode: str = "eval", crop_pct: float = 0.875) -> np.ndarray:
+    """An opened image as uint8 ``(3, size, size)``: EXIF orientation applied, RGB, resized and cropped."""
+    im = ImageOps.exif_transpose(im) or im
+    im = resize_and_crop(to_rgb(im), size, mode, crop_pct)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def subset(labels: list[int], limit: int, seed: int = 0) -> list[int]:
