@@ -5,6 +5,7 @@
 #
 #   scripts/sweep.sh [BUDGET] [TABLES] [ROW ...]      # default: cpu T1,T2,T3,T4, every row
 #   LANES=2 scripts/sweep.sh ...                      # two runs at a time, 1 thread each
+#   DATA=imagenette scripts/sweep.sh ...              # only these dataset entries (main protocol before studies)
 #
 # With LANES=N, N copies of the row loop run side by side with nproc/N threads
 # each; each run folder is locked by the lane that starts it (cpvt.runlock) and
@@ -50,7 +51,7 @@ commit_records() {
 
 lane() {
   for row in "${rows[@]}"; do
-    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out"
+    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out" ${DATA:+--data "$DATA"}
     commit_records
   done
 }

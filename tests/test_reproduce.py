@@ -265,3 +265,14 @@ def test_claim_verdicts_follow_the_means_and_flag_noise():
     similar = judge({"text": "", "a": "t1_encodings/peg", "b": "t1_encodings/ape", "relation": "~", "tolerance": 1.0},
                     res, "d")
     assert similar["ok"]
+
+
+def test_data_option_trains_only_the_named_dataset_entries(smoke: Path, capsys):
+    capsys.readouterr()
+    # the smoke sweep's runs are all finished and all on its one entry, "synthetic"
+    assert main(["reproduce", "T1", "--budget", "smoke", "--data", "synthetic", "--out", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    assert "--data synthetic" in out and " 0 to run" in out and "already finished, 0" in out
+    assert main(["reproduce", "T1", "--budget", "smoke", "--data", "imagenette", "--out", str(smoke)]) == 2
+    err = capsys.readouterr().err
+    assert "no dataset entry named imagenette" in err and "its entries: synthetic" in err

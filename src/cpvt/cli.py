@@ -156,7 +156,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
-              data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows, compile=args.compile)
+              data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows, compile=args.compile,
+              data=args.data)
     return 0
 
 
@@ -304,6 +305,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's)")
     s.add_argument("--rows", help="train only these rows, comma-separated file names (peg,ape); the report keeps "
                                   "every finished run")
+    s.add_argument("--data", help="train only the runs of these dataset entries of the budget, comma-separated "
+                                  "(imagenette,imagenette-patch4); the report keeps every finished run")
     s.add_argument("--out", help="runs and report go here (default: runs/reproduce/<budget>); finished runs are skipped")
     s.add_argument("--experiments", help="row, budget and claim files (default: ./experiments or the repository's)")
     s.add_argument("--compile", action="store_true", help="train and evaluate through torch.compile")

@@ -265,11 +265,13 @@ def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[
 
 def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None, out: str | None = None,
               experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None,
-              rows: str | None = None, compile: bool = False) -> Path:
+              rows: str | None = None, compile: bool = False, data: str | None = None) -> Path:
     """Run (or resume) a sweep and write its report; returns the report path.
 
-    ``rows`` (``--rows peg,ape``) trains only the named rows; the report still
-    covers every finished run of the tables in ``out``. ``compile`` trains and
+    ``rows`` (``--rows peg,ape``) trains only the named rows, and ``data``
+    (``--data imagenette``) only the runs of the named dataset entries of the
+    budget (so a sweep can finish the main protocol before its studies); the
+    report still covers every finished run of the tables in ``out``. ``compile`` trains and
     evaluates through ``torch.compile`` (also set by a budget's ``train.compile``);
     it is not part of a run's identity, so compiled and eager runs share records.
     """
@@ -286,8 +288,17 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         job.config.compile = job.config.compile or compile
     picked = select_rows(load_rows(root), wanted, rows)
     selected = [j for j in jobs if picked is None or any(rid in picked for rid, _ in j.members)]
+    if data is not None:
+        names = [n.strip() for n in data.split(",") if n.strip()]
+        known = [e["name"] for e in dataset_entries(spec)]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ValueError(f"no dataset entry named {', '.join(unknown) or repr(data)} in budget {budget!r}; "
+                             f"its entries: {', '.join(known)}")
+        selected = [j for j in selected if j.data in names]
     todo = [j for j in selected if not j.done]
-    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}: {len(selected)} "
+    print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}"
+          f"{f' --data {data}' if data else ''}: {len(selected)} "
           f"training runs, {len(selected) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}",
           flush=True)
     spent: list[float] = []
