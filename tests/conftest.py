@@ -1,4 +1,5 @@
-import functools
+import importlib
+import os
 
 import pytest
 import torch
@@ -8,21 +9,31 @@ import cpvt
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def built(request):
+    """The registry model named by the test's parameter, seeded, for every test of that model in a module.
 
-
-@functools.cache
-def _built(name: str) -> torch.nn.Module:
+    Use as ``@pytest.mark.parametrize("built", names, indirect=True)``. The fixture is module-scoped, so pytest
+    runs all of one model's tests together and drops the model when the next one is built: at most one registry
+    model is alive at a time (caching all of them took about 11 GB in fp32). Tests must not keep state on it.
+    """
     torch.manual_seed(0)
-    return cpvt.create_model(name)
-
-
-@pytest.fixture
-def built():
-    """Build a registry model once per session (tests must not keep state on it)."""
-    return _built
+    return cpvt.create_model(request.param)
 
 
 def small_sizes(model) -> list[tuple[int, int]]:
     """Two square inputs and a non-square one, small enough to keep the suite fast."""
     p = model.patch_size
     return [(4 * p, 4 * p), (6 * p, 6 * p), (3 * p, 5 * p)]
+
+
+def need(module: str, reason: str):
+    """``pytest.importorskip``, except that a module listed in ``CPVT_REQUIRE`` (comma-separated, set by
+    ``make test-timm`` / ``make test-hf``) must be there: its absence fails the test instead of skipping it."""
+    required = {m.strip() for m in os.environ.get("CPVT_REQUIRE", "").split(",") if m.strip()}
+    if module not in required:
+        return pytest.importorskip(module, reason=reason)
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"CPVT_REQUIRE={os.environ['CPVT_REQUIRE']} but {module} cannot be imported: {e}", pytrace=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,16 @@ def test_attention_maps_sum_to_one_per_query(name):
         torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5, rtol=0)
     r = attention_analysis(s, x)
     assert r["row_sums_max_error"] < 1e-5
-    assert all(0 < d < 32 * 1.5 for row in r["mean_distance"] for d in row)
+    # the mean distance is the attention-weighted distance in px from each patch query to the patch keys (the
+    # prefix left out), averaged over queries and images: recomputed here from the maps and the 8x8 grid of 4 px patches
+    centres = [(4 * (i // 8), 4 * (i % 8)) for i in range(64)]
+    dist = torch.tensor([[math.dist(a, b) for b in centres] for a in centres])
+    pre = s.model.num_prefix
+    for a, per_head in zip(maps, r["mean_distance"]):
+        patch = a[:, :, pre:, pre:]
+        expected = (patch / patch.sum(-1, keepdim=True) * dist).sum(-1).mean(dim=(0, 2))
+        assert per_head == pytest.approx(expected.tolist(), rel=1e-5)
+    assert all(0 < d < 28 * math.sqrt(2) for row in r["mean_distance"] for d in row)  # 39.6 px: the farthest centres
     # the attention hooks are switched off afterwards: the fast path is back
     assert all(not blk.attn.keep_attn and blk.attn.last_attn is None for blk in s.model.blocks)
 

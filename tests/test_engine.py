@@ -88,16 +88,44 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
     monkeypatch.setattr(engine, "mix_batch", crash_on_the_12th_step)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9))
-    monkeypatch.setattr(engine, "mix_batch", real)
+    assert calls["n"] == 12  # the crash hit step 12 of 16 (2 epochs of 8): the run was unfinished
+    assert not (tmp_path / "part" / "metrics.json").exists()
     progress = load_checkpoint(tmp_path / "part" / "last.safetensors").progress
     assert (progress["epoch"], progress["step"]) == (1, 3)
+    calls["n"] = 0
+
+    def count(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "mix_batch", count)
     train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9), resume=True)
+    assert calls["n"] == 16 - 11  # the resume ran only the steps after the checkpoint (8 + 3 done), not the run again
     full, part = weights(tmp_path / "full"), weights(tmp_path / "part")
     assert same_weights(full, part)
     ema_keys = [k for k in full if k.startswith("ema/")]
     assert ema_keys and all(torch.equal(full[k], part[k]) for k in ema_keys)
     log = (tmp_path / "part" / "log.jsonl").read_text()
     assert "val_top1_ema" in log
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_metrics(tmp_path, monkeypatch):
+    import cpvt.engine as engine
+
+    first = train(tiny_config(tmp_path, epochs=1))
+    stamp = (tmp_path / "last.safetensors").stat().st_mtime_ns
+    calls = {"n": 0}
+    real = engine.mix_batch
+
+    def count(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "mix_batch", count)
+    again = train(tiny_config(tmp_path, epochs=1), resume=True)
+    assert calls["n"] == 0 and (tmp_path / "last.safetensors").stat().st_mtime_ns == stamp
+    assert again == first  # the last epoch's numbers (train loss, top-1 ...), not only the summary
+    assert json.loads((tmp_path / "metrics.json").read_text()) == first
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -159,17 +187,31 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
             "model.num_heads=2", "randaug_n=1", "mixup=0.8", "cutmix=1.0", "drop_path=0.1"]
     cmd = [sys.executable, "-m", "cpvt", "train", *args] + [f"--set={s}" for s in sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+
+    def start_and_wait_for_the_first_checkpoint(out: Path) -> tuple[subprocess.Popen, float]:
+        proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "last.safetensors").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert (out / "last.safetensors").exists(), "no checkpoint was written"
+        return proc, time.perf_counter()
+
+    ref, t = start_and_wait_for_the_first_checkpoint(tmp_path / "ref")
+    assert ref.wait() == 0
+    rest = time.perf_counter() - t  # how long this machine takes from the first checkpoint to the end
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "last.safetensors").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere after the first checkpoint, mid-epoch or mid-write
+    proc, _ = start_and_wait_for_the_first_checkpoint(run)
+    time.sleep(0.4 * rest)  # somewhere after the first checkpoint, mid-epoch or mid-write, well before the end
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run(cmd + ["--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+    assert proc.wait() == -signal.SIGKILL
+    # the kill hit an unfinished run: its last checkpoint is short of the end (3 epochs of 20 steps), no metrics
+    progress = load_checkpoint(run / "last.safetensors").progress
+    assert (0, 0) < (progress["epoch"], progress["step"]) < (3, 0), progress
+    assert not (run / "metrics.json").exists()
+    r = subprocess.run(cmd + ["--out", str(run), "--resume"], check=True, env=env, capture_output=True, text=True)
+    # and the resume continued from that checkpoint rather than training again from the start
+    assert f"resuming {run} from epoch {progress['epoch']} step {progress['step']}" in r.stdout
     assert same_weights(weights(tmp_path / "ref"), weights(run))
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
 

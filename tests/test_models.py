@@ -5,6 +5,7 @@ import torch
 
 import cpvt
 from conftest import small_sizes
+from cpvt.layers.drop_path import DropPath
 
 ALL = cpvt.list_models()
 
@@ -19,9 +20,10 @@ def test_registry_is_populated():
     )
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_forward_any_resolution(name, built):
-    model = built(name).eval()
+# `built` (conftest.py) is the model named by the parameter, shared by that model's tests and freed after them.
+@pytest.mark.parametrize("built", ALL, indirect=True)
+def test_forward_any_resolution(built):
+    model = built.eval()
     for h, w in small_sizes(model):
         with torch.no_grad():
             feats = model.forward_features(torch.randn(2, 3, h, w))
@@ -33,9 +35,9 @@ def test_forward_any_resolution(name, built):
         assert model.forward_head(feats, pre_logits=True).shape == (2, model.embed_dim)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_backward_reaches_every_parameter(name, built):
-    model = built(name).train()
+@pytest.mark.parametrize("built", ALL, indirect=True)
+def test_backward_reaches_every_parameter(built):
+    model = built.train()
     model.zero_grad(set_to_none=True)
     h, w = small_sizes(model)[2]  # the non-square one
     model(torch.randn(2, 3, h, w)).logsumexp(-1).sum().backward()
@@ -44,11 +46,11 @@ def test_backward_reaches_every_parameter(name, built):
     assert not missing, f"no gradient reached: {missing}"
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_state_dict_round_trip(name, built):
-    src = built(name).eval()
+@pytest.mark.parametrize("built", ALL, indirect=True)
+def test_state_dict_round_trip(built):
+    src = built.eval()
     torch.manual_seed(1)
-    dst = cpvt.create_model(name, **{k: v for k, v in src.model_args.items()}).eval()
+    dst = cpvt.create_model(src.model_name, **{k: v for k, v in src.model_args.items()}).eval()
     x = torch.randn(1, 3, *small_sizes(src)[0])
     with torch.no_grad():
         assert not torch.equal(src(x), dst(x))  # different seeds: different weights
@@ -57,12 +59,34 @@ def test_state_dict_round_trip(name, built):
         assert torch.equal(src(x), dst(x))
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_eval_is_deterministic(name, built):
-    model = built(name).eval()
-    x = torch.randn(2, 3, *small_sizes(model)[1])
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))
+@pytest.mark.parametrize("built", ALL, indirect=True)
+def test_eval_switches_off_randomness_and_batch_statistics(built):
+    """With every dropout and drop path turned up to p=0.5, eval() gives each image the output it gets alone
+    (no batch statistics, no random masks), whatever the RNG; train() with the same layers does not."""
+    model = built
+    stochastic = [m for m in model.modules() if isinstance(m, (DropPath, torch.nn.Dropout))]
+    assert stochastic, "every registry model has dropout or drop path layers"
+    saved_p, saved_buffers = [m.p for m in stochastic], {k: v.clone() for k, v in model.named_buffers()}
+    x = torch.randn(3, 3, *small_sizes(model)[1])
+    try:
+        for m in stochastic:
+            m.p = 0.5
+        model.eval()
+        with torch.no_grad():
+            torch.manual_seed(1)
+            batched = model(x)
+            torch.manual_seed(2)
+            alone = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+        torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-4)
+        model.train()  # the check above can fail: in training mode the same layers change the output
+        with torch.no_grad():
+            torch.manual_seed(1)
+            assert not torch.allclose(model(x), batched, atol=1e-3)
+    finally:
+        for m, p in zip(stochastic, saved_p):
+            m.p = p
+        model.load_state_dict(saved_buffers, strict=False)  # BatchNorm statistics moved in training mode
+        model.eval()
 
 
 def test_parameter_counts_match_the_paper():
@@ -116,12 +140,24 @@ def test_flops_include_attention():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL)
-def test_runs_at_large_resolutions(name, built):
-    """Every model at 224, 384 and 512 (micro: 32, 48, 64) with no fine-tuning."""
-    model = built(name).eval()
+@pytest.mark.parametrize("built", ALL, indirect=True)
+def test_runs_at_large_resolutions(built):
+    """Every model at 224, 384 and 512 (micro: 32, 48, 64) with no fine-tuning: finite logits, and at each new
+    size the logits of that size, not the training size's (the image is the training-size one, resized)."""
+    model = built.eval()
     sizes = (32, 48, 64) if model.img_size[0] == 32 else (224, 384, 512)
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, sizes[0], sizes[0])
     with torch.no_grad():
-        for s in sizes + ((sizes[1], sizes[0]),):
+        base = model(image)
+        assert base.shape == (1, model.num_classes) and torch.isfinite(base).all()
+        for s in sizes[1:] + ((sizes[1], sizes[0]),):
             s = (s, s) if isinstance(s, int) else s
-            assert model(torch.randn(1, 3, *s)).shape == (1, model.num_classes)
+            x = torch.nn.functional.interpolate(image, size=s, mode="bilinear", align_corners=False)
+            feats = model.forward_features(x)
+            grid = (s[0] // model.patch_size) * (s[1] // model.patch_size)
+            assert feats.shape == (1, grid + model.num_prefix, model.embed_dim), s  # it ran at the new size
+            out = model.forward_head(feats)
+            assert out.shape == (1, model.num_classes), s
+            assert torch.isfinite(out).all(), s
+            assert not torch.allclose(out, base, atol=1e-4), f"the output at {s} is the output at {sizes[0]}"

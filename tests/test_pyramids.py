@@ -2,8 +2,9 @@
 
 The default tests read fixtures written by the libraries themselves
 (scripts/make_timm_fixture.py, scripts/make_hf_fixture.py). The tests marked
-``timm`` (make test-timm) and the ones needing ``transformers`` compare against
-the installed libraries at full size and skip with the reason when absent.
+``timm`` (make test-timm) and the ones needing ``transformers`` (make test-hf)
+compare against the installed libraries at full size; they skip with the reason
+when the library is absent, except under those make targets, where they fail.
 """
 
 import json
@@ -15,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 import cpvt
+from conftest import need
 from cpvt.convert import FORMATS, convert_state_dict, detect_format, load_converted
 
 DATA = Path(__file__).parent / "data"
@@ -191,7 +193,7 @@ def test_position_encoding_overrides_reach_every_stage():
 @pytest.mark.timm
 @pytest.mark.parametrize("name", sorted(n for n in OFFICIAL if n.startswith("twins")))
 def test_against_installed_timm_twins(name):
-    timm = pytest.importorskip("timm", reason="timm needs the full PyTorch build: run `make test-timm`")
+    timm = need("timm", reason="timm needs the full PyTorch build: run `make test-timm`")
     torch.manual_seed(0)
     theirs = timm.create_model(name, pretrained=False).eval()
     with torch.no_grad():
@@ -207,8 +209,7 @@ def test_against_installed_timm_twins(name):
 
 @pytest.mark.parametrize("name,depth", [("cvt_13", [1, 2, 10]), ("cvt_21", [1, 4, 16])])
 def test_against_installed_transformers_cvt(name, depth):
-    transformers = pytest.importorskip(
-        "transformers", reason="transformers is not installed (pip install transformers to run this comparison)")
+    transformers = need("transformers", reason="transformers is not installed: run `make test-hf`")
     torch.manual_seed(0)
     theirs = transformers.CvtForImageClassification(transformers.CvtConfig(depth=depth, num_labels=1000)).eval()
     with torch.no_grad():

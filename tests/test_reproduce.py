@@ -56,11 +56,20 @@ def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys)
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # a run whose result is missing (interrupted after training) is the only one redone
     victim = results[0]
+    run = smoke / "runs" / victim.parent.name / victim.stem
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "last.safetensors", run / "log.jsonl")}
+    old = json.loads(victim.read_text())
     victim.unlink()
     assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
     out = capsys.readouterr().out
     assert "1 to run" in out and victim.exists()
-    assert "resuming" not in out or "from epoch 1" in out  # the finished checkpoint is reused, not retrained
+    # the finished checkpoint is reused, not retrained: the run resumes at its end, its files are untouched,
+    # and the record made again from it holds the same numbers
+    assert f"resuming {run} from epoch 1 step 0" in out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == kept
+    new = json.loads(victim.read_text())
+    untimed = lambda r: {k: v for k, v in r.items() if k not in ("train_s", "eval_s")}  # noqa: E731
+    assert untimed(new) == untimed(old)
 
 
 def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):

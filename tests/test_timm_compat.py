@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 import cpvt
+from conftest import need
 
 DATA = Path(__file__).parent / "data"
 
@@ -39,7 +40,7 @@ def test_timm_state_dict_loads_strict_and_gives_timms_logits():
 
 @pytest.mark.timm
 def test_against_installed_timm():
-    timm = pytest.importorskip("timm", reason="timm needs the full PyTorch build: run `make test-timm`")
+    timm = need("timm", reason="timm needs the full PyTorch build: run `make test-timm`")
     torch.manual_seed(0)
     theirs = timm.create_model("deit_tiny_patch16_224", pretrained=False, dynamic_img_size=True).eval()
     with torch.no_grad():

@@ -430,13 +430,19 @@ def validate(st: TrainState, record: dict[str, Any]) -> None:
                             progress={"epoch": st.epoch, "step": 0, "best_top1": st.best})
 
 
+def _last_record(log: Path) -> dict[str, Any]:
+    """The last epoch's log record: the metrics of a finished run resumed (nothing left to train), {} if none."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict[str, Any]:
     """Setup, then per epoch: train, validate when due, checkpoint, log."""
     ckpt = _resume_checkpoint(cfg, resume, info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     st = setup(cfg, ckpt, info, device)
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = _last_record(st.out / "log.jsonl") if st.epoch >= cfg.epochs else {}
     while st.epoch < cfg.epochs:
         record = train_one_epoch(st)
         if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
