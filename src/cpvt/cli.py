@@ -31,6 +31,7 @@ from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
 from .analyze import ANALYSES
 from .config import RECIPES, model_options, parse_set
+from .data.base import printable
 from .errors import RunLocked, TrainingDiverged
 from .table import format_table
 
@@ -41,11 +42,35 @@ def parse_size(text: str) -> int | tuple[int, int]:
         parts = [int(p) for p in text.lower().split("x")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}") from None
+    if any(p < 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (sizes, counts, epochs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (tolerances)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -107,21 +132,33 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import resolve_config
+    from .config import folder_defaults, resolve_config
     from .engine import train
 
     flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
              "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir,
              "compile": args.compile or None}
-    recipe = args.recipe or _default_recipe(args.data)
-    cfg = resolve_config(recipe, flags, args.set)
+    recipe, picked = args.recipe or _default_recipe(args.data), {}
+    if args.recipe is None and _is_folder(args.data):  # fit the recipe to the images (each choice printed)
+        recipe, picked, notes = folder_defaults(args.data, flags, args.set)
+        for note in notes:
+            print(f"note: {printable(note)}", flush=True)
+    cfg = resolve_config(recipe, {**picked, **{k: v for k, v in flags.items() if v is not None}}, args.set)
     train(cfg, resume=args.resume)
     return 0
 
 
 def _default_recipe(data: str | None) -> str:
-    """The recipe that fits the dataset: cifar10, imagenette, synthetic; DeiT's otherwise."""
+    """The recipe that fits a named dataset: cifar10, imagenette, synthetic; DeiT's otherwise (a folder's
+    is picked from its images by :func:`cpvt.config.folder_defaults`)."""
     return data if data in ("cifar10", "imagenette", "synthetic") else "deit"
+
+
+def _is_folder(data: str | None) -> bool:
+    """Whether ``--data`` names an image folder rather than a built-in dataset (as ``open_source`` reads it)."""
+    from .data.named import NAMED
+
+    return data is not None and data != "synthetic" and data not in NAMED
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -226,9 +263,12 @@ def parse_size_list(text: str) -> list[int | tuple[int, int]]:
 
 def parse_sizes(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 96,128,160, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive sizes like 96,128,160, got {text!r}")
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,9 +305,9 @@ def _training_commands(sub) -> None:
     s = sub.add_parser("train", help="train a model (DeiT recipe by default)")
     s.add_argument("--model", help="registry name (see `cpvt models`)")
     s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
-    s.add_argument("--img-size", type=int)
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int, help="global batch size (over all processes)")
+    s.add_argument("--img-size", type=positive_int)
+    s.add_argument("--epochs", type=positive_int)
+    s.add_argument("--batch-size", type=positive_int, help="global batch size (over all processes)")
     s.add_argument("--out", help="run folder (config, log, checkpoints, metrics)")
     s.add_argument("--recipe", help=f"built-in ({', '.join(RECIPES)}) or a .toml path; default: by --data")
     s.add_argument("--data-root", help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")
@@ -282,9 +322,9 @@ def _training_commands(sub) -> None:
     s.add_argument("--data", help="dataset (default: the one each run was trained on)")
     s.add_argument("--img-sizes", type=parse_sizes, help="comma-separated, e.g. 96,128,160,224 (default: training size)")
     s.add_argument("--crop-pct", type=float, help="eval resize = size / crop_pct (default: the run's, 0.875)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default="auto")
-    s.add_argument("--limit", type=int, help="evaluate a fixed random subset of this many images")
+    s.add_argument("--limit", type=positive_int, help="evaluate a fixed random subset of this many images")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     s.add_argument("--json", help="write results to this JSON file")
@@ -302,7 +342,7 @@ def _training_commands(sub) -> None:
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
     s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
     s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~25 h, 2 cores) | gpu (~25 min, one H200)")
-    s.add_argument("--seeds", type=int, help="seeds per row (default: the budget's)")
+    s.add_argument("--seeds", type=positive_int, help="seeds per row (default: the budget's)")
     s.add_argument("--rows", help="train only these rows, comma-separated file names (peg,ape); the report keeps "
                                   "every finished run")
     s.add_argument("--data", help="train only the runs of these dataset entries of the budget, comma-separated "
@@ -330,8 +370,8 @@ def _tool_commands(sub) -> None:
     s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders")
     s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
     s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
-    s.add_argument("--images", type=int, default=64, help="number of real images (default 64)")
-    s.add_argument("--img-size", type=int, help="input size (default: each model's training size)")
+    s.add_argument("--images", type=positive_int, default=64, help="number of real images (default 64)")
+    s.add_argument("--img-size", type=positive_int, help="input size (default: each model's training size)")
     s.add_argument("--seed", type=int, default=0, help="seed for random weights and generated images")
     s.add_argument("--offsets", type=parse_sizes, help="equivariance: shifts in px, e.g. 1,2,4,8 (default: sub-patch and 1-3 patches)")
     s.add_argument("--shift-mode", default="canvas", help="equivariance: canvas (padded, nothing cropped) | circular (rolled)")
@@ -348,11 +388,11 @@ def _deploy_commands(sub) -> None:
     s.add_argument("run_or_model", help="a run folder or checkpoint, or a registry name (random weights)")
     s.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2 (torch.export)")
     s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>)")
-    s.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
-    s.add_argument("--img-size", type=int, help="size traced at export (default: the run's training size)")
+    s.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
+    s.add_argument("--img-size", type=positive_int, help="size traced at export (default: the run's training size)")
     s.add_argument("--verify-sizes", type=parse_size_list, help="sizes to verify, e.g. 224,384,256x320 "
                    "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
-    s.add_argument("--tol", type=float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
+    s.add_argument("--tol", type=positive_float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
     s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
     add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
     s.add_argument("--json", help="write the export report (sizes and differences) here")
@@ -361,11 +401,11 @@ def _deploy_commands(sub) -> None:
     s = sub.add_parser("predict", help="classify images with a trained run (PyTorch or an exported ONNX file)")
     s.add_argument("run", help="run folder or checkpoint file (gives the classes and preprocessing)")
     s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)")
-    s.add_argument("--img-size", type=int, help="input size (default: the run's training size)")
-    s.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    s.add_argument("--img-size", type=positive_int, help="input size (default: the run's training size)")
+    s.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", type=positive_int, default=32)
     s.set_defaults(fn=cmd_predict)
 
 
@@ -374,13 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ValueError as e:  # bad user input (DataError, CheckpointError too): one clear line
-        print(f"cpvt: error: {e}", file=sys.stderr)
+        print(f"cpvt: error: {printable(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        print(f"cpvt: training stopped: {e}", file=sys.stderr)
+        print(f"cpvt: training stopped: {printable(e)}", file=sys.stderr)
         return 3
     except RunLocked as e:
-        print(f"cpvt: error: {e}", file=sys.stderr)
+        print(f"cpvt: error: {printable(e)}", file=sys.stderr)
         return 4
 
 

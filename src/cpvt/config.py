@@ -1,8 +1,10 @@
 """Training configuration: one dataclass, recipe files for defaults, ``--set`` on top.
 
 Resolution order (later wins): the dataclass defaults (DeiT's ImageNet recipe),
-a recipe file (``--recipe deit|cifar10|imagenette|synthetic|demo`` or a path to
-a TOML file), the explicit command-line flags, then ``--set key=value``.
+a recipe file (``--recipe deit|cifar10|imagenette|synthetic|demo|small`` or a path to
+a TOML file; without one, ``cpvt train`` picks it from ``--data``, for an image folder
+from its images, :func:`folder_defaults`), the explicit command-line flags, then
+``--set key=value``. :meth:`TrainConfig.validate` checks the result against :data:`RULES`.
 Model overrides go through ``--set model.<key>=value`` (for example
 ``--set model.peg_kernel_size=5``). The resolved config is written next to the
 run and stored in every checkpoint, so evaluation rebuilds the exact model.
@@ -13,11 +15,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 # ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
@@ -89,6 +92,34 @@ class TrainConfig:
     def scaled_lr(self) -> float:
         return self.lr * self.batch_size / 512
 
+    def validate(self) -> "TrainConfig":
+        """Check every value against :data:`RULES` (and every number for NaN / infinity); one ValueError
+        naming each bad key, its value and what it must be. Returns the config.
+
+        :func:`resolve_config` and :func:`cpvt.engine.train` call it, so a bad ``--set``, flag, recipe or
+        budget value stops before any data is decoded, whichever way it came in.
+        """
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                problems.append(f"{f.name} must be a finite number, got {value!r}")
+                continue
+            rule = RULES.get(f.name)
+            if rule is None or value is None:
+                continue
+            check, must = rule
+            try:
+                ok = bool(check(value))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                problems.append(f"{f.name} must be {must}, got {value!r}")
+        if problems:
+            raise ValueError("invalid config: " + "; ".join(problems))
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
@@ -99,7 +130,67 @@ class TrainConfig:
         return cfg
 
 
-RECIPES = ("deit", "cifar10", "imagenette", "synthetic", "demo")
+def _numbers(value: Any, n: int, check: Callable[[float], bool]) -> bool:
+    """``value`` is ``n`` real numbers (not bools), each passing ``check``."""
+    return (isinstance(value, (tuple, list)) and len(value) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and check(x) for x in value))
+
+
+def _in(lo: float, hi: float, closed_hi: bool = True) -> Callable[[float], bool]:
+    return lambda v: lo <= v <= hi if closed_hi else lo <= v < hi
+
+
+_count = (lambda v: v >= 1, "a positive integer")
+_fraction = (_in(0, 1), "in [0, 1]")
+#: What each value of :class:`TrainConfig` must be (types are checked when a value is set, see
+#: :func:`apply_overrides`; None passes wherever the type allows it): the one place ``validate`` reads.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (bool, "a model name"),
+    "data": (bool, "a dataset name or folder"),
+    "img_size": _count,
+    "train_sizes": (lambda v: all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v),
+                    "positive integers (px)"),
+    "train_limit": _count,
+    "val_limit": _count,
+    "epochs": _count,
+    "batch_size": _count,
+    "lr": (lambda v: v > 0, "positive"),
+    "warmup_lr": (lambda v: v >= 0, "at least 0"),
+    "min_lr": (lambda v: v >= 0, "at least 0"),
+    "warmup_epochs": (lambda v: v >= 0, "at least 0"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "betas": (lambda v: _numbers(v, 2, _in(0, 1, closed_hi=False)), "two numbers in [0, 1)"),
+    "clip_grad": (lambda v: v >= 0, "at least 0 (0 or None: off)"),
+    "label_smoothing": (_in(0, 1, closed_hi=False), "in [0, 1)"),
+    "mixup": (lambda v: v >= 0, "at least 0 (0: off)"),
+    "cutmix": (lambda v: v >= 0, "at least 0 (0: off)"),
+    "mix_prob": _fraction,
+    "mix_switch_prob": _fraction,
+    "drop_path": (_in(0, 1, closed_hi=False), "in [0, 1)"),
+    "ema_decay": _fraction,
+    "storage_scale": (lambda v: v > 0, "positive"),
+    "crop": (lambda v: v in ("rrc", "pad", "none"), "rrc, pad or none"),
+    "rrc_scale": (lambda v: _numbers(v, 2, _in(0, 1)) and 0 < v[0] <= v[1], "two numbers 0 < min <= max <= 1"),
+    "pad": (lambda v: v >= 0, "at least 0"),
+    "hflip": _fraction,
+    "randaug_n": (lambda v: v >= 0, "at least 0 (0: off)"),
+    "randaug_m": (_in(0, 30), "in [0, 30]"),
+    "reprob": _fraction,
+    "mean": (lambda v: _numbers(v, 3, lambda x: True), "three numbers (R, G, B)"),
+    "std": (lambda v: _numbers(v, 3, lambda x: x > 0), "three positive numbers (R, G, B)"),
+    "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "amp": (lambda v: v in ("auto", "bf16", "off"), "auto, bf16 or off"),
+    "attention": (lambda v: v in ("auto", "default", "math"), "auto, default or math"),
+    "eval_every": _count,
+    "ckpt_every_steps": (lambda v: v >= 0, "at least 0 (0: only at epoch ends)"),
+    "eval_batch_size": _count,
+    "workers": (lambda v: v >= 0, "at least 0"),
+    "out": (bool, "a folder"),
+}
+
+
+RECIPES = ("deit", "cifar10", "imagenette", "synthetic", "demo", "small")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -193,6 +284,64 @@ def model_options(sets: list[str | Override] | None, command: str) -> dict[str, 
     return options
 
 
+#: An image folder whose images' median shorter side is at most this many pixels gets the ``small``
+#: recipe from :func:`folder_defaults` (CIFAR-10's 32 px, Tiny ImageNet's 64 px); larger ones DeiT's.
+SMALL_IMAGES = 64
+#: :func:`folder_defaults` halves the recipe's batch size (not below :data:`MIN_FOLDER_BATCH`) until an
+#: epoch of the folder has at least this many optimiser steps.
+MIN_FOLDER_STEPS = 8
+MIN_FOLDER_BATCH = 16
+
+
+def folder_defaults(data: str, flags: dict[str, Any] | None = None,
+                    sets: list[str | Override] | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    """The recipe and settings ``cpvt train --data FOLDER`` picks when no ``--recipe`` is given, from a
+    look at the folder (:func:`cpvt.data.folder.survey`), and one note per choice, for the user.
+
+    * the recipe: ``small`` for images of at most :data:`SMALL_IMAGES` px (median shorter side), else ``deit``;
+    * ``img_size``: the images' size rounded to whole patches of the model (not above the model's own size
+      for larger images), so small images are not blown up to 224 px;
+    * ``batch_size``: the recipe's, halved until an epoch has :data:`MIN_FOLDER_STEPS` steps.
+
+    A value given as a flag or ``--set`` is never replaced. Returns (recipe, values, notes); the values go
+    under the flags (``resolve_config(recipe, {**values, **flags}, sets)``).
+    """
+    import torch
+
+    from .data.folder import survey
+    from .models import create_model
+
+    found = survey(data)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = set(flags) | {k for k, _ in _pairs(sets)}
+    recipe = "small" if 0 < found["side"] <= SMALL_IMAGES else "deit"
+    cfg = resolve_config(recipe, flags, sets)
+    values: dict[str, Any] = {}
+    notes = [f"{data}: {found['images']} training images in {found['classes']} classes, median shorter side "
+             f"{found['side']} px: recipe '{recipe}' (images of at most {SMALL_IMAGES} px get 'small'; "
+             f"--recipe chooses another)"]
+    if "img_size" not in explicit and found["side"]:
+        with torch.device("meta"):
+            model = create_model(cfg.model, **cfg.model_args)
+        patch, own = int(model.patch_size), int(model.img_size[0])
+        size = max(patch, round(found["side"] / patch) * patch)
+        if recipe != "small":
+            size = min(size, own)
+        values["img_size"] = size
+        notes.append(f"img_size {size}: the images' {found['side']} px in whole {patch} px patches of {cfg.model}"
+                     f"{'' if recipe == 'small' else f', at most its own {own} px'} (--img-size chooses another)")
+    if "batch_size" not in explicit:
+        batch = cfg.batch_size
+        while batch // 2 >= MIN_FOLDER_BATCH and found["images"] // batch < MIN_FOLDER_STEPS:
+            batch //= 2
+        if batch != cfg.batch_size:
+            values["batch_size"] = batch
+            notes.append(f"batch_size {batch} instead of the recipe's {cfg.batch_size}, so that an epoch of "
+                         f"{found['images']} images has {found['images'] // batch} steps (--batch-size chooses "
+                         f"another; lr is per 512 images and scales with it)")
+    return recipe, values, notes
+
+
 def resolve_config(recipe: str | None = None, flags: dict[str, Any] | None = None,
                    sets: list[str | Override] | None = None) -> TrainConfig:
     """Defaults <- recipe <- flags (None values ignored) <- ``--set`` pairs (``"key=value"`` or parsed)."""
@@ -201,4 +350,4 @@ def resolve_config(recipe: str | None = None, flags: dict[str, Any] | None = Non
         apply_overrides(cfg, load_recipe(recipe))
     apply_overrides(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     apply_overrides(cfg, dict(_pairs(sets)))
-    return cfg
+    return cfg.validate()

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .data.base import DataError
+from .data.base import DataError, printable
 from .engine import compile_model, compiled_graphs, evaluate
 from .table import format_table
 
@@ -69,7 +69,7 @@ def evaluate_runs(
     from .data import open_source
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    results, sources = [], {}
+    results, sources, noted = [], {}, set()
     for run in runs:
         ckpt, model = _trained_model(run, model_overrides, dev)
         cfg = ckpt.config
@@ -95,6 +95,10 @@ def evaluate_runs(
             runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
         for s in sizes:
             images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
+            for note in images.notes:  # skipped files and ignored links: said once, not once per size
+                if (key, split, note) not in noted:
+                    noted.add((key, split, note))
+                    print(f"note: {printable(note)}", flush=True)
             t0 = time.perf_counter()
             row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size,
                                            amp or cfg.get("amp", "auto"), progress=True)

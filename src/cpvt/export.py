@@ -269,13 +269,15 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
     if out is None:
         src = Path(run_or_model)
         out = src / f"model.{format}" if src.is_dir() else Path(f"{src.stem if src.exists() else run_or_model}.{format}")
-    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format == "onnx" else None)
     sizes = list(sizes or [])
+    for s in sizes:  # a size the model cannot take is a clear error before anything is written
+        model.grid_for(s)
     for s in default_sizes(model, meta["img_size"]):
         if len(sizes) >= 3:
             break
         if s not in sizes:
             sizes.append(s)
+    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format == "onnx" else None)
     report = {"path": str(out), "format": format, "model": meta["model"], "pos": meta["pos"],
               "opset": opset if format == "onnx" else None, "export_size": meta["img_size"],
               "trace_size": trace_size(model, meta["img_size"]), "tolerance": tol,

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .augment import EvalTransform
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD
+from .data.base import printable
 from .data.folder import _image_files, image_array, load_image
 
 
@@ -105,7 +106,9 @@ def find_images(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict[s
         p = Path(item)
         if p.is_dir():
             folders = True
-            files += _image_files(p)
+            notes: list[str] = []
+            files += _image_files(p, notes)
+            missing += [{"file": str(p), "reason": note} for note in notes]  # ignored links and folders
         elif p.is_file():
             files.append(str(p))
         else:
@@ -210,4 +213,4 @@ def format_predictions(preds: Predictions) -> str:
     lines.append(f"classified {len(preds.results)} image(s) at {preds.img_size}px with {preds.backend}; "
                  f"skipped {len(preds.skipped)} unreadable")
     lines += [f"  skipped {s['file']}: {s['reason']}" for s in preds.skipped]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # file and class names that are not UTF-8 are shown escaped

@@ -35,6 +35,7 @@ class Split:
     classes: list[str]
     name: str = ""
     skipped: list[str] = field(default_factory=list)  # files that could not be read
+    notes: list[str] = field(default_factory=list)  # what the split left out and why (skipped files, ignored links)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,3 +63,13 @@ class DataSource(Protocol):
 
 class DataError(ValueError):
     """A problem with the user's data that deserves one clear message, not a traceback."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal: a file name that is not valid UTF-8 (which Python holds as
+    lone surrogates, ``os.fsdecode``) is shown with its raw bytes escaped (``\\xff``) instead of making
+    ``print`` fail."""
+    try:
+        return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

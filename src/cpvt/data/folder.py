@@ -16,13 +16,21 @@ Decisions worth knowing:
 * **Classes** are the sorted sub-folder names of the ``train`` split (or of the
   first split present, in the order train, val, test). Every other split must
   use a subset of them (a split may lack a class, never add one); a label is
-  the index of its folder name in that list.
+  the index of its folder name in that list. A class folder of that first split
+  without images is a :class:`~cpvt.data.base.DataError` (the model would have
+  a class it never sees).
 * **Files**: images are found recursively inside each class folder by extension
   (:data:`IMAGE_EXTENSIONS`, case-insensitive), in sorted path order; hidden
   files and folders (name starting with ``.``, e.g. macOS ``._x.jpg``) and files
-  with other extensions are ignored. Unreadable images (corrupt, truncated, not
-  an image) are skipped and listed in ``Split.skipped``; more than 1 % of a
-  split unreadable is a :class:`~cpvt.data.base.DataError`. ``limit=N`` keeps a
+  with other extensions are ignored (the latter counted in ``Split.notes``).
+  Symbolic links are followed, except a link
+  back to a folder already listed (a loop, or a second way into a class folder),
+  which is ignored and noted. Unreadable images (corrupt, truncated, not an
+  image, a link to nowhere, or larger than ``PIL.Image.MAX_IMAGE_PIXELS``, a
+  possible decompression bomb) are skipped and listed in ``Split.skipped``; more
+  than 1 % of a split unreadable is a :class:`~cpvt.data.base.DataError`.
+  Whatever a split leaves out is counted and named in ``Split.notes``, which
+  training and evaluation print. File names need not be UTF-8. ``limit=N`` keeps a
   fixed, class-balanced subset of N files (:func:`subset`: seeded shuffle per
   class, then round-robin over the classes), not the first N.
 * **Colour**: every mode becomes RGB. Transparent images (RGBA, LA, PA, and
@@ -61,6 +69,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -80,6 +89,7 @@ __all__ = [
     "load_image",
     "resize_and_crop",
     "subset",
+    "survey",
     "to_rgb",
 ]
 
@@ -149,11 +159,14 @@ def resize_and_crop(im: Image.Image, size: int, mode: str = "train", crop_pct: f
 def load_image(path: str | os.PathLike, size: int, mode: str = "train", crop_pct: float = 0.875) -> np.ndarray:
     """Read one image file as uint8 ``(3, size, size)`` with the preprocessing of :class:`ImageFolderSource`.
 
-    Raises whatever Pillow raises for an unreadable file.
+    Raises whatever Pillow raises for an unreadable file, including for an image larger than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb: Pillow's warning is made an error).
     """
-    with Image.open(path) as im:
-        im.load()
-        return image_array(im, size, mode, crop_pct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            return image_array(im, size, mode, crop_pct)
 
 
 def image_array(im: Image.Image, size: int, mode: str = "eval", crop_pct: float = 0.875) -> np.ndarray:
@@ -192,6 +205,30 @@ def _decode_one(path: str, size: int, mode: str, crop_pct: float) -> tuple[np.nd
 # --------------------------------------------------------------------------- the source
 
 
+def survey(root: str | os.PathLike, sample: int = 64) -> dict[str, int]:
+    """What :func:`cpvt.config.folder_defaults` needs to fit a recipe to an image folder, read cheaply.
+
+    Returns ``images`` (the files in the first split, normally ``train``), ``classes``, and ``side``: the
+    median shorter side in pixels of up to ``sample`` of those files, spread evenly over the sorted list
+    (only headers are read; unreadable files are left out here and reported when the split is decoded;
+    0 if none could be read). The layout is checked as :class:`ImageFolderSource` checks it.
+    """
+    source = ImageFolderSource(root, workers=0)
+    paths, _ = source.files(source.splits[0])
+    picks = [paths[i * len(paths) // min(sample, len(paths))] for i in range(min(sample, len(paths)))]
+    sides = []
+    for p in picks:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(p) as im:
+                    sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 - reported with its reason when the split is decoded
+            continue
+    return {"images": len(paths), "classes": len(source.classes),
+            "side": int(np.median(sides)) if sides else 0}
+
+
 def _visible_dirs(folder: Path) -> list[str]:
     try:
         return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir())
@@ -199,15 +236,55 @@ def _visible_dirs(folder: Path) -> list[str]:
         raise DataError(f"cannot list folder {folder}: {e}") from e
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+def _image_files(folder: Path, notes: list[str] | None = None, seen: set[tuple[int, int]] | None = None,
+                 others: list[str] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden entries skipped, symbolic links followed), sorted.
+
+    A sub-folder that leads back to one of its own ancestors (a symbolic link loop, which would list the
+    same files again and again) or to a folder in ``seen`` (already listed, e.g. another class folder of
+    the split; updated here) is ignored, and so is one that cannot be listed; each is described in
+    ``notes``, so nothing is left out silently. Visible files without an image extension go to ``others``.
+    """
+    found: list[str] = []
+    notes = [] if notes is None else notes
+    seen = set() if seen is None else seen
+    seen.add(_identity(folder) or (-1, -1))
+
+    def unreadable(e: OSError) -> None:
+        notes.append(f"ignored folder {e.filename}: cannot list it ({e.strerror or e})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
+        here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(dirpath, d)
+            target, ident = os.path.realpath(path), _identity(path)
+            if ident is None:
+                notes.append(f"ignored folder {path}: cannot read it")
+            elif ident in seen or os.path.commonpath([here, target]) == target:
+                notes.append(f"ignored folder {path}: it leads to {target}, which is already listed (a symbolic "
+                             f"link loop, or a link to another listed folder)")
+            else:
+                seen.add(ident)
+                keep.append(d)
+        dirnames[:] = keep
         for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+            if f.startswith("."):
+                continue
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
                 found.append(os.path.join(dirpath, f))
+            elif others is not None:
+                others.append(os.path.join(dirpath, f))
     return sorted(found)
+
+
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` leads to, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _safe(text: str) -> str:
@@ -252,6 +329,7 @@ class ImageFolderSource:
                 f"no split folders in {self.root}{hint}. Expected the ImageNet layout "
                 f"ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or ROOT/test/...)"
             )
+        self.listing_notes: dict[str, list[str]] = {}  # per split: links and folders the last listing ignored
         self._split_classes: dict[str, list[str]] = {}
         for s in self.splits:
             classes = _visible_dirs(self.root / s)
@@ -288,11 +366,32 @@ class ImageFolderSource:
         self._check_split(name)
         paths: list[str] = []
         labels: list[int] = []
+        notes: list[str] = []
+        empty: list[str] = []
         index = {c: i for i, c in enumerate(self.classes)}
+        # the root, the split and its class folders are listed once, as themselves: a link into one is ignored
+        seen = {_identity(p) for p in (self.root, self.root / name, *(self.root / name / c for c in
+                                                                       self._split_classes[name]))} - {None}
+        others: list[str] = []
         for c in self._split_classes[name]:
-            found = _image_files(self.root / name / c)
+            found = _image_files(self.root / name / c, notes, seen, others)
             paths += found
             labels += [index[c]] * len(found)
+            if not found:
+                empty.append(c)
+        if others:
+            kinds = sorted({os.path.splitext(p)[1].lower() or "no extension" for p in others})
+            notes.append(f"ignored {len(others)} file(s) in split '{name}' of {self.root} that are not images by "
+                         f"their extension ({', '.join(kinds[:8])}{' ...' if len(kinds) > 8 else ''}), e.g. "
+                         f"{sorted(others)[0]}; images are {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        self.listing_notes[name] = notes
+        if empty and paths and name == self.splits[0]:  # the split that defines the classes
+            shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise DataError(
+                f"class folder(s) {shown} of split '{name}' of {self.root} hold no images ({len(empty)} of "
+                f"{len(self.classes)} classes): a model would be built with a class it never sees. Add images "
+                f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the empty folder(s)"
+            )
         if not paths:
             raise DataError(
                 f"split '{name}' of {self.root} has no images: looked for "
@@ -342,8 +441,9 @@ class ImageFolderSource:
             stem, key = self._cache_stem(name, size, mode, crop_pct, limit, paths)
             cached = self._load_cache(stem, key, size)
             if cached is not None:
-                images, labels_c, skipped = cached
-                return Split(images, labels_c, list(self.classes), name=name, skipped=skipped)
+                images, labels_c, skipped, reasons = cached
+                return Split(images, labels_c, list(self.classes), name=name, skipped=skipped,
+                             notes=self._notes(name, len(paths), skipped, reasons))
 
         images, keep, skipped, reasons = self._decode(name, paths, size, mode, crop_pct, stem)
         kept_labels = [labels[i] for i in keep]
@@ -356,22 +456,35 @@ class ImageFolderSource:
                 f"images (more than {MAX_UNREADABLE_FRACTION:.0%} allowed), e.g. {examples}. "
                 f"Fix or remove them."
             )
+        notes = self._notes(name, len(paths), skipped, reasons)
         if stem is None:
             return Split(torch.from_numpy(images), torch.tensor(kept_labels, dtype=torch.int64),
-                         list(self.classes), name=name, skipped=skipped)
+                         list(self.classes), name=name, skipped=skipped, notes=notes)
 
         meta = {
             "version": _CACHE_VERSION, "key": key, "root": str(self.root), "split": name, "size": size,
             "mode": mode, "crop_pct": crop_pct, "limit": limit, "count": len(keep),
             "classes": self.classes, "labels": kept_labels, "skipped": skipped,
+            "reasons": [reasons[p] for p in skipped],
         }
         os.replace(images, _with(stem, ".npy"))
         write_text_atomic(_with(stem, ".json"), json.dumps(meta))
         cached = self._load_cache(stem, key, size)
         if cached is None:  # pragma: no cover - would mean the file system lost what was just written
             raise DataError(f"could not read back the cache just written at {stem}.npy")
-        images_t, labels_t, skipped = cached
-        return Split(images_t, labels_t, list(self.classes), name=name, skipped=skipped)
+        images_t, labels_t, skipped, _ = cached
+        return Split(images_t, labels_t, list(self.classes), name=name, skipped=skipped, notes=notes)
+
+    def _notes(self, name: str, total: int, skipped: list[str], reasons: dict[str, str]) -> list[str]:
+        """What split ``name`` left out, one line each: the listing's ignored folders, then the unreadable
+        files (counted, the first few named with the reason)."""
+        notes = list(self.listing_notes.get(name, []))
+        if skipped:
+            shown = "; ".join(f"{p} ({reasons[p]})" if reasons.get(p) else p for p in skipped[:5])
+            more = f"; and {len(skipped) - 5} more (Split.skipped lists them all)" if len(skipped) > 5 else ""
+            notes.append(f"skipped {len(skipped)} of {total} files in split '{name}' of {self.root} that could "
+                         f"not be read as images (up to {MAX_UNREADABLE_FRACTION:.0%} may be): {shown}{more}")
+        return notes
 
     # ---------------------------------------------------------------- decoding
 
@@ -431,12 +544,12 @@ class ImageFolderSource:
         header = [_CACHE_VERSION, str(self.root), split, size, mode, crop_pct, limit, self.classes]
         h.update(json.dumps(header).encode())
         base = str(self.root / split)
-        for p in paths:
+        for p in paths:  # file names as the bytes on disk: a name that is not UTF-8 hashes too
             try:
                 st = os.stat(p)
-                h.update(f"\n{os.path.relpath(p, base)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+                h.update(os.fsencode(f"\n{os.path.relpath(p, base)}\t{st.st_size}\t{st.st_mtime_ns}"))
             except OSError:
-                h.update(f"\n{os.path.relpath(p, base)}\t?".encode())
+                h.update(os.fsencode(f"\n{os.path.relpath(p, base)}\t?"))
         key = h.hexdigest()
         parts = [_safe(self.name), split, f"{size}px", mode]
         if mode == "eval":
@@ -459,9 +572,11 @@ class ImageFolderSource:
                 return None
             if len(meta["labels"]) != meta["count"]:
                 return None
+            reasons = dict(zip(meta["skipped"], meta.get("reasons", [])))  # entries written before reasons: none
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return torch.from_numpy(images), torch.tensor(meta["labels"], dtype=torch.int64), list(meta["skipped"])
+        return (torch.from_numpy(images), torch.tensor(meta["labels"], dtype=torch.int64), list(meta["skipped"]),
+                reasons)
 
 
 def _map(task, items, procs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,40 @@ def model_args(name: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(
             f"unknown override(s) {sorted(unknown)} for model {name!r}; valid: {', '.join(sorted(valid_overrides(name)))}"
         )
-    return {**fn(), **overrides}
+    args = {**fn(), **overrides}
+    _check_types(name, overrides, {**fn(), **all_encoding_options(), **_signature_defaults(name)})  # signature wins
+    return args
+
+
+def _signature_defaults(name: str) -> dict[str, Any]:
+    cls, _ = _lookup(name)
+    return {p: v.default for p, v in inspect.signature(cls.__init__).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+
+
+def _check_types(name: str, overrides: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """A ValueError naming every override of the wrong kind for its default (a word where a number or a
+    flag is expected, a flag where a number is) or a number that is not finite. Options whose default is
+    None, a word or a sequence take several kinds and are checked where they are used."""
+    bad = []
+    for key, value in overrides.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(f"{key}={value!r} (not a finite number)")
+            continue
+        default = defaults.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = (number and float(value).is_integer()) or isinstance(value, (list, tuple)), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = number or isinstance(value, (list, tuple)), "a number"
+        else:
+            continue
+        if not ok:
+            bad.append(f"{key}={value!r} (expects {kind}, like its default {default!r})")
+    if bad:
+        raise ValueError(f"model {name!r}: bad option(s) " + "; ".join(bad))
 
 
 def create_model(name: str, *, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
@@ -90,7 +124,10 @@ def create_model(name: str, *, pretrained: str | Path | None = None, **overrides
                                   f"create_model({saved!r}, pretrained=...) or cpvt.load_run({str(pretrained)!r})")
         overrides = {**ckpt.meta.get("model_args", {}), **overrides}
     args = model_args(name, **overrides)
-    model = cls(**args)
+    try:
+        model = cls(**args)
+    except TypeError as e:  # an option of a kind the constructor cannot use: one clear line, not a traceback
+        raise ValueError(f"cannot build model {name!r} with {overrides}: {e}") from None
     model.model_name, model.model_args = name, args
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(pretrained))
