@@ -246,7 +246,9 @@ def test_bad_requests_fail_with_one_clear_line(tmp_path: Path, capsys):
     assert "unknown table 'T9'" in capsys.readouterr().err
     assert main(["reproduce", "T1", "--budget", "huge", "--out", str(tmp_path)]) == 2
     assert "unknown budget 'huge'" in capsys.readouterr().err
-    assert main(["reproduce", "T1", "--budget", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse checks the type: one usage line and the reason
+        main(["reproduce", "T1", "--budget", "smoke", "--seeds", "0", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "--seeds: expected a positive whole number, got '0'" in capsys.readouterr().err
     assert parse_tables("t1, T3") == ["T1", "T3"]
 
 
