@@ -36,4 +36,5 @@ def need(module: str, reason: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        pytest.fail(f"CPVT_REQUIRE={os.environ['CPVT_REQUIRE']} but {module} cannot be imported: {e}", pytrace=False)
+        error = e
+    pytest.fail(f"CPVT_REQUIRE={os.environ['CPVT_REQUIRE']} but {module} cannot be imported: {error}", pytrace=False)
