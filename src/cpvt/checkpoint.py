@@ -9,13 +9,26 @@ pickled, so loading can never execute code.
 
 Files are written to a temporary name in the same folder and renamed over the
 old one (``os.replace``), so a crash at any moment leaves either the old or the
-new checkpoint, never half of one.
+new checkpoint, never half of one. A write that fails (disk full, quota, I/O
+error) raises :class:`~cpvt.errors.CheckpointWriteError` naming the file and the
+reason, leaves the old file untouched and removes the temporary.
+
+Integrity (format 2): the metadata holds ``sha256``, the SHA-256 of the whole
+file as written with those 64 hex digits read as ``0``s (the digest is patched
+into its placeholder after writing, so offsets do not move). Loading checks it
+before anything is used, so a changed byte anywhere (tensor data, header,
+padding), a truncation or an insertion is a :class:`CheckpointError`, never
+silently different weights. Format 1 files (no digest) still load; a file from a
+newer format is refused with a message that says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +37,91 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .errors import CheckpointWriteError, describe_os_error
 from .fileio import atomic_path
 
-FORMAT = "cpvt-checkpoint-1"
+FORMAT_VERSION = 2  # 2: whole-file sha256 in the metadata; 1: none
+FORMAT = f"cpvt-checkpoint-{FORMAT_VERSION}"
+DIGEST_KEY = "sha256"
+_PLACEHOLDER = b"0" * 64
+_DIGEST = re.compile(rb'"sha256"\s*:\s*"([0-9a-f]{64})"')  # the metadata entry in the header's JSON
+_FORMAT = re.compile(r'"cpvt-checkpoint-(\d+)"')
+_CPVT_KEYS = {"model_name", "model_args", "config", "classes", "progress", "optimizer", "scheduler"}  # besides format
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot or must not be loaded."""
 
 
+def _digest_span(path: str | Path) -> tuple[int, int, str] | None:
+    """Where the 64 hex digits of the ``sha256`` metadata entry sit in the file, and the digits; None if the
+    header holds no such entry (or not exactly one)."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        size = f.seek(0, 2)
+        if len(prefix) < 8:
+            return None
+        n = int.from_bytes(prefix, "little")
+        if n > size - 8:
+            return None
+        f.seek(8)
+        found = list(_DIGEST.finditer(f.read(n)))
+    if len(found) != 1:
+        return None
+    return 8 + found[0].start(1), 8 + found[0].end(1), found[0][1].decode()
+
+
+def _file_digest(path: str | Path, span: tuple[int, int, str]) -> str:
+    """SHA-256 of the file with the bytes in ``span`` (the digest's own place) read as ``0``s."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = bytearray(f.read(span[1]))
+        head[span[0]:span[1]] = _PLACEHOLDER
+        h.update(head)
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _seal(path: Path) -> None:
+    """Patch the file's digest into its placeholder (same length, so nothing moves)."""
+    span = _digest_span(path)
+    if span is None:
+        raise RuntimeError(f"{path}: the checkpoint digest placeholder was not found after writing")
+    digest = _file_digest(path, span)
+    with open(path, "r+b") as f:
+        f.seek(span[0])
+        f.write(digest.encode())
+
+
+def _write_error(e: BaseException) -> tuple[int | None, str] | None:
+    """(errno, description) of a failed write: an OSError, or safetensors' error wrapping one; None for others."""
+    if isinstance(e, OSError):
+        return e.errno, e.strerror or str(e)
+    if isinstance(e, SafetensorError):
+        m = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(e))
+        if m:
+            return int(m[2]), m[1]
+    return None
+
+
 def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    existed = path.exists()
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata={**metadata, DIGEST_KEY: _PLACEHOLDER.decode()})
+            _seal(tmp)
+    except (OSError, SafetensorError) as e:
+        found = _write_error(e)
+        if found is None:
+            raise
+        code, what = found
+        reason = describe_os_error(code, what)
+        kept = (f"the previous {path.name} is intact" if existed and path.exists()
+                else f"there was no earlier {path.name}")
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {what}{f' ({reason})' if reason else ''}; "
+                                   f"{kept} and the partial file was removed", code) from e
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -78,8 +164,13 @@ def save_checkpoint(
     scheduler: Any = None,
     ema: nn.Module | None = None,
     progress: dict[str, Any] | None = None,
+    rng_states: Sequence[dict[str, Tensor]] | None = None,
 ) -> None:
-    """Write a checkpoint. Without optimizer it is weights-only (``best``, exports)."""
+    """Write a checkpoint. Without optimizer it is weights-only (``best``, exports).
+
+    ``rng_states``: under DDP, every process's RNG state (``{"cpu": ..., "cuda": ...}``, rank 0 first), so each
+    rank resumes its own random streams; without it, this process's state is saved (one process).
+    """
     tensors: dict[str, Tensor] = dict(model.state_dict())
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -92,10 +183,13 @@ def save_checkpoint(
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer)
         tensors.update(opt_tensors)
-        tensors["rng/cpu"] = torch.get_rng_state()
+        tensors["rng/cpu"] = torch.get_rng_state() if rng_states is None else rng_states[0]["cpu"]
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng/cuda/{i}"] = s
+        for rank, state in enumerate(rng_states or ()):
+            if rank:  # rank 0's are the ones above
+                tensors.update({f"rng/rank{rank}/{kind}": t for kind, t in state.items()})
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     if ema is not None:
@@ -133,8 +227,15 @@ class Checkpoint:
         model.load_state_dict(self.weights, strict=True)
         return model
 
-    def restore_training(self, optimizer, scheduler=None, ema: nn.Module | None = None) -> None:
-        """Put optimizer, scheduler, EMA and RNG state back (for ``--resume``)."""
+    def restore_training(self, optimizer, scheduler=None, ema: nn.Module | None = None, rank: int = 0,
+                         device: torch.device | None = None) -> bool:
+        """Put optimizer, scheduler, EMA and RNG state back (for ``--resume``).
+
+        ``rank``: the DDP process restoring; it gets its own RNG streams (``device``: its CUDA device).
+        Returns False when the checkpoint holds no RNG state for ``rank`` (one written by fewer
+        processes, or before per-rank states were saved): that rank keeps its fresh streams, so the
+        resumed run is not bit-identical to an uninterrupted one.
+        """
         if "optimizer" not in self.meta:
             raise CheckpointError(f"{self.path} holds weights only; it cannot resume training")
         opt_tensors = {k: v for k, v in self.tensors.items() if k.startswith("optimizer/")}
@@ -143,10 +244,20 @@ class Checkpoint:
             scheduler.load_state_dict(self.meta["scheduler"])
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in self.tensors.items() if k.startswith("ema/")})
+        if rank:
+            if f"rng/rank{rank}/cpu" not in self.tensors:
+                return False
+            torch.set_rng_state(self.tensors[f"rng/rank{rank}/cpu"])
+            if f"rng/rank{rank}/cuda" in self.tensors and device is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(self.tensors[f"rng/rank{rank}/cuda"], device)
+            return True
         torch.set_rng_state(self.tensors["rng/cpu"])
-        cuda = [self.tensors[k] for k in sorted(self.tensors) if k.startswith("rng/cuda/")]
+        cuda = []
+        while f"rng/cuda/{len(cuda)}" in self.tensors:  # by index: rng/cuda/10 sorts before rng/cuda/2
+            cuda.append(self.tensors[f"rng/cuda/{len(cuda)}"])
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+        return True
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -169,14 +280,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-                raw = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-        meta = {k: json.loads(v) for k, v in raw.items()} if raw.get("format") == json.dumps(FORMAT) else {}
-        return Checkpoint(tensors, meta, path)
+        return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -191,3 +295,50 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return Checkpoint(obj, {}, path)
+
+
+def _format_version(raw: dict[str, str], path: Path) -> int | None:
+    """The cpvt format of a safetensors file's metadata; None for a file cpvt did not write (plain weights)."""
+    fmt = raw.get("format")
+    m = _FORMAT.fullmatch(fmt) if isinstance(fmt, str) else None
+    if m:
+        return int(m[1])
+    if (isinstance(fmt, str) and "cpvt" in fmt) or _CPVT_KEYS & set(raw):
+        raise CheckpointError(f"{path} is damaged: its format entry ({fmt!r}) is not a cpvt checkpoint format")
+    return None
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    """Check the digest, read the tensors, then interpret the metadata (see the module docstring)."""
+    damaged = f"{path} is damaged (changed after it was written: a bad disk, an interrupted copy or an edit)"
+    try:
+        span = _digest_span(path)
+        intact = None if span is None else _file_digest(path, span) == span[2]
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any failure to parse means an unreadable file
+        if intact is False:
+            raise CheckpointError(f"{damaged}: its sha256 does not match") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    version = _format_version(raw, path)
+    if version is not None and version > FORMAT_VERSION:
+        from . import __version__
+
+        raise CheckpointError(f"{path} was written by a newer cpvt (checkpoint format {version}); cpvt {__version__} "
+                              f"reads formats 1 to {FORMAT_VERSION}: upgrade cpvt to load it")
+    if version is None:  # a plain weights file from elsewhere (timm, Hugging Face): its metadata is not ours
+        return Checkpoint(tensors, {}, path)
+    if intact is False:
+        raise CheckpointError(f"{damaged}: its sha256 does not match; use another copy (best.safetensors, or an "
+                              "earlier one)")
+    if version >= 2 and not intact:
+        raise CheckpointError(f"{damaged}: its sha256 entry is missing")
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items() if k != DIGEST_KEY}
+    except ValueError as e:
+        raise CheckpointError(f"{damaged}: unreadable metadata ({e})") from None
+    return Checkpoint(tensors, meta, path)

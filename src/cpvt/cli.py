@@ -14,6 +14,11 @@
 Every command takes overrides one way: ``--set KEY=VALUE`` (repeatable), with
 ``model.KEY`` for a model option; values are Python literals (``[0, 1]``,
 ``True``, ``5e-4``) or else strings.
+
+Exit codes: 0 done; 2 bad input; 3 training diverged; 4 run folder in use;
+74 a checkpoint could not be written (the previous one is kept); 75 training
+stopped by SIGTERM / SIGINT after writing its checkpoint (``--resume``
+continues).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .pos import ENCODINGS, encoding_options
 from .analyze import ANALYSES
 from .config import RECIPES, model_options, parse_set
 from .data.base import printable
-from .errors import RunLocked, TrainingDiverged
+from .errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, RunLocked, TrainingDiverged, TrainingStopped
 from .table import format_table
 
 
@@ -137,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
              "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir,
-             "compile": args.compile or None}
+             "compile": args.compile or None, "ckpt_every_steps": args.save_every_steps}
     recipe, picked = args.recipe or _default_recipe(args.data), {}
     if args.recipe is None and _is_folder(args.data):  # fit the recipe to the images (each choice printed)
         recipe, picked, notes = folder_defaults(args.data, flags, args.set)
@@ -300,9 +305,18 @@ def _model_commands(sub) -> None:
     s.set_defaults(fn=cmd_info)
 
 
+TRAIN_EPILOG = f"""\
+stopping and resuming:
+  SIGTERM or SIGINT (Ctrl-C) finishes the current step, writes last.safetensors and exits with
+  code {EXIT_STOPPED}; the same command with --resume continues exactly. A checkpoint that cannot be
+  written (disk full) exits with code {EXIT_WRITE_FAILED} and keeps the previous one.
+"""
+
+
 def _training_commands(sub) -> None:
     """train, eval, demo, reproduce."""
-    s = sub.add_parser("train", help="train a model (DeiT recipe by default)")
+    s = sub.add_parser("train", help="train a model (DeiT recipe by default)", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", help="registry name (see `cpvt models`)")
     s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
     s.add_argument("--img-size", type=positive_int)
@@ -314,6 +328,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
     add_set(s, "KEY=VALUE", "config override; model.KEY for a model option")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--save-every-steps", type=int, metavar="N", help="also write the resumable checkpoint every N "
+                   "steps within an epoch (same as --set ckpt_every_steps=N; default: at epoch ends only)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     s.set_defaults(fn=cmd_train)
 
@@ -422,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunLocked as e:
         print(f"cpvt: error: {printable(e)}", file=sys.stderr)
         return 4
+    except CheckpointWriteError as e:
+        print(f"cpvt: error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    except TrainingStopped as e:
+        print(f"cpvt: {e}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training and evaluation (an execution detail, like workers)
     device: str = "auto"
     eval_every: int = 1  # epochs
-    ckpt_every_steps: int = 0  # also write `last` every N steps (0: only at epoch ends)
+    ckpt_every_steps: int = 0  # also write `last` every N steps (0: only at epoch ends); --save-every-steps N
     eval_batch_size: int = 256
     deterministic: bool = False
     workers: int | None = None  # image decoding processes

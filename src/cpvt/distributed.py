@@ -50,6 +50,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every process's ``obj`` (picklable), in rank order, on rank 0; None on the others. One process: ``[obj]``."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -8,9 +8,17 @@ top-1 / top-5 on a decoded split.
 
 Exact resume: the batch order of every epoch is a permutation seeded by
 ``(seed, epoch)``, so it needs no state beyond the epoch and step; the RNG
-(augmentation, mixing, drop path), optimizer, scheduler and EMA states are in
-the checkpoint. On the CPU with the same thread count a resumed run ends with
-the same weights as an uninterrupted one.
+(augmentation, mixing, drop path) of every process, optimizer, scheduler and
+EMA states are in the checkpoint. On the CPU with the same thread count and
+number of processes a resumed run ends with the same weights as an
+uninterrupted one.
+
+Graceful stop: SIGTERM or SIGINT during training finishes the current step,
+writes ``last.safetensors`` and raises :class:`~cpvt.errors.TrainingStopped`
+(``cpvt`` exits with :data:`~cpvt.errors.EXIT_STOPPED`); under DDP the
+processes agree on the step to stop after. A checkpoint that cannot be written
+raises :class:`~cpvt.errors.CheckpointWriteError` on every process and keeps
+the previous one.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +43,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .augment import EvalTransform, TrainAugment, mix_batch
-from .checkpoint import Checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .data.base import DataError, Split, printable
-from .errors import TrainingDiverged
+from .errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .runlock import run_lock
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_to_main, init_distributed
 from .models import create_model
+from .models.registry import load_strict
 
 
 # -- pieces --------------------------------------------------------------------
@@ -237,7 +249,7 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _config_diff(a: dict, b: dict, ignore=("epochs", "out", "compile")) -> list[str]:
+def _config_diff(a: dict, b: dict, ignore=("epochs", "out", "compile", "ckpt_every_steps")) -> list[str]:
     """The settings that differ; a key one side lacks (a run saved before the key existed) counts as its default."""
     defaults = TrainConfig().to_dict()
     keys = sorted(set(a) | set(b))
@@ -292,6 +304,48 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         cleanup(info)
 
 
+class StopSignal:
+    """SIGTERM / SIGINT during training, noted so the loop can finish its step, write ``last`` and stop.
+
+    Installed around the training loop only (a signal while the data is decoded still stops at
+    once) and only from the main thread. A repeated signal changes nothing: torchrun passes the
+    signal it gets on to every worker, which may have got it already; SIGKILL still ends a process.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, verbose: bool = True):
+        self.signum: int | None = None
+        self.verbose = verbose
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.verbose:
+                print(f"\ncpvt: {self.name}: finishing this step, then writing the checkpoint and stopping",
+                      file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+
 @dataclass
 class TrainState:
     """One training job between steps: what :func:`setup` builds and the loop pieces share."""
@@ -316,6 +370,9 @@ class TrainState:
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the current epoch (resume mid-epoch)
     best: float = -1.0  # best validation top-1 so far
+    saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written (or resumed from)
+    stop: StopSignal = field(default_factory=lambda: StopSignal(verbose=False))  # installed by _train
+    stop_agreed: bool = False  # every process has seen the stop request (checked once per step)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -330,6 +387,12 @@ def _resume_checkpoint(cfg: TrainConfig, resume: bool, info: DistInfo) -> Checkp
         remove_stale_temporaries(out)
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
+        saved = ckpt.meta.get("model_name")
+        if saved is None:
+            raise CheckpointError(f"{last_path} is not a cpvt training checkpoint (no model description)")
+        if saved != cfg.model:
+            raise CheckpointError(f"{last_path} is a checkpoint of {saved}, not of {cfg.model}: --resume continues "
+                                  f"the run in {out}; train {cfg.model} in another --out folder")
         diff = _config_diff(ckpt.config, cfg.to_dict())
         if diff:
             raise ValueError(f"--resume with a different config than the run in {out}: " + "; ".join(diff))
@@ -379,15 +442,17 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
     progress = {"epoch": 0, "step": 0, "best_top1": -1.0}
     if ckpt is not None:
-        model.load_state_dict(ckpt.weights, strict=True)
-        ckpt.restore_training(optimizer, scheduler, ema)
+        load_strict(model, ckpt.weights, source=str(ckpt.path))
+        exact = ckpt.restore_training(optimizer, scheduler, ema, rank=info.rank, device=device)
         progress = {"best_top1": -1.0, **ckpt.progress}
+        _warn_inexact_resume(ckpt, exact, info)
     # compiled: one module for training and evaluation (its weights are the model's; checkpoints save the model)
     runner = compile_model(model, dynamic=True if len(sizes) > 1 else None) if cfg.compile else model
     ddp = torch.nn.parallel.DistributedDataParallel(runner) if info.enabled else runner
     st = TrainState(cfg, info, device, Path(cfg.out), model, runner, ddp, optimizer, scheduler, ema, order,
                     {s: TrainAugment(cfg, s).to(device) for s in sizes}, tokens, autocast_dtype(device, cfg.amp),
-                    train_split, val_split, cfg.to_dict(), progress["epoch"], progress["step"], progress["best_top1"])
+                    train_split, val_split, cfg.to_dict(), progress["epoch"], progress["step"], progress["best_top1"],
+                    saved=None if ckpt is None else (progress["epoch"], progress["step"]))
     if info.is_main:
         st.out.mkdir(parents=True, exist_ok=True)
         (st.out / "config.json").write_text(json.dumps(st.config, indent=2))
@@ -399,12 +464,74 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     return st
 
 
-def save_last(st: TrainState, epoch: int, step: int) -> None:
-    """The resumable checkpoint (weights, optimiser, schedule, EMA, RNG, progress), written atomically."""
+def _warn_inexact_resume(ckpt: Checkpoint, exact: bool, info: DistInfo) -> None:
+    """Say so when a resumed run cannot continue bit-identically (RNG state missing, process count changed)."""
+    saved_world = ckpt.progress.get("world_size")
+    if not exact:
+        warnings.warn(f"rank {info.rank}: {ckpt.path} holds no RNG state for this process (written by "
+                      f"{saved_world or 'an older cpvt or fewer'} processes); its random streams start afresh, "
+                      "so the resumed run is not bit-identical to an uninterrupted one", stacklevel=3)
+    elif info.is_main and saved_world is not None and saved_world != info.world_size:
+        warnings.warn(f"{ckpt.path} was written by {saved_world} processes, resumed on {info.world_size}: the "
+                      "resumed run is not bit-identical to an uninterrupted one", stacklevel=3)
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    """This process's random streams: the CPU generator and, on a GPU, its device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _write_on_main(st: TrainState, write) -> None:
+    """Run a checkpoint write on rank 0. If it fails every process raises (none waits for a dead rank 0),
+    with what to do next: the previous checkpoint is kept and ``--resume`` continues from it."""
+    error = None
     if st.info.is_main:
-        save_checkpoint(st.out / "last.safetensors", st.model, config=st.config, classes=st.train_split.classes,
-                        optimizer=st.optimizer, scheduler=st.scheduler, ema=st.ema,
-                        progress={"epoch": epoch, "step": step, "best_top1": st.best})
+        try:
+            write()
+        except CheckpointWriteError as e:
+            error = e
+    failed = error is not None
+    if st.info.enabled:
+        failed = all_reduce_sum(torch.tensor(float(failed), device=st.device), st.info).item() > 0
+    if not failed:
+        return
+    if st.saved is None:
+        then = "no checkpoint of this run was written yet: fix the cause and start it again"
+    else:
+        then = (f"fix the cause, then --resume continues from {st.out / 'last.safetensors'} (epoch {st.saved[0]}, "
+                f"step {st.saved[1]})")
+    if error is None:
+        raise CheckpointWriteError(f"rank 0 could not write a checkpoint (its message says why); {then}")
+    raise CheckpointWriteError(f"{error}. Training stopped: {then}", error.errno) from error
+
+
+def save_last(st: TrainState, epoch: int, step: int) -> None:
+    """The resumable checkpoint (weights, optimiser, schedule, EMA, every process's RNG, progress), written
+    atomically by rank 0; every process takes part (the RNG states are gathered)."""
+    states = gather_to_main(_rng_state(st.device), st.info) if st.info.enabled else None
+    _write_on_main(st, lambda: save_checkpoint(
+        st.out / "last.safetensors", st.model, config=st.config, classes=st.train_split.classes,
+        optimizer=st.optimizer, scheduler=st.scheduler, ema=st.ema, rng_states=states,
+        progress={"epoch": epoch, "step": step, "best_top1": st.best, "world_size": st.info.world_size}))
+    st.saved = (epoch, step)
+
+
+def _stopped(st: TrainState) -> TrainingStopped:
+    """The error that ends a run stopped by a signal, after its checkpoint is written."""
+    where = (f"step {st.step} of {st.order.steps} in epoch {st.epoch + 1}/{st.cfg.epochs}" if st.step
+             else f"epoch {st.epoch}/{st.cfg.epochs}")
+    by = st.stop.name or "a signal to another process"
+    return TrainingStopped(f"stopped by {by} after {where}; {st.out / 'last.safetensors'} is written: the same "
+                           "command with --resume continues exactly", by, st.epoch, st.step)
+
+
+def _stop_requested_anywhere(st: TrainState) -> bool:
+    """Whether any process got SIGTERM / SIGINT (every process gets the same answer)."""
+    flag = torch.tensor(float(st.stop.requested), device=st.device)
+    return all_reduce_sum(flag, st.info).item() > 0
 
 
 def train_step(st: TrainState, idx: Tensor, size: int) -> Tensor:
@@ -420,8 +547,11 @@ def train_step(st: TrainState, idx: Tensor, size: int) -> Tensor:
     ):
         logits = st.ddp(x)
     loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
-    bad = torch.tensor(float(not torch.isfinite(loss)), device=device)
-    if all_reduce_sum(bad, st.info).item() > 0:
+    # one all_reduce per step carries both checks: a non-finite loss anywhere, a stop request anywhere
+    flags = torch.tensor([float(not torch.isfinite(loss)), float(st.stop.requested)], device=device)
+    bad, stop = all_reduce_sum(flags, st.info).tolist()
+    st.stop_agreed = stop > 0
+    if bad > 0:
         last = st.out / "last.safetensors"
         raise TrainingDiverged(
             f"loss became {loss.item()} at epoch {st.epoch + 1} step {st.step + 1}; stopping. The last good "
@@ -455,8 +585,14 @@ def train_one_epoch(st: TrainState) -> dict[str, Any]:
         loss_sum += loss.detach() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
-        if cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and step + 1 < order.steps:
+        mid_epoch = step + 1 < order.steps  # at an epoch's last step a stop waits for its validation and checkpoint
+        stop = st.stop_agreed and mid_epoch
+        if stop or (cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and mid_epoch):
             save_last(st, st.epoch, step + 1)
+        if stop:
+            bar.close()
+            st.step = step + 1
+            raise _stopped(st)
     bar.close()
     st.epoch, st.step = st.epoch + 1, 0
     elapsed = time.perf_counter() - t0
@@ -477,9 +613,9 @@ def validate(st: TrainState, record: dict[str, Any]) -> None:
         record.update(val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
     if val["top1"] > st.best:
         st.best = val["top1"]
-        if st.info.is_main:
-            save_checkpoint(st.out / "best.safetensors", st.model, config=st.config, classes=st.train_split.classes,
-                            progress={"epoch": st.epoch, "step": 0, "best_top1": st.best})
+        _write_on_main(st, lambda: save_checkpoint(
+            st.out / "best.safetensors", st.model, config=st.config, classes=st.train_split.classes,
+            progress={"epoch": st.epoch, "step": 0, "best_top1": st.best}))
 
 
 def _last_record(log: Path) -> dict[str, Any]:
@@ -495,16 +631,19 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         torch.use_deterministic_algorithms(True)
     st = setup(cfg, ckpt, info, device)
     metrics: dict[str, Any] = _last_record(st.out / "log.jsonl") if st.epoch >= cfg.epochs else {}
-    while st.epoch < cfg.epochs:
-        record = train_one_epoch(st)
-        if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
-            validate(st, record)
-        save_last(st, st.epoch, 0)
-        if info.is_main:
-            with open(st.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            _log(info, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        metrics = record
+    with StopSignal(verbose=info.is_main) as st.stop:
+        while st.epoch < cfg.epochs:
+            record = train_one_epoch(st)
+            if st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs:
+                validate(st, record)
+            save_last(st, st.epoch, 0)
+            if info.is_main:
+                with open(st.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                _log(info, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            metrics = record
+            if st.epoch < cfg.epochs and _stop_requested_anywhere(st):
+                raise _stopped(st)
     metrics = {**metrics, "best_val_top1": st.best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
                "params": sum(p.numel() for p in st.model.parameters())}
     if info.is_main:

@@ -29,8 +29,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", fsync: bool = Tru
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    finally:  # on failure; a temporary that cannot be removed either is left for remove_stale_temporaries
+        with contextlib.suppress(OSError):  # never hide the error that got us here
             os.remove(tmp)
 
 
