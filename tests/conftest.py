@@ -38,3 +38,18 @@ def need(module: str, reason: str):
     except ImportError as e:
         error = e
     pytest.fail(f"CPVT_REQUIRE={os.environ['CPVT_REQUIRE']} but {module} cannot be imported: {error}", pytrace=False)
+
+
+def lr_trace(cfg, steps_per_epoch: int) -> list[float]:
+    """The lr each optimiser step of the run uses (a config's schedule, on a one-parameter optimiser)."""
+    from cpvt.engine import build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=cfg.scaled_lr())
+    sched = build_scheduler(opt, cfg, steps_per_epoch)
+    lrs = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs + [opt.param_groups[0]["lr"]]  # and the one after the last step

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from conftest import lr_trace
 from PIL import Image, ImageDraw
 
 from cpvt.cli import main
 from cpvt.config import RECIPES, TrainConfig, resolve_config
 from cpvt.data.folder import load_image
-from cpvt.engine import MAX_WARMUP_FRACTION, build_scheduler, warmup_steps
+from cpvt.engine import MAX_WARMUP_FRACTION, warmup_steps
 from cpvt.experiments import TABLES
 from cpvt.reproduce import plan
 
@@ -81,16 +83,6 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # -- schedules that fit the run -------------------------------------------------------------------------
-def lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=cfg.scaled_lr())
-    sched = build_scheduler(opt, cfg, steps_per_epoch)
-    out = []
-    for _ in range(cfg.epochs * steps_per_epoch):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
 
 
 def test_a_short_run_clips_its_warm_up_with_a_note():
@@ -98,14 +90,14 @@ def test_a_short_run_clips_its_warm_up_with_a_note():
     cfg = resolve_config("deit", {"epochs": 3, "batch_size": 64})
     steps, note = warmup_steps(cfg, 10)
     assert steps == 6 and "warm-up clipped to 6 step(s), 20% of this run's 30" in note and "warmup_epochs=5" in note
-    lr = lrs(cfg, 10)
+    lr = lr_trace(cfg, 10)
     assert max(lr) == pytest.approx(cfg.scaled_lr()) and lr.index(max(lr)) == 6
     # `cpvt train --data synthetic --epochs 2`: half the run was warm-up, now a fifth of it
     cfg = resolve_config("synthetic", {"epochs": 2})
     steps_per_epoch = 20000 // cfg.batch_size
     steps, note = warmup_steps(cfg, steps_per_epoch)
     assert steps == math.ceil(MAX_WARMUP_FRACTION * 2 * steps_per_epoch) and note
-    lr = lrs(cfg, steps_per_epoch)
+    lr = lr_trace(cfg, steps_per_epoch)
     assert lr.index(max(lr)) == steps and max(lr) == pytest.approx(cfg.scaled_lr())  # the peak, a fifth in
     # a long run keeps the warm-up it asks for, silently
     cfg = resolve_config("deit")

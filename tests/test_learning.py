@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+
+from conftest import lr_trace
 import torch.nn.functional as F
 
 import cpvt
@@ -172,17 +174,6 @@ def test_mix_batch_picks_cutmix_or_mixup_by_switch_prob_and_repeats_under_a_seed
 
 
 # -- the schedule --------------------------------------------------------------------------------------------------
-def lr_trace(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
-    """The lr each optimiser step of the run uses."""
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=cfg.scaled_lr())
-    sched = build_scheduler(opt, cfg, steps_per_epoch)
-    lrs = []
-    for _ in range(cfg.epochs * steps_per_epoch):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs + [opt.param_groups[0]["lr"]]  # and the one after the last step
 
 
 def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
