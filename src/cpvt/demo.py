@@ -8,7 +8,7 @@ label is the shape *and* the half of the image it is in, so position matters):
 * ``deit_micro_nope``: no position encoding at all.
 
 All three are slimmed to depth 6 and width 64 (the ``demo`` recipe) so that
-each gets ~780 optimiser steps. The three train at once, one process and one
+each gets ~700 optimiser steps. The three train at once, one process and one
 thread each: for models this small one thread per process uses two cores
 better than two threads in one process (measured here: 337 img/s per 1-thread
 process against about 500 img/s for one 2-thread process at batch 64), and a
