@@ -37,6 +37,7 @@ from .pos import ENCODINGS, encoding_options
 from .analyze import ANALYSES
 from .config import RECIPES, model_options, parse_set
 from .data.base import printable
+from .allocator import keep_freed_memory
 from .errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, RunLocked, TrainingDiverged, TrainingStopped
 from .table import format_table
 
@@ -427,6 +428,7 @@ def _deploy_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # large activations stay mapped between steps (cpvt.allocator; CPVT_MALLOC=default: off)
     try:
         return args.fn(args)
     except ValueError as e:  # bad user input (DataError, CheckpointError too): one clear line
