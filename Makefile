@@ -37,7 +37,7 @@ TIMM_VENV ?= .venv-timm
 $(TIMM_VENV)/.installed: pyproject.toml
 	@test -x $(TIMM_VENV)/bin/python || $(PYTHON) -m venv $(TIMM_VENV)
 	$(TIMM_VENV)/bin/python -m pip --isolated install --quiet torch==2.13.0 torchvision==0.28.0 timm safetensors numpy pytest
-	$(TIMM_VENV)/bin/python -m pip --isolated install --quiet --no-deps -e .
+	$(TIMM_VENV)/bin/python -m pip --isolated install --quiet -e .  # torch is already there; this adds kornia, tqdm, matplotlib
 	@touch $@
 
 timm-env: $(TIMM_VENV)/.installed

@@ -8,8 +8,11 @@ Every subject is measured in the same process, in interleaved rounds (subject af
 subject, round after round), and each cell is the median over rounds, so a noisy
 machine moves every column alike: read the ratios, not the absolute numbers.
 
-Modes: inference in fp32 and under bf16 autocast, and one bf16 training step
-(forward, backward, AdamW). The matmul limit is the best GFLOP/s of a large square
+Modes (``--modes``): inference and one training step (forward, backward, AdamW),
+each in fp32 and under bf16 autocast. On a CPU without bf16 instructions (AVX2
+only) bf16 is emulated, so there the fp32 columns are the ones to read. The
+process calls ``cpvt.allocator.keep_freed_memory`` first, as every cpvt command
+does; it is process-wide, so timm's model runs under it too. The matmul limit is the best GFLOP/s of a large square
 matmul in each dtype, measured between the rounds; "of limit" is the model's
 achieved GFLOP/s (forward FLOPs from ``cpvt.info.count_flops``, training counted
 as 3x the forward) over that limit.
@@ -31,10 +34,12 @@ import torch
 import torch.nn.functional as F
 
 import cpvt
+from cpvt.allocator import keep_freed_memory
+from cpvt.engine import cpu_has_native_bf16
 from cpvt.info import count_flops
 from cpvt.table import format_table
 
-MODES = ("infer fp32", "infer bf16", "train bf16")
+MODES = ("infer fp32", "infer bf16", "train fp32", "train bf16")
 
 
 def timm_model(size: int):
@@ -60,7 +65,7 @@ def subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
 
 
 def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
-    """One timed call: inference, or a bf16 training step (its own optimiser)."""
+    """One timed call: inference, or a training step (its own optimiser), in fp32 or under bf16 autocast."""
     if mode.startswith("infer"):
         model.eval()
         bf16 = mode.endswith("bf16")
@@ -72,9 +77,10 @@ def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     y = torch.randint(0, 1000, (x.shape[0],))
+    bf16 = mode.endswith("bf16")
 
     def train():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,7 +105,7 @@ def measure(args) -> dict:
         x = torch.randn(args.batch, 3, size, size)
         flops = {name: count_flops(cpvt.create_model(name.split()[1], img_size=size), size) / 1e9
                  for name in models if name.startswith("cpvt")}
-        calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in MODES}
+        calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in args.modes}
         for fn in calls.values():  # warm-up: compilation, allocator, first-call costs
             fn()
             fn()
@@ -123,7 +129,8 @@ def measure(args) -> dict:
 
 def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int) -> float:
     """Peak resident memory (MB) of a fresh process that runs 3 steps of one measurement."""
-    code = (f"import sys, resource, torch; sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput as t; "
+    code = (f"import sys, resource; from cpvt.allocator import keep_freed_memory; keep_freed_memory(); import torch; "
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput as t; "
             f"m = t.timm_model({size}) if {kind!r} == 'timm' else t.cpvt.create_model({name!r}, img_size={size}); "
             f"fn = t.step_fn(m, {mode!r}, torch.randn({batch}, 3, {size}, {size})); [fn() for _ in range(3)]; "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
@@ -139,25 +146,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=2, help="calls per subject per round")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)} (default: all; "
+                   "on a CPU without bf16 instructions bf16 is emulated and slow)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS (fresh process per case)")
     p.add_argument("--json", help="write every number here")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.modes = [m.strip() for m in args.modes.split(",")]
+    if unknown := [m for m in args.modes if m not in MODES]:
+        p.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    malloc = keep_freed_memory()  # as every cpvt command does; process-wide, so timm's model gets it too
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     res = measure(args)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "batch": args.batch, "rounds": args.rounds, "iters": args.iters}
+           "batch": args.batch, "rounds": args.rounds, "iters": args.iters, "native_bf16": cpu_has_native_bf16(),
+           "keep_freed_memory": malloc}
     print(f"\ntorch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
-          f"rounds; matmul limit fp32 {res['limit_gflops']['fp32']:.0f}, bf16 {res['limit_gflops']['bf16']:.0f} GFLOP/s\n")
+          f"rounds; matmul limit fp32 {res['limit_gflops']['fp32']:.0f}, bf16 {res['limit_gflops']['bf16']:.0f} GFLOP/s; "
+          f"native bf16: {env['native_bf16']}; keep_freed_memory: {malloc}\n")
     for size, cells in res["sizes"].items():
         names = list(dict.fromkeys(k.split("|")[0] for k in cells))
         ref = "timm deit_tiny" if "timm deit_tiny" in names else "cpvt deit_tiny"
         rows = []
         for name in names:
             row = [name]
-            for mode in MODES:
+            for mode in args.modes:
                 c = cells[f"{name}|{mode}"]
                 base = cells[f"{ref}|{mode}"]["img_per_s"]
                 limit = res["limit_gflops"]["bf16" if mode.endswith("bf16") else "fp32"]
@@ -166,14 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                 row.append(f"{c['img_per_s']:.1f} ({c['img_per_s'] / base:.2f}x, {100 * achieved / limit:.0f}%)")
             rows.append(row)
         print(f"{size} px: img/s (ratio to {ref}, share of the matmul limit)")
-        print(format_table(rows, ["model"] + list(MODES), markdown=True) + "\n")
-        peg = cells["cpvt cpvt_ti|infer bf16"]["img_per_s"]
-        nope = cells["cpvt deit_tiny_nope|infer bf16"]["img_per_s"]
-        print(f"PEG cost at {size} px (bf16 inference): cpvt_ti runs at {peg / nope:.3f} of deit_tiny_nope\n")
+        print(format_table(rows, ["model"] + list(args.modes), markdown=True) + "\n")
+        for mode in args.modes:
+            peg, nope = (cells[f"cpvt {n}|{mode}"]["img_per_s"] for n in ("cpvt_ti", "deit_tiny_nope"))
+            print(f"PEG cost at {size} px ({mode}): cpvt_ti runs at {peg / nope:.3f} of deit_tiny_nope")
+        print()
     if args.memory:
-        cases = [("cpvt", "cpvt_ti", "train bf16", 224, 64), ("cpvt", "cpvt_ti", "infer bf16", 512, 32)]
+        train, infer = ("train bf16", "infer bf16") if cpu_has_native_bf16() else ("train fp32", "infer fp32")
+        cases = [("cpvt", "cpvt_ti", train, 224, 64), ("cpvt", "cpvt_ti", infer, 512, 32)]
         if timm_model(224) is not None:
-            cases += [("timm", "deit_tiny", "train bf16", 224, 64), ("timm", "deit_tiny", "infer bf16", 512, 32)]
+            cases += [("timm", "deit_tiny", train, 224, 64), ("timm", "deit_tiny", infer, 512, 32)]
         res["memory"] = [{"kind": k, "model": n, "mode": m, "size": s, "batch": b, "peak_rss_mb": peak_rss_mb(k, n, m, s, b)}
                          for k, n, m, s, b in cases]
         print(format_table([[f"{r['kind']} {r['model']}", r["mode"], r["size"], r["batch"], f"{r['peak_rss_mb']:.0f}"]
