@@ -210,8 +210,11 @@ def run_job(job: Job) -> dict[str, Any]:
                           compile=job.config.compile)
     model = load_checkpoint(last).build_model()
     log = job.dir / "log.jsonl"
-    curve = [[r["epoch"], r["val_top1"]] for r in map(json.loads, log.read_text().splitlines()) if "val_top1" in r] \
-        if log.exists() else []
+    epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    curve = [[r["epoch"], r["val_top1"]] for r in epochs if "val_top1" in r]
+    # a run resumed across sessions trained in several processes: its training time is every epoch's, from the log
+    logged = sum(r.get("epoch_time_s", 0) for r in epochs)
+    train_s = max(train_s, logged)
     result = {
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
