@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -116,25 +116,30 @@ def measure(args) -> dict:
                 for _ in range(args.iters):
                     fn()
                 times[key].append((time.perf_counter() - t) / args.iters)
-            limits["fp32"].append(matmul_gflops(torch.float32))
-            limits["bf16"].append(matmul_gflops(torch.bfloat16))
+            for dtype in {"bf16" if m.endswith("bf16") else "fp32" for m in args.modes}:  # an emulated bf16 matmul
+                limits[dtype].append(matmul_gflops(getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype])))
             print(f"  {size} px: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         results["sizes"][str(size)] = {
             f"{name}|{mode}": {"img_per_s": args.batch / statistics.median(ts),
                                "gflops_per_img": flops.get(name) or flops.get(f"cpvt {name.split()[1]}")}
             for (name, mode), ts in times.items()}
-    results["limit_gflops"] = {k: max(v) for k, v in limits.items()}
+    results["limit_gflops"] = {k: max(v) for k, v in limits.items() if v}  # (on AVX2 takes a minute)
     return results
 
 
-def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int) -> float:
-    """Peak resident memory (MB) of a fresh process that runs 3 steps of one measurement."""
-    code = (f"import sys, resource; from cpvt.allocator import keep_freed_memory; keep_freed_memory(); import torch; "
+def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int, malloc: str = "") -> float:
+    """Peak resident memory (MB) of a fresh process that runs 3 steps of one measurement
+    (``malloc="default"``: without ``keep_freed_memory``)."""
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of this (large) process would report
+    # the parent's size at fork time
+    code = (f"import sys; peak_kb = lambda: int(next(l.split()[1] for l in open('/proc/self/status') "
+            f"if l.startswith('VmHWM'))); from cpvt.allocator import keep_freed_memory; keep_freed_memory(); import torch; "
             f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput as t; "
             f"m = t.timm_model({size}) if {kind!r} == 'timm' else t.cpvt.create_model({name!r}, img_size={size}); "
             f"fn = t.step_fn(m, {mode!r}, torch.randn({batch}, 3, {size}, {size})); [fn() for _ in range(3)]; "
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            f"print(peak_kb() / 1024)")
+    env = {**os.environ, "CPVT_MALLOC": malloc}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)} (default: all; "
                    "on a CPU without bf16 instructions bf16 is emulated and slow)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS (fresh process per case)")
+    p.add_argument("--memory-only", action="store_true", help="only the peak RSS cases")
     p.add_argument("--json", help="write every number here")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -159,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    res = measure(args)
+    args.memory = args.memory or args.memory_only
+    res = {"sizes": {}, "limit_gflops": {}} if args.memory_only else measure(args)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
            "batch": args.batch, "rounds": args.rounds, "iters": args.iters, "native_bf16": cpu_has_native_bf16(),
            "keep_freed_memory": malloc}
     print(f"\ntorch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
-          f"rounds; matmul limit fp32 {res['limit_gflops']['fp32']:.0f}, bf16 {res['limit_gflops']['bf16']:.0f} GFLOP/s; "
+          f"rounds; matmul limit "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in res['limit_gflops'].items())} GFLOP/s; "
           f"native bf16: {env['native_bf16']}; keep_freed_memory: {malloc}\n")
     for size, cells in res["sizes"].items():
         names = list(dict.fromkeys(k.split("|")[0] for k in cells))
@@ -191,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         cases = [("cpvt", "cpvt_ti", train, 224, 64), ("cpvt", "cpvt_ti", infer, 512, 32)]
         if timm_model(224) is not None:
             cases += [("timm", "deit_tiny", train, 224, 64), ("timm", "deit_tiny", infer, 512, 32)]
-        res["memory"] = [{"kind": k, "model": n, "mode": m, "size": s, "batch": b, "peak_rss_mb": peak_rss_mb(k, n, m, s, b)}
+        res["memory"] = [{"kind": k, "model": n, "mode": m, "size": s, "batch": b,
+                          "peak_rss_mb": peak_rss_mb(k, n, m, s, b),
+                          "peak_rss_mb_glibc_default": peak_rss_mb(k, n, m, s, b, malloc="default")}
                          for k, n, m, s, b in cases]
-        print(format_table([[f"{r['kind']} {r['model']}", r["mode"], r["size"], r["batch"], f"{r['peak_rss_mb']:.0f}"]
-                            for r in res["memory"]], ["model", "mode", "px", "batch", "peak RSS (MB)"], markdown=True))
+        print(format_table([[f"{r['kind']} {r['model']}", r["mode"], r["size"], r["batch"], f"{r['peak_rss_mb']:.0f}",
+                             f"{r['peak_rss_mb_glibc_default']:.0f}"] for r in res["memory"]],
+                           ["model", "mode", "px", "batch", "peak RSS (MB)", "with CPVT_MALLOC=default"], markdown=True))
     res["env"], res["seconds"] = env, time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
