@@ -336,3 +336,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if "/" not in k)
     assert "on 2 x cpu" in r.stdout
+
+
+def test_a_new_run_in_a_used_folder_starts_a_new_log(tmp_path):
+    """Training again without --resume replaces the run; its log must not carry the old run's epochs."""
+    train(tiny_config(tmp_path / "run"))
+    train(tiny_config(tmp_path / "run", epochs=1))
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1]

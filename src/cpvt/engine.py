@@ -630,6 +630,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     st = setup(cfg, ckpt, info, device)
+    if ckpt is None and info.is_main:  # a new run in a used folder: its log starts empty, not after the old run's
+        (st.out / "log.jsonl").unlink(missing_ok=True)
     metrics: dict[str, Any] = _last_record(st.out / "log.jsonl") if st.epoch >= cfg.epochs else {}
     with StopSignal(verbose=info.is_main) as st.stop:
         while st.epoch < cfg.epochs:
