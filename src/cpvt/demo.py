@@ -12,7 +12,7 @@ each gets ~700 optimiser steps. The three train at once, one process and one
 thread each: for models this small one thread per process uses two cores
 better than two threads in one process (measured here: 337 img/s per 1-thread
 process against about 500 img/s for one 2-thread process at batch 64), and a
-fixed thread count makes the numbers the same on any machine. The training scenes are zoomed about the image
+fixed thread count keeps the numbers independent of the core count. The training scenes are zoomed about the image
 centre by up to 2x (see :mod:`cpvt.data.synthetic`), so shapes span as many
 tokens in training as they do in the larger test renders. Each model is then
 tested, without fine-tuning, on the *same held-out scenes* (not zoomed)
