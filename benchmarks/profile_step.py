@@ -19,8 +19,8 @@ import sys
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
+from throughput import step_fn  # the same step the throughput benchmark times (this script's folder is on sys.path)
 
 import cpvt
 from cpvt.allocator import keep_freed_memory
@@ -56,24 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     malloc = keep_freed_memory()
     torch.manual_seed(0)
     model = cpvt.create_model(args.model, img_size=args.size)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, model.num_classes, (args.batch,))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    bf16 = args.dtype == "bf16"
-
-    def step():
-        if args.mode == "infer":
-            model.eval()
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                model(x)
-            return
-        model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = step_fn(model, f"{args.mode} {args.dtype}", torch.randn(args.batch, 3, args.size, args.size))
     for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -76,7 +76,7 @@ def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
         return infer
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    y = torch.randint(0, 1000, (x.shape[0],))
+    y = torch.randint(0, model.num_classes, (x.shape[0],))  # timm models have num_classes too
     bf16 = mode.endswith("bf16")
 
     def train():

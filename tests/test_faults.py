@@ -199,9 +199,13 @@ needs_proc = pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()
                                 reason="finds torchrun's workers through /proc")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-@needs_proc
+def ddp_case(test):
+    """A 2-process torchrun test: slow, needs torch.distributed, and /proc to find the workers."""
+    no_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+    return pytest.mark.slow(no_dist(needs_proc(test)))
+
+
+@ddp_case
 def test_ddp_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, ddp_reference):
     """torchrun, 2 CPU processes: both workers and the launcher SIGKILLed after the first mid-epoch checkpoint."""
     run = tmp_path / "killed"
@@ -214,9 +218,7 @@ def test_ddp_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, ddp_refere
     resume_and_compare(run, ddp_reference)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-@needs_proc
+@ddp_case
 def test_ddp_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, ddp_reference):
     """Only rank 1 gets SIGTERM; the ranks agree on the step, rank 0 writes, all exit 75, resume is exact."""
     run = tmp_path / "stopped"

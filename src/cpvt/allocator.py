@@ -7,9 +7,10 @@ evaluation step allocates and frees the same large activations (tens of MiB)
 every step, so on the CPU each step pays the kernel to zero and map those pages
 again. In an idle profile of ``cpvt_ti`` fp32 inference at 224 px
 (``benchmarks/profile_step.py``) that cost lands on the operators that write large
-fresh outputs: GELU took 11.3 % of the time and ``addmm``'s bias copy 6.4 %,
-against 6.1 % and 4.4 % with this setting (1.90 s against 1.70 s in all).
-Raising both thresholds keeps the freed blocks for the next step. The numbers a model computes do not change, only where its tensors live
+fresh outputs: GELU took 10.3 % of the time and ``addmm``'s bias copy 6.1 %,
+against 7.2 % and 4.1 % with this setting (1.84 s against 1.73 s in all).
+Raising both thresholds keeps the freed blocks for the next step. The numbers
+a model computes do not change, only where its tensors live
 (``benchmarks/allocator.py`` measures the speed; tests check the outputs are
 bit-identical).
 

@@ -31,13 +31,13 @@ from typing import Any
 import torch
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .info import count_params, model_info
 from .models import create_model, list_models
 from .pos import ENCODINGS, encoding_options
 from .analyze import ANALYSES
 from .config import RECIPES, model_options, parse_set
 from .data.base import printable
-from .allocator import keep_freed_memory
 from .errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, RunLocked, TrainingDiverged, TrainingStopped
 from .table import format_table
 

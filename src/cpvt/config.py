@@ -269,7 +269,8 @@ def parse_set(text: str) -> tuple[str, Any]:
 Override = tuple[str, Any]
 
 
-def _pairs(sets: list[str | Override] | None) -> list[Override]:
+def override_pairs(sets: list[str | Override] | None) -> list[Override]:
+    """``--set`` overrides as (key, value) pairs, parsing any still given as ``KEY=VALUE`` text."""
     return [p if isinstance(p, tuple) else parse_set(p) for p in sets or []]
 
 
@@ -277,7 +278,7 @@ def model_options(sets: list[str | Override] | None, command: str) -> dict[str, 
     """The model options of ``--set model.KEY=VALUE`` pairs, for commands that take nothing else
     (``info``, ``eval``, ``convert``, ``analyze``); any other key is a ValueError naming the syntax."""
     options = {}
-    for key, value in _pairs(sets):
+    for key, value in override_pairs(sets):
         if not key.startswith("model.") or key == "model.":
             raise ValueError(f"{command} --set takes model options only (model.<key>=<value>), got {key!r}")
         options[key[len("model."):]] = value
@@ -313,7 +314,7 @@ def folder_defaults(data: str, flags: dict[str, Any] | None = None,
 
     found = survey(data)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    explicit = set(flags) | {k for k, _ in _pairs(sets)}
+    explicit = set(flags) | {k for k, _ in override_pairs(sets)}
     recipe = "small" if 0 < found["side"] <= SMALL_IMAGES else "deit"
     cfg = resolve_config(recipe, flags, sets)
     values: dict[str, Any] = {}
@@ -349,5 +350,5 @@ def resolve_config(recipe: str | None = None, flags: dict[str, Any] | None = Non
     if recipe:
         apply_overrides(cfg, load_recipe(recipe))
     apply_overrides(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
-    apply_overrides(cfg, dict(_pairs(sets)))
+    apply_overrides(cfg, dict(override_pairs(sets)))
     return cfg.validate()

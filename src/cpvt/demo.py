@@ -12,9 +12,10 @@ each gets ~700 optimiser steps. The three train at once, one process and one
 thread each: for models this small one thread per process uses two cores
 better than two threads in one process (measured here: 337 img/s per 1-thread
 process against about 500 img/s for one 2-thread process at batch 64), and a
-fixed thread count keeps the numbers independent of the core count. The training scenes are zoomed about the image
-centre by up to 2x (see :mod:`cpvt.data.synthetic`), so shapes span as many
-tokens in training as they do in the larger test renders. Each model is then
+fixed thread count keeps the numbers independent of the core count. The
+training scenes are zoomed about the image centre by up to 2x (see
+:mod:`cpvt.data.synthetic`), so shapes span as many tokens in training as they
+do in the larger test renders. Each model is then
 tested, without fine-tuning, on the *same held-out scenes* (not zoomed)
 rendered at 1x, 1.5x and 2x the training resolution (32, 48, 64 px).
 """
@@ -28,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import _pairs, resolve_config
+from .config import override_pairs, resolve_config
 from .errors import EXIT_STOPPED
 from .evaluate import evaluate_runs, plot_results, results_table, write_json
 
@@ -91,7 +92,7 @@ def train_in_parallel(names: tuple[str, ...], root: Path, fresh: bool = False, s
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cpvt", "train", "--recipe", "demo", "--set", f"model={name}", "--out", str(out)]
         cmd += [] if fresh else ["--resume"]
-        for key, value in _pairs(sets):  # parsed overrides, written back as the literals they came from
+        for key, value in override_pairs(sets):  # parsed overrides, written back as the literals they came from
             cmd += ["--set", f"{key}={value!r}"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         procs[name] = proc

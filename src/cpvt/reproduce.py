@@ -213,8 +213,7 @@ def run_job(job: Job) -> dict[str, Any]:
     epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     curve = [[r["epoch"], r["val_top1"]] for r in epochs if "val_top1" in r]
     # a run resumed across sessions trained in several processes: its training time is every epoch's, from the log
-    logged = sum(r.get("epoch_time_s", 0) for r in epochs)
-    train_s = max(train_s, logged)
+    train_s = max(train_s, sum(r.get("epoch_time_s", 0) for r in epochs))
     result = {
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
