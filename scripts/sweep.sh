@@ -6,6 +6,7 @@
 #   scripts/sweep.sh [BUDGET] [TABLES] [ROW ...]      # default: cpu T1,T2,T3,T4, every row
 #   LANES=2 scripts/sweep.sh ...                      # two runs at a time, 1 thread each
 #   DATA=imagenette scripts/sweep.sh ...              # only these dataset entries (main protocol before studies)
+#   SEEDS=1 scripts/sweep.sh ...                      # at most this many seeds per row (seed 0 of every row first)
 #
 # With LANES=N, N copies of the row loop run side by side with nproc/N threads
 # each; each run folder is locked by the lane that starts it (cpvt.runlock) and
@@ -51,7 +52,7 @@ commit_records() {
 
 lane() {
   for row in "${rows[@]}"; do
-    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out" ${DATA:+--data "$DATA"}
+    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out" ${DATA:+--data "$DATA"} ${SEEDS:+--seeds "$SEEDS"}
     commit_records
   done
 }
