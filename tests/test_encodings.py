@@ -181,6 +181,43 @@ def test_fixed_grid_peg_marks_relative_positions_at_any_grid():
     assert row[1, 1:-1].max() > 1e-3  # fixed grid: the second ring carries border signal too
 
 
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+@pytest.mark.parametrize("kind", ["depthwise", "separable"])
+def test_dilated_peg_on_an_upsampled_grid_is_the_upsampled_plain_peg(kind, padding):
+    """fixed_grid="dilate" at 2x: on a map upsampled 2x (nearest), the output is the plain PEG's on the
+    original map, upsampled the same way, so every token sees what it saw at 1x (content and border alike)."""
+    torch.manual_seed(0)
+    dil = PEG(shape(grid=(4, 4)), positions=(0,), kernel_size=3, kind=kind, layers=2, padding=padding,
+              fixed_grid="dilate")
+    plain = PEG(shape(grid=(4, 4)), kind=kind, layers=2, padding=padding)
+    for gen in dil.generators_at(0):
+        for conv in gen.proj:
+            torch.nn.init.normal_(conv.bias)  # non-zero biases, so the check covers them too
+    plain.load_state_dict(dil.state_dict())
+    x4 = torch.randn(2, 1 + 16, 16)
+    assert torch.equal(dil.between(x4, Grid(4, 4, 1), 0)[0], plain.between(x4, Grid(4, 4, 1), 0)[0])
+    cls, fmap = x4[:, :1], Grid(4, 4).to_map(x4[:, 1:])
+    up = lambda m: torch.nn.functional.interpolate(m, scale_factor=2, mode="nearest")  # noqa: E731
+    x8 = torch.cat([cls, Grid.from_map(up(fmap))], 1)
+    out8 = dil.between(x8, Grid(8, 8, 1), 0)[0]
+    out4 = plain.between(x4, Grid(4, 4, 1), 0)[0]
+    assert torch.allclose(out8[:, 1:], Grid.from_map(up(Grid(4, 4).to_map(out4[:, 1:]))), atol=1e-5)
+    assert torch.equal(out8[:, :1], cls)
+    # and the dilation is per axis: 8x4 dilates rows only, and still runs at a non-integer ratio
+    assert dil.between(torch.randn(1, 1 + 32, 16), Grid(8, 4, 1), 0)[0].shape == (1, 33, 16)
+    assert dil.between(torch.randn(1, 1 + 30, 16), Grid(6, 5, 1), 0)[0].shape == (1, 31, 16)
+    gen = dil.generators_at(0)[0]
+    dilation = lambda h, w: dil._generator(gen, Grid(h, w, 1)).keywords["dilation"]  # noqa: E731
+    assert dilation(6, 5) == (2, 1) and dilation(10, 14) == (3, 4)  # ratios rounded half up: 1.5, 1.25, 2.5, 3.5
+
+
+def test_peg_fixed_grid_modes_are_checked():
+    with pytest.raises(ValueError, match="peg_fixed_grid"):
+        PEG(shape(grid=(4, 4)), fixed_grid="stretch")
+    assert PEG(shape(grid=(4, 4)), fixed_grid=True).fixed_grid == "resample"
+    assert PEG(shape(grid=(4, 4))).fixed_grid is None
+
+
 def test_whole_model_with_circular_peg_and_gap_is_shift_invariant():
     """No class token, no APE, circular PEG: circular whole-patch shifts of the image
     leave the GAP logits unchanged; zero padding or an APE breaks that."""

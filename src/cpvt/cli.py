@@ -347,7 +347,7 @@ def _training_commands(sub) -> None:
     s.add_argument("--json", help="write results to this JSON file")
     s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
     s.add_argument("--compile", action="store_true", help="torch.compile each model once for all sizes")
-    add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=True")
+    add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=dilate")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")

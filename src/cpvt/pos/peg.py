@@ -27,12 +27,22 @@ Every knob the paper ablates is a constructor argument:
 * ``frozen``: keep the random initialisation (no gradient);
 * ``qk_only``: ``F(x)`` is added only to the input of the next attention's query
   and key projections; the residual stream and the values stay un-encoded;
-* ``fixed_grid`` (not in the paper; a variant measured by the reproduction
-  suite): on any other grid, the tokens are resampled (bilinear, antialiased)
-  to the model's own grid (the training grid), ``F`` runs there, and its
-  output is resampled back. The zero-padding signal then marks the same
-  *relative* positions at every resolution, as a resampled APE does, instead
-  of the same distances in tokens. On the model's own grid it is the plain PEG.
+* ``fixed_grid`` (not in the paper; inference-time variants measured by the
+  reproduction suite) keeps the training grid's geometry on any other grid:
+
+  - ``True`` or ``"resample"``: the tokens are resampled (bilinear,
+    antialiased) to the model's own grid (the training grid), ``F`` runs
+    there, and its output is resampled back. The zero-padding signal then
+    marks the same *relative* positions at every resolution, as a resampled
+    APE does, instead of the same distances in tokens;
+  - ``"dilate"``: ``F`` runs on the tokens as they are, with its kernels
+    dilated by the grid's ratio to the training grid (per axis, rounded half
+    up: 1.5x dilates by 2, 2.5x by 3; the padding grows with it). At 2x each
+    tap reaches the tokens that cover the image area its neighbour covered at
+    1x, and the border signal reaches twice as many tokens, the same fraction
+    of the grid; no content is blurred.
+
+  On the model's own grid both are the plain PEG.
 
 State-dict layout follows the official code (Twins ``PosCNN``):
 ``pos_block.{j}.proj.0.weight`` (C, 1, k, k) and ``.bias`` (C,).
@@ -53,6 +63,8 @@ from .base import ModelShape, PositionEncoding
 
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
 KINDS = ("depthwise", "separable")
+# peg_fixed_grid values -> mode; None (the default) and False: the plain PEG on every grid
+GRID_MODES = {None: None, False: None, True: "resample", "resample": "resample", "dilate": "dilate"}
 
 
 class PosConv(nn.Module):
@@ -72,8 +84,17 @@ class PosConv(nn.Module):
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(conv.bias)
 
-    def forward(self, fmap: Tensor) -> Tensor:
-        return self.proj(fmap)  # (B, C, H, W) -> (B, C, H, W)
+    def forward(self, fmap: Tensor, dilation: tuple[int, int] = (1, 1)) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart."""
+        if dilation == (1, 1):
+            return self.proj(fmap)
+        for conv in self.proj:
+            pad = [conv.kernel_size[i] // 2 * dilation[i] for i in (0, 1)]
+            if conv.padding_mode != "zeros":
+                fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=conv.padding_mode)
+                pad = [0, 0]
+            fmap = F.conv2d(fmap, conv.weight, conv.bias, padding=pad, dilation=dilation, groups=conv.groups)
+        return fmap
 
 
 class PEG(PositionEncoding):
@@ -92,7 +113,7 @@ class PEG(PositionEncoding):
         padding: str = "zeros",
         frozen: bool = False,
         qk_only: bool = False,
-        fixed_grid: bool = False,
+        fixed_grid: bool | str | None = None,
     ):
         super().__init__()
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
@@ -110,9 +131,11 @@ class PEG(PositionEncoding):
             raise ValueError(f"peg_padding must be one of {PADDING_MODES}, got {padding!r}")
         if layers < 1:
             raise ValueError(f"peg_layers must be >= 1, got {layers}")
+        if not isinstance(fixed_grid, (bool, str, type(None))) or fixed_grid not in GRID_MODES:
+            raise ValueError(f"peg_fixed_grid must be False, True, 'resample' or 'dilate', got {fixed_grid!r}")
         self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
         self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
-        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
+        self.fixed_grid, self.ref = GRID_MODES[fixed_grid], tuple(shape.grid)
         for j in range(len(positions)):
             self.add_module(str(j), PosConv(shape.dim, kernel_size, kind, layers, padding))
         if frozen:
@@ -134,13 +157,21 @@ class PEG(PositionEncoding):
         qk_delta = None
         for gen in self.generators_at(after):
             self._check_grid(grid)
-            on_ref = self.fixed_grid and (grid.h, grid.w) != self.ref
-            delta = map_patches(x, grid, partial(self._on_ref_grid, gen) if on_ref else gen, zero_prefix=True)
+            delta = map_patches(x, grid, self._generator(gen, grid), zero_prefix=True)
             if self.qk_only:
                 qk_delta = delta if qk_delta is None else qk_delta + delta
             else:
                 x = x + delta
         return x, qk_delta
+
+    def _generator(self, gen: PosConv, grid: Grid):
+        """``gen`` as it runs on ``grid``: plain, or keeping the training grid's geometry (``fixed_grid``)."""
+        if self.fixed_grid is None or (grid.h, grid.w) == self.ref:
+            return gen
+        if self.fixed_grid == "resample":
+            return partial(self._on_ref_grid, gen)
+        dilation = tuple(max(1, math.floor(n / r + 0.5)) for n, r in zip((grid.h, grid.w), self.ref))
+        return partial(gen, dilation=dilation)
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
         """The generator run on the training grid: the map resampled there, convolved, resampled back."""
@@ -153,5 +184,5 @@ class PEG(PositionEncoding):
         return (
             f"positions={list(self.positions)}, kernel_size={self.kernel_size}, kind={self.kind!r}, "
             f"layers={self.layers}, padding={self.padding!r}, frozen={self.frozen}, qk_only={self.qk_only}"
-            + (f", fixed_grid={self.ref}" if self.fixed_grid else "")
+            + (f", fixed_grid={self.fixed_grid!r} at {self.ref}" if self.fixed_grid else "")
         )
