@@ -81,7 +81,7 @@ def distinct_codes(run_dir: str, size: int, images: int = 4) -> dict[str, float]
     return {"distinct": sum(counts) / len(counts), "tokens": last.shape[-1] * last.shape[-2]}
 
 
-MODES = ("resample", "dilate")
+MODES = ("dilate", "resample")
 
 
 def run_analyses(runs: list[dict], sizes: list[int], images: int, out: Path) -> dict[str, dict]:
@@ -117,7 +117,7 @@ def run_analyses(runs: list[dict], sizes: list[int], images: int, out: Path) -> 
     return summary
 
 
-def run_variants(results: Path, out: Path) -> dict[str, dict]:
+def run_variants(results: Path, out: Path, modes: tuple[str, ...] = MODES) -> dict[str, dict]:
     """Every seed of every PEG row of the base protocol, evaluated with each ``peg_fixed_grid`` mode at its
     sweep test sizes; evaluations already in ``variants.json`` are kept, not repeated."""
     path = out / "variants.json"
@@ -129,7 +129,10 @@ def run_variants(results: Path, out: Path) -> dict[str, dict]:
         rec = r["record"]
         entry = done.setdefault(rec["run"], {"row": r["row"], "seed": rec["seed"]})
         entry["plain"] = {str(px): rec["scales"][s] for s, px in rec["sizes"].items()}
-        for mode in MODES:
+    for mode in modes:  # one mode over every run, then the next: a stopped run has whole columns
+        for r in runs:
+            rec = r["record"]
+            entry = done[rec["run"]]
             if mode in entry:
                 continue
             print(f"\n== {rec['run']} with peg_fixed_grid={mode}", flush=True)
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="the sweep's folder (records/ and runs/)")
     ap.add_argument("--out", default=str(RESULTS / "why"))
     ap.add_argument("--sizes", default="64,128", help="analysis sizes in px: 1x and 2x")
+    ap.add_argument("--modes", default=",".join(MODES), help="peg_fixed_grid modes the variants part evaluates")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or parts - {"analyses", "variants"}:
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "elapsed_s": time.perf_counter() - t0, "models": summary},
                                                       indent=1))
     if "variants" in parts:
-        run_variants(Path(args.results), out)
+        run_variants(Path(args.results), out, tuple(args.modes.split(",")))
     write_markdown(Path(args.results), out)
     return 0
 
