@@ -13,6 +13,11 @@ from cpvt.report import Results, judge
 from cpvt.reproduce import TABLES, evaluate_formula, experiments_dir, load_claims, load_rows, parse_tables, plan
 
 
+def trained_records(out: Path) -> list[Path]:
+    """The training runs' records, not those of testing a run with other options (``<run>@<row>.json``)."""
+    return sorted(p for p in out.glob("records/*/*.json") if "@" not in p.name)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
@@ -37,8 +42,19 @@ def test_smoke_report_has_every_table_and_claim(smoke: Path):
     assert len(data["claims"]) == len(claims)
     rows = load_rows(experiments_dir())
     trained = {r.id for r in rows.values() if r.table in ("T1", "T3", "T4")}
+    variants = {r.id for r in rows.values() if r.eval_args}
+    assert {"t2_resolution/peg_dilate", "t2_resolution/peg_resample"} <= variants
     covered = {rid for run in data["runs"] for rid in run["rows"]}
-    assert covered == trained
+    assert covered == trained | variants
+    by_run = {r["run"]: r for r in data["runs"] if "eval_args" not in r}
+    for run in data["runs"]:
+        if "eval_args" in run:  # the same weights tested with other options: no training, the same model at 1x
+            [rid] = run["rows"]
+            assert run["eval_args"] == rows[rid].eval_args and run["train_s"] == 0
+            assert rows[rid].run in by_run[run["run"]]["rows"]
+            assert run["scales"]["1"] == by_run[run["run"]]["scales"]["1"]
+            assert (smoke / "records" / run["data"] / f"{run['run']}@{rid.split('/')[1]}.json").exists()
+    assert "PEG at 0, dilated at test" in report
     for run in data["runs"]:
         assert set(run["scales"]) == {"1", "1.5", "2"}
         assert run["sizes"] == {"1": 32, "1.5": 48, "2": 64}
@@ -46,7 +62,7 @@ def test_smoke_report_has_every_table_and_claim(smoke: Path):
 
 
 def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys):
-    results = sorted(smoke.glob("records/*/*.json"))  # one small result record per finished run
+    results = trained_records(smoke)  # one small result record per finished run
     stamps = {p: p.stat().st_mtime_ns for p in results}
     capsys.readouterr()
     assert main(["reproduce", "all", "--budget", "smoke", "--out", str(smoke)]) == 0
@@ -72,6 +88,23 @@ def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys)
     assert untimed(new) == untimed(old)
 
 
+def test_a_missing_variant_record_is_tested_again_without_training(smoke: Path, capsys):
+    """A T2 row with eval_args added after its runs finished: only the test with those options runs."""
+    [variant] = sorted(smoke.glob("records/*/*@peg_dilate.json"))
+    plain = variant.with_name(variant.name.split("@")[0] + ".json")
+    run = smoke / "runs" / plain.parent.name / plain.stem
+    kept = {p: p.stat().st_mtime_ns for p in (plain, run / "last.safetensors", run / "log.jsonl")}
+    old = json.loads(variant.read_text())
+    variant.unlink()
+    capsys.readouterr()
+    assert main(["reproduce", "T2", "--budget", "smoke", "--rows", "peg_dilate", "--out", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    assert "1 to run" in out and "resuming" not in out
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    new = json.loads(variant.read_text())
+    assert new["scales"] == old["scales"] and new["eval_args"] == {"peg_fixed_grid": "dilate"}
+
+
 def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
     """Two `cpvt reproduce` processes share a sweep: a run the other one holds is skipped, not trained twice."""
     import subprocess
@@ -79,7 +112,7 @@ def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
 
     from cpvt.runlock import LOCK_NAME
 
-    victim = sorted(smoke.glob("records/*/*.json"))[0]
+    victim = trained_records(smoke)[0]
     run = smoke / "runs" / victim.parent.name / victim.stem
     victim.unlink()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -1,4 +1,4 @@
-"""scripts/why_analysis.py: the variants table is built from the sweep's records and the saved evaluations."""
+"""scripts/why_analysis.py: which runs it analyses, and the table it writes from the analyses' numbers."""
 
 import importlib.util
 import json
@@ -17,37 +17,34 @@ def why():
     return module
 
 
-def _record(run: str, row: str, seed: int, at_1x: float, at_2x: float) -> dict:
-    return {"run": run, "rows": [f"t1_encodings/{row}", f"t2_resolution/{row}"], "seed": seed,
-            "sizes": {"1": 64, "2": 128}, "scales": {"1": at_1x, "2": at_2x}}
-
-
-def test_variants_table_means_seeds_and_pairs_the_change_per_seed(why, tmp_path):
+def test_find_runs_takes_seed_zero_with_weights_and_lists_the_rest(why, tmp_path):
     records = tmp_path / "records" / "imagenette"
     records.mkdir(parents=True)
-    for rec in (_record("deit_micro-x-s0", "ape", 0, 58.0, 57.0), _record("deit_micro-x-s1", "ape", 1, 60.0, 58.0),
-                _record("deit_micro_nope-x-s0", "none", 0, 55.0, 54.5)):
-        (records / f"{rec['run']}.json").write_text(json.dumps(rec))
-    out = tmp_path / "why"
-    out.mkdir()
-    variants = {
-        "cpvt_micro-x-s0": {"row": "peg", "seed": 0, "plain": {"64": 58.0, "128": 54.0},
-                            "resample": {"64": 58.0, "128": 53.0}, "dilate": {"64": 58.0, "128": 57.5},
-                            "resample_s": 60.0, "dilate_s": 60.0},
-        "cpvt_micro-x-s1": {"row": "peg", "seed": 1, "plain": {"64": 56.0, "128": 53.0},
-                            "resample": {"64": 56.0, "128": 52.0}, "dilate": {"64": 56.0, "128": 55.5},
-                            "resample_s": 60.0, "dilate_s": 60.0},
-    }
-    (out / "variants.json").write_text(json.dumps(variants))
-    why.write_markdown(tmp_path, out)
-    text = (out / "summary.md").read_text()
-    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in text.splitlines()
-             if line.startswith("| ") and "---" not in line}
-    dilate = lines[("peg", "dilate")]
-    assert "57.00 ± 1.41" in dilate and "56.50 ± 1.41" in dilate and "-0.50 ± 0.00" in dilate
-    assert "-3.50 ± 0.71" in lines[("peg", "plain")]  # per seed: -4 and -3
-    assert "-4.50 ± 0.71" in lines[("peg", "resample")]
-    assert "-1.50 ± 0.71" in lines[("ape", "plain")]  # from the records: -1 and -2
-    assert "| 1 |" in lines[("none", "plain")].replace("  ", " ")
-    assert ("peg_plus", "plain") not in lines  # rows without runs are left out
-    assert "4 min of evaluation" in text
+    for run, row, seed in [("cpvt_micro-x-s0", "peg", 0), ("cpvt_micro-x-s1", "peg", 1), ("deit_micro-y-s0", "ape", 0)]:
+        (records / f"{run}.json").write_text(json.dumps({"run": run, "rows": [f"t1_encodings/{row}"], "seed": seed}))
+        (tmp_path / "runs" / "imagenette" / run).mkdir(parents=True)
+        if row == "peg":
+            (tmp_path / "runs" / "imagenette" / run / "last.safetensors").write_bytes(b"")
+    found, missing = why.find_runs(tmp_path, [("imagenette", "peg"), ("imagenette", "ape"), ("imagenette", "none")])
+    assert [(f["row"], f["record"]["seed"]) for f in found] == [("peg", 0)]
+    assert missing == ["imagenette/ape", "imagenette/none"]  # no weights; no record
+
+
+def test_summary_table_shows_each_model_at_1x_then_2x(why):
+    def at(probe, distinct, tokens, attn):
+        return {"probe_real": probe, "probe_constant": probe + 0.1, "distinct": distinct, "tokens": tokens,
+                "attn_min_block": attn, "attn_uniform": 4.0}
+
+    a = {"images": 8, "sizes": [64, 128], "missing": ["imagenette/rpe"], "elapsed_s": 90.0, "models": {
+        "peg": {"64": {**at(0.5, 9, 64, 3.9), "peg_border_interior_constant": 1.5}, "128": at(0.3, 9, 256, 3.8)},
+        "peg (dilated)": {"64": at(0.5, 9, 64, 3.9), "128": at(0.45, 9, 256, 3.9)},
+        "ape": {"64": at(0.9, 64, 64, 4.0)},  # no 2x: left out
+    }}
+    text = "\n".join(why.summary_markdown(a, ["position-64"]))
+    lines = text.splitlines()
+    peg = next(line for line in lines if line.startswith("| peg "))
+    assert "0.50 → 0.30" in peg and "0.60 → 0.40" in peg and "9/64 → 9/256" in peg and "0.975 → 0.950" in peg
+    assert "1.50 → –" in peg
+    assert any(line.startswith("| peg (dilated)") and "0.50 → 0.45" in line for line in lines)
+    assert "| ape " not in text
+    assert "1.5 min, 8 validation images" in text and "imagenette/rpe" in text and "[position-64](position-64/)" in text

@@ -75,6 +75,7 @@ class Row:
     model_args: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, Any] = field(default_factory=dict)
     run: str | None = None  # T2: the T1 row whose runs it reads
+    eval_args: dict[str, Any] = field(default_factory=dict)  # T2: model options for testing those runs only
     order: int = 0  # position in its table
     highlight: bool = False  # T2: drawn thick in the resolution plot
 
@@ -90,10 +91,14 @@ def load_rows(root: Path) -> dict[str, Row]:
         with open(path, "rb") as f:
             d = tomllib.load(f)
         rid = f"{path.parent.name}/{path.stem}"
-        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order", "highlight"}
+        unknown = set(d) - {"table", "label", "model", "model_args", "paper", "run", "order", "highlight", "eval_args"}
         if unknown or d.get("table") not in TABLES:
             raise ValueError(f"{path}: needs table = one of {tuple(TABLES)}; unknown keys {sorted(unknown)}")
-        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}), d.get("run"), int(d.get("order", 0)), bool(d.get("highlight", False)))
+        rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}),
+                        run=d.get("run"), eval_args=d.get("eval_args", {}), order=int(d.get("order", 0)),
+                        highlight=bool(d.get("highlight", False)))
+        if rows[rid].eval_args and d["table"] != "T2":
+            raise ValueError(f"{path}: eval_args (options for testing another row's runs) needs table = \"T2\"")
     for r in rows.values():
         if r.table == "T2" and r.run not in rows:
             raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")

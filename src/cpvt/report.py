@@ -62,7 +62,7 @@ class Results:
 
     def runs(self, data: str, rid: str) -> dict[int, dict[str, Any]]:
         row = self.rows.get(rid)
-        if row is not None and row.table == "T2":
+        if row is not None and row.table == "T2" and not row.eval_args:  # a row with eval_args has records of its own
             rid = row.run
         return self.by.get((data, rid), {})
 
@@ -98,7 +98,8 @@ class Results:
 
     def noise(self, data: str) -> float | None:
         """Pooled seed standard deviation of top-1 over rows with 2+ seeds (None if none)."""
-        sds = [Stats([r["scales"]["1"] for r in runs.values()]).sd for (d, _), runs in self.by.items() if d == data]
+        sds = [Stats([r["scales"]["1"] for r in runs.values()]).sd for (d, rid), runs in self.by.items()
+               if d == data and not getattr(self.rows.get(rid), "eval_args", None)]  # not the same runs again
         sds = [s for s in sds if s is not None]
         return math.sqrt(statistics.mean(s * s for s in sds)) if sds else None
 
@@ -300,6 +301,11 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
     return path
 
 
+def trained(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training runs' records, without the records of testing them with other model options (T2 eval_args)."""
+    return [r for r in results if "eval_args" not in r]
+
+
 def _header(budget: str, spec: dict[str, Any], results: list[dict[str, Any]], command: str, elapsed: float) -> list[str]:
     lines = [f"# CPVT reproduction, `{budget}` budget", ""]
     lines += [f"Produced by `{command}` on {_dt.date.today().isoformat()} ({environment()}); "
@@ -307,7 +313,9 @@ def _header(budget: str, spec: dict[str, Any], results: list[dict[str, Any]], co
               f"training time per run is in `results.json`).", ""]
     lines += [spec.get("description", ""), ""]
     total_train = sum(r.get("train_s", 0) + r.get("eval_s", 0) for r in results)
-    lines += [f"{len(results)} training runs; their training and evaluation took {total_train / 60:.1f} min in all. "
+    tests = len(results) - len(trained(results))
+    lines += [f"{len(trained(results))} training runs" + (f" and {tests} tests of them with other model options" if tests else "")
+              + f"; their training and evaluation took {total_train / 60:.1f} min in all. "
               "Paper numbers are ImageNet-1k, 300 epochs, 224 px (CPVT, Chu et al. 2023, Tables 1-3); ours are far smaller, so "
               "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
               ""]
@@ -326,9 +334,9 @@ def _dataset_section(res: Results, data: str, entry: dict[str, Any], rows: dict[
     lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
               f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
               f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
-              f"on {sample.get('eval_images') or 'all'} held-out images. {len(runs)} runs, "
+              f"on {sample.get('eval_images') or 'all'} held-out images. {len(trained(runs))} runs, "
               f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
-              f"evaluation.{_flatness(runs)}", ""]
+              f"evaluation.{_flatness(trained(runs))}", ""]
     if entry.get("note"):
         lines += [entry["note"].strip(), ""]
     for table, spec in TABLES.items():
@@ -393,7 +401,8 @@ def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[st
              "the largest test size.", ""]
     if (out / "why" / "summary.md").exists():  # written by scripts/why_analysis.py
         lines += ["What the trained models' position code does at 1x and 2x (position probe, attention distance, "
-                  "PEG response, distinct codes, a PEG that sees the training grid): [why/summary.md](why/summary.md).",
+                  "PEG response, distinct codes; the PEG models also with dilated kernels): "
+                  "[why/summary.md](why/summary.md).",
                   ""]
     for data in studies:
         entry = entries[data]

@@ -82,11 +82,22 @@ class Job:
     eval_limit: int | None
     record: Path  # the result record, small and committed: <out>/records/<data>/<run name>.json
     members: list[tuple[str, int]] = field(default_factory=list)  # (row id, seed)
+    # T2 rows that test this run with other model options (row id -> options), each with a record of its own
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def variant_record(self, rid: str) -> Path:
+        """``<run name>@<row name>.json`` beside the run's record."""
+        return self.record.with_name(f"{self.record.stem}@{rid.split('/', 1)[1]}.json")
+
+    @property
+    def trained(self) -> bool:
+        """Trained and tested when its record exists: the run folder (checkpoints) may be gone, the record is in git."""
+        return self.record.exists()
 
     @property
     def done(self) -> bool:
-        """Finished when its record exists: the run folder (checkpoints) may be gone, the record is in git."""
-        return self.record.exists()
+        """Its record and every variant's record exist."""
+        return self.trained and all(self.variant_record(rid).exists() for rid in self.variants)
 
 
 def _seeds(table: str, row: Row, entry: dict, budget: dict, override: int | None) -> int:
@@ -174,12 +185,12 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
         for table in tables:
             if table not in entry.get("tables", []) or table == "T5":
                 continue
-            table_rows = [r for r in rows.values() if r.table == table]
-            if table == "T2":
-                table_rows = [rows[r.run] for r in table_rows]
+            # (the row whose runs are trained, the T2 row testing them with other options or None)
+            table_rows = [(rows[r.run], r if r.eval_args else None) if table == "T2" else (r, None)
+                          for r in rows.values() if r.table == table]
             if only is not None:
-                table_rows = [r for r in table_rows if r.name in only]
-            for row in table_rows:
+                table_rows = [(r, v) for r, v in table_rows if r.name in only]
+            for row, variant in table_rows:
                 for seed in range(_seeds(table, row, entry, budget, seeds)):
                     cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
                     job = jobs.get(cfg.out)
@@ -189,6 +200,8 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
                         job = jobs[cfg.out] = Job(entry["name"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
+                    if variant is not None:
+                        job.variants[variant.id] = dict(variant.eval_args)
     return list(jobs.values())
 
 
@@ -200,8 +213,37 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Train (or resume) one run, then evaluate its final weights at every test size."""
+    """Train (or resume) one run and evaluate its final weights at every test size; then test them with each
+    variant's options. A run already recorded is not trained again unless a variant needs its weights and the
+    run folder is gone (then it retrains: the same seed and threads give the same weights)."""
+    last = job.dir / "last.safetensors"
+    if job.trained:
+        result = json.loads(job.record.read_text())
+        if not last.exists():
+            train(job.config, resume=True)
+    else:
+        result = _train_and_test(job)
+    for rid, args in job.variants.items():
+        if not job.variant_record(rid).exists():
+            _test_variant(job, rid, args, result)
+    return result
 
+
+def _test_variant(job: Job, rid: str, args: dict[str, Any], result: dict[str, Any]) -> None:
+    """The run's final weights tested with ``args`` (e.g. ``peg_fixed_grid = "dilate"``): a record of its own."""
+    t0 = time.perf_counter()
+    [res] = evaluate_runs([str(job.dir / "last.safetensors")], img_sizes=sorted(set(job.sizes.values())),
+                          limit=job.eval_limit, model_overrides=args, compile=job.config.compile)
+    keep = ("run", "data", "dataset", "model", "model_args", "seed", "train_size", "epochs", "threads", "precision",
+            "sizes", "eval_images", "params", "trainable", "pos_params")
+    record = {**{k: result[k] for k in keep if k in result}, "rows": [rid], "eval_args": args,
+              "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
+              "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
+              "train_s": 0.0, "eval_s": round(time.perf_counter() - t0, 1)}
+    _write_json(job.variant_record(rid), record)
+
+
+def _train_and_test(job: Job) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = train(job.config, resume=True)
     train_s = time.perf_counter() - t0
@@ -289,7 +331,7 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     for job in jobs:
         job.config.compile = job.config.compile or compile
     picked = select_rows(load_rows(root), wanted, rows)
-    selected = [j for j in jobs if picked is None or any(rid in picked for rid, _ in j.members)]
+    selected = [j for j in jobs if picked is None or any(rid in picked for rid in [*(m[0] for m in j.members), *j.variants])]
     if data is not None:
         names = [n.strip() for n in data.split(",") if n.strip()]
         known = [e["name"] for e in dataset_entries(spec)]
@@ -327,7 +369,9 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         cost = measure_cost(t5_rows, spec.get("cost", {}), out_dir)
     # the report covers every finished run of the tables, not only the selected rows;
     # the rows a run serves come from today's plan (a row added later may share a finished run)
-    results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.done]
+    results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.trained]
+    results += [json.loads(j.variant_record(rid).read_text()) for j in jobs for rid in j.variants
+                if j.variant_record(rid).exists()]
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
                         command=_command(tables, budget, seeds, out, rows), elapsed=time.perf_counter() - t0)
     print(f"\nreport: {path}", flush=True)
