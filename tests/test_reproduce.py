@@ -320,3 +320,20 @@ def test_data_option_trains_only_the_named_dataset_entries(smoke: Path, capsys):
     assert main(["reproduce", "T1", "--budget", "smoke", "--data", "imagenette", "--out", str(smoke)]) == 2
     err = capsys.readouterr().err
     assert "no dataset entry named imagenette" in err and "its entries: synthetic" in err
+
+
+def test_the_report_keeps_every_recorded_seed_whatever_seeds_asks(smoke: Path, tmp_path: Path, capsys):
+    """A sweep run one seed at a time (--seeds 1) or with extra seeds still reports every finished seed."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(smoke, out)
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--seeds", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("records/*/*.json") if "@" not in p.name) != [
+        p.name for p in trained_records(smoke)]  # seed 1 of the PEG was trained
+    peg = lambda: next(line for line in (out / "report.md").read_text().splitlines()  # noqa: E731
+                       if line.startswith("| PEG at 0 (CPVT) "))
+    assert "(2)" in peg()
+    capsys.readouterr()
+    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "ape", "--seeds", "1", "--out", str(out)]) == 0
+    assert " 0 to run" in capsys.readouterr().out and "(2)" in peg()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -340,16 +341,23 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
             raise ValueError(f"no dataset entry named {', '.join(unknown) or repr(data)} in budget {budget!r}; "
                              f"its entries: {', '.join(known)}")
         selected = [j for j in selected if j.data in names]
+    if picked is not None:  # a run not asked for itself is only tested with the options of the rows asked for
+        for j in selected:
+            if not any(rid in picked for rid, _ in j.members):
+                j.variants = {rid: args for rid, args in j.variants.items() if rid in picked}
     todo = [j for j in selected if not j.done]
+    tests_only = sum(j.trained for j in todo)
     print(f"cpvt reproduce {','.join(wanted)} --budget {budget}{f' --rows {rows}' if rows else ''}"
           f"{f' --data {data}' if data else ''}: {len(selected)} "
-          f"training runs, {len(selected) - len(todo)} already finished, {len(todo)} to run; output in {out_dir}",
-          flush=True)
+          f"training runs, {len(selected) - len(todo)} already finished, {len(todo)} to run"
+          f"{f' ({tests_only} of them trained, to be tested with other model options)' if tests_only else ''}; "
+          f"output in {out_dir}", flush=True)
     spent: list[float] = []
     for k, job in enumerate(todo, 1):
         eta = f", about {statistics.mean(spent) * (len(todo) - k + 1) / 60:.0f} min left" if spent else ""
-        print(f"\n[{k}/{len(todo)}{eta}] {job.data}: {', '.join(sorted({m[0] for m in job.members}))} "
-              f"(seed {job.config.seed}) -> {job.dir}", flush=True)
+        what = (f"test with {', '.join(r for r in job.variants if not job.variant_record(r).exists())}" if job.trained
+                else ", ".join(sorted({m[0] for m in job.members})))
+        print(f"\n[{k}/{len(todo)}{eta}] {job.data}: {what} (seed {job.config.seed}) -> {job.dir}", flush=True)
         t = time.perf_counter()
         try:  # several `cpvt reproduce` processes share a sweep: each run goes to whoever locks it first
             with run_lock(job.dir):
@@ -361,21 +369,38 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
             print(f"    skipped: {e}", flush=True)
             continue
         spent.append(time.perf_counter() - t)
-        print("    top-1 by test size: " + ", ".join(f"{job.sizes[s]}px {v:.2f}" for s, v in res["scales"].items()),
-              flush=True)
+        for rid in ["", *job.variants]:
+            r = json.loads(job.variant_record(rid).read_text()) if rid else res
+            print(f"    top-1 by test size{f' ({rid})' if rid else ''}: "
+                  + ", ".join(f"{job.sizes[s]}px {v:.2f}" for s, v in r["scales"].items()), flush=True)
     cost = None
     if "T5" in wanted:
         t5_rows = [r for r in load_rows(root).values() if r.table == "T5"]
         cost = measure_cost(t5_rows, spec.get("cost", {}), out_dir)
-    # the report covers every finished run of the tables, not only the selected rows;
+    # the report covers every finished run of the tables, not only the selected rows or seeds;
     # the rows a run serves come from today's plan (a row added later may share a finished run)
-    results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in jobs if j.trained]
-    results += [json.loads(j.variant_record(rid).read_text()) for j in jobs for rid in j.variants
+    every = _finished_plan(root, budget, wanted, out_dir, jobs, data_root, cache_dir)
+    results = [{**json.loads(j.record.read_text()), "rows": sorted({m[0] for m in j.members})} for j in every if j.trained]
+    results += [json.loads(j.variant_record(rid).read_text()) for j in every for rid in j.variants
                 if j.variant_record(rid).exists()]
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
                         command=_command(tables, budget, seeds, out, rows), elapsed=time.perf_counter() - t0)
     print(f"\nreport: {path}", flush=True)
     return path
+
+
+def _finished_plan(root: Path, budget: str, tables: list[str], out: Path, jobs: list[Job], data_root: str | None,
+                   cache_dir: str | None) -> list[Job]:
+    """The budget's own plan plus every seed up to the highest one recorded in ``out``, whatever ``--seeds``
+    planned for training, so that a sweep run one seed at a time (``--seeds 1``) still reports every seed."""
+    pool = {j.dir: j for j in plan(root, budget, tables, out, None, data_root, cache_dir)}
+    recorded = [int(m.group(1)) for p in out.glob("records/*/*.json") if (m := re.search(r"-s(\d+)(?:@.*)?$", p.stem))]
+    if recorded and max(recorded) + 1 > 1:
+        for j in plan(root, budget, tables, out, max(recorded) + 1, data_root, cache_dir):
+            pool.setdefault(j.dir, j)
+    for j in jobs:
+        pool.setdefault(j.dir, j)
+    return list(pool.values())
 
 
 def _command(tables: str, budget: str, seeds: int | None, out: str | None, rows: str | None = None) -> str:
