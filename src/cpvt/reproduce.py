@@ -395,7 +395,7 @@ def _finished_plan(root: Path, budget: str, tables: list[str], out: Path, jobs: 
     planned for training, so that a sweep run one seed at a time (``--seeds 1``) still reports every seed."""
     pool = {j.dir: j for j in plan(root, budget, tables, out, None, data_root, cache_dir)}
     recorded = [int(m.group(1)) for p in out.glob("records/*/*.json") if (m := re.search(r"-s(\d+)(?:@.*)?$", p.stem))]
-    if recorded and max(recorded) + 1 > 1:
+    if recorded and max(recorded) >= 1:  # seeds beyond 0 recorded: plan up to the highest
         for j in plan(root, budget, tables, out, max(recorded) + 1, data_root, cache_dir):
             pool.setdefault(j.dir, j)
     for j in jobs:
