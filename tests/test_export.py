@@ -184,6 +184,24 @@ def test_pt2_export_matches_pytorch_at_three_sizes(case, tmp_path):
     assert len(rows) == 3 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
 
 
+@pytest.mark.parametrize("fmt,mode", [("pt2", "dilate"), ("onnx", "dilate"),
+                                      pytest.param("pt2", "resample", marks=pytest.mark.slow),
+                                      pytest.param("onnx", "resample", marks=pytest.mark.slow)])
+def test_peg_keeping_the_training_grid_exports_with_dynamic_sizes(fmt, mode, tmp_path):
+    """``peg_fixed_grid``: one file for every size, although the dilation (or the resampling) depends on it."""
+    if fmt == "onnx":
+        _onnx()
+    model = slim("cpvt_micro", dict(SLIM, peg_fixed_grid=mode))
+    plain = slim("cpvt_micro", SLIM)  # the same weights, the plain PEG
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), plain(x), atol=1e-3)  # the mode changes the output off the grid
+    path = export_model(model, tmp_path / f"m.{fmt}", format=fmt)
+    sizes = [(32, 32), (64, 64), (48, 80), (88, 88)]  # the 8x8 training grid; dilation 2, (2, 3) and 3
+    rows = verify_export(model, path, sizes, format=fmt, tol=1e-4)
+    assert len(rows) == 4 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
+
+
 def test_pt2_export_runs_at_other_sizes(tmp_path):
     model = slim("deit_micro", SLIM)
     path = export_model(model, tmp_path / "m.pt2", format="pt2")

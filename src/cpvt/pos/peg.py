@@ -42,7 +42,10 @@ Every knob the paper ablates is a constructor argument:
     1x, and the border signal reaches twice as many tokens, the same fraction
     of the grid; no content is blurred.
 
-  On the model's own grid both are the plain PEG.
+  On the model's own grid both are the plain PEG. Both export with a dynamic
+  height and width: while exporting, the dilation is integer arithmetic on
+  the symbolic grid and each dilated kernel runs as a sum of its shifted taps
+  (ONNX convolutions need a fixed dilation), so one file serves every size.
 
 State-dict layout follows the official code (Twins ``PosCNN``):
 ``pos_block.{j}.proj.0.weight`` (C, 1, k, k) and ``.bias`` (C,).
@@ -58,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tokens import Grid, check_odd_kernel, map_patches
+from ..tokens import Grid, check_odd_kernel, is_exporting, map_patches
 from .base import ModelShape, PositionEncoding
 
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
@@ -86,15 +89,40 @@ class PosConv(nn.Module):
 
     def forward(self, fmap: Tensor, dilation: tuple[int, int] = (1, 1)) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart."""
-        if dilation == (1, 1):
+        exporting = is_exporting()  # the dilation may be symbolic: no branching on its value
+        if not exporting and dilation == (1, 1):
             return self.proj(fmap)
         for conv in self.proj:
+            if conv.kernel_size == (1, 1):  # the separable kind's point-wise step: nothing to dilate
+                fmap = conv(fmap)
+                continue
             pad = [conv.kernel_size[i] // 2 * dilation[i] for i in (0, 1)]
-            if conv.padding_mode != "zeros":
-                fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=conv.padding_mode)
+            if exporting or conv.padding_mode != "zeros":
+                mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+                fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
                 pad = [0, 0]
-            fmap = F.conv2d(fmap, conv.weight, conv.bias, padding=pad, dilation=dilation, groups=conv.groups)
+            if exporting:
+                fmap = _depthwise_taps(fmap, conv.weight, conv.bias, dilation)
+            else:
+                fmap = F.conv2d(fmap, conv.weight, conv.bias, padding=pad, dilation=dilation, groups=conv.groups)
         return fmap
+
+
+def _depthwise_taps(padded: Tensor, weight: Tensor, bias: Tensor, dilation: tuple[int, int]) -> Tensor:
+    """A depth-wise dilated convolution of an already padded map, as the sum of its shifted taps.
+
+    Equal to ``F.conv2d(padded, weight, bias, dilation=dilation, groups=C)``; the
+    dilation may be a symbolic size, which an ONNX ``Conv`` cannot take.
+    """
+    kh, kw = weight.shape[-2:]
+    h = padded.shape[-2] - (kh - 1) * dilation[0]
+    w = padded.shape[-1] - (kw - 1) * dilation[1]
+    out = bias.view(1, -1, 1, 1).to(padded.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = padded[:, :, i * dilation[0]: i * dilation[0] + h, j * dilation[1]: j * dilation[1] + w]
+            out = out + tap * weight[:, 0, i, j].view(1, -1, 1, 1)
+    return out
 
 
 class PEG(PositionEncoding):
@@ -166,11 +194,12 @@ class PEG(PositionEncoding):
 
     def _generator(self, gen: PosConv, grid: Grid):
         """``gen`` as it runs on ``grid``: plain, or keeping the training grid's geometry (``fixed_grid``)."""
-        if self.fixed_grid is None or (grid.h, grid.w) == self.ref:
-            return gen
+        if self.fixed_grid is None or (not is_exporting() and (grid.h, grid.w) == self.ref):
+            return gen  # exporting: the grid is symbolic, so the general path serves the training grid too
         if self.fixed_grid == "resample":
             return partial(self._on_ref_grid, gen)
-        dilation = tuple(max(1, math.floor(n / r + 0.5)) for n, r in zip((grid.h, grid.w), self.ref))
+        # round half up of n / r, in integers so that a symbolic n stays symbolic (and serialisable)
+        dilation = tuple(torch.sym_max(1, (2 * n + r) // (2 * r)) for n, r in zip((grid.h, grid.w), self.ref))
         return partial(gen, dilation=dilation)
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
