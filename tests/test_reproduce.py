@@ -258,12 +258,14 @@ def test_smoke_study_is_reported_beside_its_base(tmp_path: Path, capsys):
     assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic +\| 1 ", why)
     assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic-wide +\| 1 ", why)
     assert "[synthetic-wide]" not in report  # claims are judged on the protocols, not the studies
-    assert "why/summary.md" not in report  # no analysis written yet: no link
+    assert "why/summary.md" not in report and "conclusion.md" not in report  # nothing written yet: no links
     (out / "why").mkdir()
     (out / "why" / "summary.md").write_text("# Why\n")
+    (out / "conclusion.md").write_text("# Conclusion\n")
     assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
                  "--out", str(out)]) == 0  # both runs reused: only the report is rewritten
-    assert "[why/summary.md](why/summary.md)" in (out / "report.md").read_text()
+    why = (out / "report.md").read_text().split("## Why: variants of the protocol")[1]
+    assert "[why/summary.md](why/summary.md)" in why and "[conclusion.md](conclusion.md)" in why
 
 
 def test_formulas_allow_arithmetic_only():

@@ -399,6 +399,9 @@ def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[st
              "Each study changes one thing in a protocol above and trains some of its rows again. Columns as in "
              "T2: top-1 at 1x, the size where the mean peaks, and the change from 1x to that peak, to 2x and to "
              "the largest test size.", ""]
+    if (out / "conclusion.md").exists():  # written by a person from these numbers, kept beside the report
+        lines += ["The conclusion drawn from these numbers, with the commands behind each: "
+                  "[conclusion.md](conclusion.md).", ""]
     if (out / "why" / "summary.md").exists():  # written by scripts/why_analysis.py
         lines += ["What the trained models' position code does at 1x and 2x (position probe, attention distance, "
                   "PEG response, distinct codes; the PEG models also with dilated kernels): "
