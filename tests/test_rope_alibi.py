@@ -124,3 +124,26 @@ def test_alibi_slopes_for_ti_s_b_head_counts():
     assert len(set(alibi_slopes(12).tolist())) == 12  # ViT-B: all distinct
     with pytest.raises(ValueError, match="at least one head"):
         alibi_slopes(0)
+
+
+@pytest.mark.parametrize("mode", ["axial", "mixed"])
+def test_rope_interpolated_keeps_the_training_grids_angles(mode):
+    """fixed_grid="interpolate": token (2i, 2j) of a 2x grid turns as token (i, j) of the training grid; per axis;
+    on the training grid nothing changes."""
+    torch.manual_seed(0)
+    plain = RoPE2D(SHAPE, mode=mode)
+    torch.manual_seed(0)
+    interp = RoPE2D(SHAPE, mode=mode, fixed_grid="interpolate")
+    train, double = Grid(6, 6, 1), Grid(12, 6, 1)  # 2x on rows only
+    assert torch.equal(interp.qk_angles(train, 1), plain.qk_angles(train, 1))
+    big = interp.qk_angles(double, 1).unflatten(1, (12, 6))
+    small = plain.qk_angles(train, 1).unflatten(1, (6, 6))
+    torch.testing.assert_close(big[:, ::2], small)  # rows 0, 2, 4, ... of the 2x grid are the training rows
+    assert not torch.allclose(plain.qk_angles(double, 1).unflatten(1, (12, 6))[:, ::2], small)  # plain extrapolates
+    # offsets stay inside the training range: the largest row offset is 5.5 training rows, not 11
+    ys, _ = interp.positions(double)
+    assert ys.max() - ys.min() == pytest.approx(5.5)
+    with pytest.raises(ValueError, match="rope_fixed_grid"):
+        RoPE2D(SHAPE, fixed_grid="dilate")
+    model = create_model("deit_micro_rope_mixed", depth=2, embed_dim=32, num_heads=4, rope_fixed_grid="interpolate")
+    assert model(torch.randn(1, 3, 48, 64)).shape == (1, 10)  # any grid, through the registry's option

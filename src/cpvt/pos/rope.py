@@ -15,6 +15,13 @@ the grid size.
 
 Prefix (class) tokens are not rotated. Positions are token indices; a larger
 image simply has larger indices (extrapolation, as in RoPE-ViT).
+
+``fixed_grid="interpolate"`` (not in RoPE-ViT; an inference-time option) scales
+the positions on any grid by the training grid's size over it, per axis, so the
+offsets stay inside the range seen in training and a rotation means the same
+image distance at every resolution: position interpolation (Chen et al. 2023,
+arXiv 2306.15595, for language models; timm's ``ref_feat_shape`` does the same
+for EVA's vision RoPE). On the training grid it is the plain RoPE.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from ..tokens import grid_cached, grid_positions, rotate_pairs  # noqa: F401 (ro
 from .base import Grid, ModelShape, PositionEncoding
 
 MODES = ("axial", "mixed")
+GRID_MODES = (None, "interpolate")
 
 
 class RoPE2D(PositionEncoding):
@@ -37,15 +45,21 @@ class RoPE2D(PositionEncoding):
         mode: ``axial`` (fixed frequencies, x on half the pairs and y on the other) or
             ``mixed`` (learned per-block, per-head frequencies over both axes).
         theta: frequency base (RoPE-ViT: 100 for axial, 10 for mixed; None picks that).
+        fixed_grid: None (positions are token indices on every grid) or ``"interpolate"``
+            (positions scaled by the training grid over the grid, per axis).
     """
 
     name = "rope"
     slot = "rope"
 
-    def __init__(self, shape: ModelShape, mode: str = "axial", theta: float | None = None):
+    def __init__(self, shape: ModelShape, mode: str = "axial", theta: float | None = None,
+                 fixed_grid: str | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"rope_mode must be one of {MODES}, got {mode!r}")
+        if fixed_grid not in GRID_MODES:
+            raise ValueError(f"rope_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
+        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
         head_dim = shape.dim // shape.num_heads
         if head_dim % 4:
             raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
@@ -62,17 +76,25 @@ class RoPE2D(PositionEncoding):
             fy = torch.cat([mag * torch.sin(angle), mag * torch.sin(angle + math.pi / 2)], dim=-1)
             self.freqs = nn.Parameter(torch.stack([fx, fy]))  # (2, depth, heads, D/2)
 
+    def positions(self, grid: Grid) -> tuple[Tensor, Tensor]:
+        """Each token's (y, x), (N,) each: grid indices, or with ``fixed_grid``, indices in training-grid units."""
+        ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
+        if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid: the same angles
+            ys, xs = ys * (self.ref[0] / grid.h), xs * (self.ref[1] / grid.w)
+        return ys, xs
+
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
         if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid
             def compute() -> Tensor:
-                ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
+                ys, xs = self.positions(grid)
                 return torch.cat([xs[:, None] * self.freqs, ys[:, None] * self.freqs], dim=-1)[None]
 
             # (1, N, D/2), shared by heads
             return grid_cached(self._axial_cache, (grid.h, grid.w, self.freqs.device), compute)
-        ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
+        ys, xs = self.positions(grid)
         fx, fy = self.freqs[0, layer], self.freqs[1, layer]  # (heads, D/2)
         return xs[None, :, None] * fx[:, None, :] + ys[None, :, None] * fy[:, None, :]  # (heads, N, D/2)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, theta={self.theta}, head_dim={self.head_dim}"
+        return (f"mode={self.mode!r}, theta={self.theta}, head_dim={self.head_dim}"
+                + (f", fixed_grid={self.fixed_grid!r}" if self.fixed_grid else ""))
