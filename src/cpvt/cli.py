@@ -358,7 +358,7 @@ def _training_commands(sub) -> None:
 
     s = sub.add_parser("reproduce", help="CPVT's tables (T1-T5) at a budget, beside the paper's numbers")
     s.add_argument("tables", help="T1 | T2 | T3 | T4 | T5 | all, or several comma-separated (T1,T2)")
-    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~25 h, 2 cores) | gpu (~25 min, one H200)")
+    s.add_argument("--budget", default="cpu", help="smoke (< 1 min) | cpu (~40 h, 2 cores) | gpu (~25 min, one H200)")
     s.add_argument("--seeds", type=positive_int, help="seeds per row (default: the budget's)")
     s.add_argument("--rows", help="train only these rows, comma-separated file names (peg,ape); the report keeps "
                                   "every finished run")
