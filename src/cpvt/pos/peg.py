@@ -87,11 +87,11 @@ class PosConv(nn.Module):
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(conv.bias)
 
-    def forward(self, fmap: Tensor, dilation: tuple[int, int] = (1, 1)) -> Tensor:
+    def forward(self, fmap: Tensor, dilation: tuple[int, int] | None = None) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart."""
-        exporting = is_exporting()  # the dilation may be symbolic: no branching on its value
-        if not exporting and dilation == (1, 1):
-            return self.proj(fmap)
+        exporting = is_exporting()  # a given dilation may be symbolic then: no branching on its value
+        if dilation is None or (not exporting and dilation == (1, 1)):
+            return self.proj(fmap)  # the plain PEG: one Conv per kernel, exported as such
         for conv in self.proj:
             if conv.kernel_size == (1, 1):  # the separable kind's point-wise step: nothing to dilate
                 fmap = conv(fmap)
