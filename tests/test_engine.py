@@ -196,13 +196,23 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
         assert (out / "last.safetensors").exists(), "no checkpoint was written"
         return proc, time.perf_counter()
 
-    ref, t = start_and_wait_for_the_first_checkpoint(tmp_path / "ref")
+    ref, _ = start_and_wait_for_the_first_checkpoint(tmp_path / "ref")
     assert ref.wait() == 0
-    rest = time.perf_counter() - t  # how long this machine takes from the first checkpoint to the end
+
+    def version(path: Path) -> tuple[int, int]:  # each checkpoint write replaces the file (a new inode)
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
 
     run = tmp_path / "killed"
-    proc, _ = start_and_wait_for_the_first_checkpoint(run)
-    time.sleep(0.4 * rest)  # somewhere after the first checkpoint, mid-epoch or mid-write, well before the end
+    proc, t = start_and_wait_for_the_first_checkpoint(run)
+    seen = [version(run / "last.safetensors")]
+    while len(seen) < 3 and proc.poll() is None:  # two more writes (3 of 20): the pace on this machine, now
+        v = version(run / "last.safetensors")
+        if v != seen[-1]:
+            seen.append(v)
+        time.sleep(0.005)
+    # half a checkpoint interval later: mid-step or mid-write, 16 or more writes before the end whatever the load
+    time.sleep(0.25 * (time.perf_counter() - t))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     # the kill hit an unfinished run: its last checkpoint is short of the end (3 epochs of 20 steps), no metrics
