@@ -202,6 +202,27 @@ def test_peg_keeping_the_training_grid_exports_with_dynamic_sizes(fmt, mode, tmp
     assert len(rows) == 4 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
 
 
+@pytest.mark.parametrize("fmt,name", [("pt2", "deit_micro_rope_mixed"),
+                                      pytest.param("onnx", "deit_micro_rope_mixed", marks=pytest.mark.slow),
+                                      pytest.param("pt2", "deit_micro_rope", marks=pytest.mark.slow),
+                                      pytest.param("onnx", "deit_micro_rope", marks=pytest.mark.slow)])
+def test_rope_interpolated_to_the_training_grid_exports_with_dynamic_sizes(fmt, name, tmp_path):
+    """``rope_fixed_grid="interpolate"``: the positions are scaled by training grid / grid, a float that depends on
+    the input size, so the exported graph must compute it from the symbolic size rather than bake in one value."""
+    if fmt == "onnx":
+        _onnx()
+    model = slim(name, dict(SLIM, rope_fixed_grid="interpolate"))
+    plain = slim(name, SLIM)  # the same weights, positions as token indices
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (model(x) - plain(x)).abs().max() > 1e-4  # the option changes the output off the grid (axial: a little)
+        assert torch.equal(model(x[..., :32, :32]), plain(x[..., :32, :32]))  # and nothing on it
+    path = export_model(model, tmp_path / f"m.{fmt}", format=fmt)
+    sizes = [(32, 32), (64, 64), (48, 80), (88, 88)]  # the 8x8 training grid; scales 1/2, (2/3, 2/5) and 4/11
+    rows = verify_export(model, path, sizes, format=fmt, tol=1e-4)
+    assert len(rows) == 4 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
+
+
 def test_pt2_export_runs_at_other_sizes(tmp_path):
     model = slim("deit_micro", SLIM)
     path = export_model(model, tmp_path / "m.pt2", format="pt2")
