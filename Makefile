@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# CPVT's tables at a budget (smoke < 1 min, cpu ~25 h on 2 cores over several sessions, gpu ~25 min on one H200).
+# CPVT's tables at a budget (smoke < 1 min, cpu about 40 h on 2 cores over several sessions, gpu ~25 min on one H200).
 # Finished runs are skipped, so an interrupted sweep resumes; the report lands in docs/results/<budget>/.
 BUDGET ?= cpu
 TABLES ?= all
