@@ -55,6 +55,8 @@ def test_smoke_report_has_every_table_and_claim(smoke: Path):
             assert run["scales"]["1"] == by_run[run["run"]]["scales"]["1"]
             assert (smoke / "records" / run["data"] / f"{run['run']}@{rid.split('/')[1]}.json").exists()
     assert "PEG at 0, dilated at test" in report
+    for path in (smoke / "records").rglob("*.json"):  # each record names the code that made it (tests run in a clone)
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", json.loads(path.read_text())["code"]), path
     for run in data["runs"]:
         assert set(run["scales"]) == {"1", "1.5", "2"}
         assert run["sizes"] == {"1": 32, "1.5": 48, "2": 64}

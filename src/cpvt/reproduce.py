@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,24 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
 # ----------------------------------------------------------------------------- running
 
 
+def code_version() -> str | None:
+    """The git commit of the code that runs (``+dirty`` with uncommitted changes to it), or None outside a clone.
+
+    Stored in every record: a number comes back bit for bit only with the code,
+    thread count and data it was made with.
+    """
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
@@ -240,7 +259,7 @@ def _test_variant(job: Job, rid: str, args: dict[str, Any], result: dict[str, An
     record = {**{k: result[k] for k in keep if k in result}, "rows": [rid], "eval_args": args,
               "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
               "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
-              "train_s": 0.0, "eval_s": round(time.perf_counter() - t0, 1)}
+              "train_s": 0.0, "eval_s": round(time.perf_counter() - t0, 1), "code": code_version()}
     _write_json(job.variant_record(rid), record)
 
 
@@ -268,7 +287,7 @@ def _train_and_test(job: Job) -> dict[str, Any]:
         "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
         "eval_images": res["sizes"][str(job.sizes[next(iter(job.sizes))])].get("images"),
         **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
-        "eval_s": round(time.perf_counter() - t0 - train_s, 1),
+        "eval_s": round(time.perf_counter() - t0 - train_s, 1), "code": code_version(),
     }
     job.record.parent.mkdir(parents=True, exist_ok=True)
     _write_json(job.record, result)
