@@ -61,6 +61,17 @@ def test_sincos_is_computed_for_any_grid():
         SinCos2D(shape(dim=18))
 
 
+def test_sincos_interpolated_samples_the_training_table_more_finely():
+    enc = SinCos2D(shape(), fixed_grid="interpolate")  # trained on 4x4
+    plain = SinCos2D(shape())
+    assert torch.equal(enc.table(Grid(4, 4)), plain.table(Grid(4, 4)))
+    fine = enc.table(Grid(8, 12)).view(8, 12, 16)  # steps 1/2 down, 1/3 across
+    torch.testing.assert_close(fine[::2, ::3], plain.base_table.view(4, 4, 16), rtol=0, atol=1e-6)
+    assert not torch.allclose(fine[1, 1], plain.table(Grid(8, 12)).view(8, 12, 16)[1, 1])  # (1/2, 1/3), not (1, 1)
+    with pytest.raises(ValueError, match="sincos_fixed_grid"):
+        SinCos2D(shape(), fixed_grid="dilate")
+
+
 # -- learned APE --------------------------------------------------------------
 def test_ape_resampling_is_identity_on_its_own_grid():
     ape = LearnedAPE(shape())

@@ -202,16 +202,22 @@ def test_peg_keeping_the_training_grid_exports_with_dynamic_sizes(fmt, mode, tmp
     assert len(rows) == 4 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
 
 
-@pytest.mark.parametrize("fmt,name", [("pt2", "deit_micro_rope_mixed"),
-                                      pytest.param("onnx", "deit_micro_rope_mixed", marks=pytest.mark.slow),
-                                      pytest.param("pt2", "deit_micro_rope", marks=pytest.mark.slow),
-                                      pytest.param("onnx", "deit_micro_rope", marks=pytest.mark.slow)])
-def test_rope_interpolated_to_the_training_grid_exports_with_dynamic_sizes(fmt, name, tmp_path):
-    """``rope_fixed_grid="interpolate"``: the positions are scaled by training grid / grid, a float that depends on
-    the input size, so the exported graph must compute it from the symbolic size rather than bake in one value."""
+@pytest.mark.parametrize("fmt,name,option", [
+    ("pt2", "deit_micro_rope_mixed", "rope_fixed_grid"),
+    pytest.param("onnx", "deit_micro_rope_mixed", "rope_fixed_grid", marks=pytest.mark.slow),
+    pytest.param("pt2", "deit_micro_rope", "rope_fixed_grid", marks=pytest.mark.slow),
+    pytest.param("onnx", "deit_micro_rope", "rope_fixed_grid", marks=pytest.mark.slow),
+    pytest.param("pt2", "deit_micro_sincos", "sincos_fixed_grid", marks=pytest.mark.slow),
+    ("onnx", "deit_micro_sincos", "sincos_fixed_grid"),
+    ("pt2", "deit_micro_pape", "pape_fixed_grid"),
+    pytest.param("onnx", "deit_micro_pape", "pape_fixed_grid", marks=pytest.mark.slow)])
+def test_positions_interpolated_to_the_training_grid_export_with_dynamic_sizes(fmt, name, option, tmp_path):
+    """``*_fixed_grid="interpolate"`` (RoPE, sin-cos, PaPE): the positions are scaled by training grid / grid, a
+    float that depends on the input size, so the exported graph must compute it from the symbolic size rather than
+    bake in one value."""
     if fmt == "onnx":
         _onnx()
-    model = slim(name, dict(SLIM, rope_fixed_grid="interpolate"))
+    model = slim(name, dict(SLIM, **{option: "interpolate"}))
     plain = slim(name, SLIM)  # the same weights, positions as token indices
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -108,6 +108,24 @@ def test_pape_bias_matches_its_formula():
                 torch.testing.assert_close(bias[:, h, i, j], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_pape_interpolated_gives_each_token_pair_its_training_grid_bias():
+    torch.manual_seed(0)
+    pape = PaPE(SHAPE, parabolas=3, fixed_grid="interpolate")  # trained on 3x3
+    plain = PaPE(SHAPE, parabolas=3)
+    plain.load_state_dict(pape.state_dict())
+    small, big = Grid(3, 3, 1), Grid(6, 6, 1)
+    pos = pape.positions(big)
+    assert pos[0].tolist() == [-1.0, -1.0] and pos[1 + 4 * 6 + 2].tolist() == [1.0, 2.0]  # (column, row) / 2
+    assert torch.equal(pape.positions(small), plain.positions(small))
+    # token (2i, 2j) of the 6x6 grid sits where (i, j) sat on 3x3: with the same content, the same bias
+    x = torch.randn(1, big.num_tokens, 32)
+    on_even = [0] + [1 + 2 * i * 6 + 2 * j for i in range(3) for j in range(3)]
+    torch.testing.assert_close(pape.bias(x, big, 1)[:, :, on_even][:, :, :, on_even],
+                               plain.bias(x[:, on_even], small, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pape_fixed_grid"):
+        PaPE(SHAPE, fixed_grid=True)
+
+
 def test_pape_is_concave_around_each_query_and_keeps_its_own_init():
     pape = PaPE(SHAPE)
     assert pape.parabolas == 6  # 50 per head at head width 64, here 8
@@ -150,3 +168,17 @@ def test_peg_combinations_hold_both_encodings():
     model = cpvt.create_model("cpvt_micro_lookhere")
     assert isinstance(model.lookhere, LookHere) and hasattr(model, "pos_block")
     assert cpvt.create_model("cpvt_micro_rope_mixed").rope.mode == "mixed"
+
+
+@pytest.mark.parametrize("name", ["deit_micro_alibi", "deit_micro_lookhere", "deit_micro_rpe", "deit_micro_pape"])
+def test_a_logit_bias_keeps_the_fused_cpu_attention_kernel(name):
+    # PyTorch's fused CPU SDPA kernel takes a 4D mask only: a 3D (heads, T, T) bias silently fell back to the
+    # math path, 6x slower at 785 tokens (benchmarks/attention_bias.py)
+    from torch.profiler import profile
+
+    model = cpvt.create_model(name, depth=2, embed_dim=32, num_heads=4, img_size=32).eval()
+    with torch.inference_mode(), profile() as prof:
+        model(torch.randn(2, 3, 48, 48))
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops

@@ -13,12 +13,17 @@ logits' own scale). The bias is translation invariant and, as ``a >= 0``,
 concave: it decays with distance at a rate each query picks. The class token
 sits at (-1, -1), one diagonal step outside the grid, and takes part like any
 token. Nothing depends on the grid size, so the model runs at any resolution;
-offsets simply grow (nothing is rescaled).
+offsets simply grow (nothing is rescaled), as in the paper.
+``fixed_grid="interpolate"`` (an inference-time option of this library, as for
+RoPE and sin-cos) scales the patch tokens' positions by the training grid over
+the grid, per axis, so the offsets stay inside the range seen in training; the
+class token stays at (-1, -1).
 
-The paper's code appends ``3K + 2`` channels to every query and key so that
-SDPA computes the bias; here the bias is computed directly in float32, which
-keeps the large canceling terms ``a * (p_i^2 + p_j^2 - 2 p_i p_j)`` out of
-bf16, and handed to SDPA as an additive mask. Weights use PyTorch's default
+The paper's code appends channels to every query and key so that SDPA computes
+the bias; here the same factorisation (a query-side feature of ``2K + 1``
+channels times a key-side one) is one float32 matrix product, which keeps the
+large canceling terms ``a * (u_i^2 + u_j^2 - 2 u_i u_j)`` out of bf16, and the
+bias goes to SDPA as an additive mask. Weights use PyTorch's default
 ``nn.Linear`` initialisation, as the paper's code does, and take weight decay.
 """
 
@@ -35,6 +40,9 @@ from ..tokens import grid_cached, grid_positions
 from .base import Grid, ModelShape, PositionEncoding
 
 
+GRID_MODES = (None, "interpolate")
+
+
 def default_parabolas(head_dim: int) -> int:
     """The paper's 50 parabolas per head at head width 64, scaled with the head width (12 at 16)."""
     return max(1, round(50 * head_dim / 64))
@@ -45,13 +53,18 @@ class PaPE(PositionEncoding):
 
     Args:
         parabolas: parabolas per head (K); None: 50 at head width 64, scaled with the head width.
+        fixed_grid: None (positions are token indices on every grid) or ``"interpolate"``
+            (patch positions scaled by the training grid over the grid, per axis).
     """
 
     name = "pape"
     slot = "pape"
 
-    def __init__(self, shape: ModelShape, parabolas: int | None = None):
+    def __init__(self, shape: ModelShape, parabolas: int | None = None, fixed_grid: str | None = None):
         super().__init__()
+        if fixed_grid not in GRID_MODES:
+            raise ValueError(f"pape_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
+        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
         heads, dim = shape.num_heads, shape.dim
         k = default_parabolas(dim // heads) if parabolas is None else int(parabolas)
         if k < 1:
@@ -73,6 +86,8 @@ class PaPE(PositionEncoding):
         """(T, 2) (column, row) of every token; prefix tokens at (-1, -1)."""
         def compute() -> Tensor:
             ys, xs = grid_positions(grid.h, grid.w, self.position.device)
+            if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid
+                ys, xs = ys * (self.ref[0] / grid.h), xs * (self.ref[1] / grid.w)
             prefix = torch.full((grid.num_prefix, 2), -1.0, device=self.position.device)
             return torch.cat([prefix, torch.stack([xs, ys], dim=1)])
 
@@ -82,18 +97,22 @@ class PaPE(PositionEncoding):
         """Normed tokens (B, T, C) -> logit bias (B, heads, T, T), float32."""
         b, t, _ = x.shape
         h, k = self.num_heads, self.parabolas
+        pos = self.positions(grid)  # outside the autocast block: an exported graph cannot hand it a symbolic float
         with torch.autocast(x.device.type, enabled=False):
-            u = (self.positions(grid) @ self.position[layer].float().T).view(t, h, k).transpose(0, 1)  # (H, T, K)
+            u = (pos @ self.position[layer].float().T).view(t, h, k).transpose(0, 1)  # (H, T, K)
             ab = (x.float() @ self.curve[layer].float().T).view(b, t, 2, h, k).permute(2, 0, 3, 1, 4)
             a, slope = F.softplus(ab[0]), ab[1]  # (B, H, T, K), chosen by each query
-            # sum_k -a (u_i - u_j)^2 + slope (u_i - u_j), expanded so every term is a (T, K) x (K, T) product
+            # sum_k -a_ik (u_ik - u_jk)^2 + slope_ik (u_ik - u_jk) as one product of a query-side and a key-side
+            # feature (the paper's trick): [sum_k slope u_i - a u_i^2, -a, 2 a u_i - slope] . [1, u_j^2, u_j]
             ui = u[None]  # (1, H, T, K)
-            quad = (a * ui * ui).sum(-1, keepdim=True) + a @ (u * u).transpose(-1, -2) - 2 * (a * ui) @ u.transpose(-1, -2)
-            lin = (slope * ui).sum(-1, keepdim=True) - slope @ u.transpose(-1, -2)
-            return self.scale * (lin - quad)
+            row = (slope * ui - a * ui * ui).sum(-1, keepdim=True)
+            query = torch.cat([row, -a, 2 * a * ui - slope], dim=-1) * self.scale  # (B, H, T, 2K + 1)
+            key = torch.cat([torch.ones_like(u[..., :1]), u * u, u], dim=-1)  # (H, T, 2K + 1)
+            return query @ key.transpose(-1, -2)
 
     def content_bias(self, grid: Grid, layer: int) -> Callable[[Tensor], Tensor]:
         return lambda x: self.bias(x, grid, layer)
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, parabolas={self.parabolas}"
+        return (f"heads={self.num_heads}, parabolas={self.parabolas}"
+                + (f", fixed_grid={self.fixed_grid!r}" if self.fixed_grid else ""))

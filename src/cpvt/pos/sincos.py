@@ -6,6 +6,12 @@ tables load and compare directly; each half is ``sin`` then ``cos`` of the
 coordinate at geometrically spaced frequencies. The table is a
 pure function of the grid, so it is computed for whatever grid the input has;
 prefix tokens get zeros.
+
+Positions are token indices, so a larger grid reaches coordinates never seen in
+training. ``fixed_grid="interpolate"`` (an inference-time option of this library)
+scales them by the training grid over the grid, per axis, as RoPE's option of
+the same name does: the table is then the training table sampled more finely,
+as a resampled learned APE is.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
+GRID_MODES = (None, "interpolate")
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0, step: tuple[float, float] = (1.0, 1.0)) -> Tensor:
     """(h*w, dim) table in row-major token order: first half of the channels from
-    the column index, second half from the row index (MAE's order)."""
+    the column coordinate, second half from the row coordinate (MAE's order).
+    Token ``(i, j)`` sits at ``(i * step[0], j * step[1])``: indices by default."""
     if dim % 4:
         raise ValueError(f"2D sin-cos needs an embedding dimension divisible by 4, got {dim}")
-    rows = sincos_1d(torch.arange(h), dim // 2, temperature)  # (h, dim/2)
-    cols = sincos_1d(torch.arange(w), dim // 2, temperature)  # (w, dim/2)
+    rows = sincos_1d(torch.arange(h, dtype=torch.float64) * step[0], dim // 2, temperature)  # (h, dim/2)
+    cols = sincos_1d(torch.arange(w, dtype=torch.float64) * step[1], dim // 2, temperature)  # (w, dim/2)
     table = torch.cat(
         [cols[None, :, :].expand(h, w, -1), rows[:, None, :].expand(h, w, -1)], dim=-1
     )
@@ -43,13 +53,21 @@ class SinCos2D(PositionEncoding):
 
     The table of the default grid is kept as a non-persistent buffer so it moves
     with ``.to()``; other grids are computed on the fly.
+
+    Args:
+        temperature: frequency base.
+        fixed_grid: None (coordinates are token indices on every grid) or ``"interpolate"``
+            (coordinates scaled by the training grid over the grid, per axis).
     """
 
     name = "sincos"
     slot = "pos_embed"
 
-    def __init__(self, shape: ModelShape, temperature: float = 10000.0):
+    def __init__(self, shape: ModelShape, temperature: float = 10000.0, fixed_grid: str | None = None):
         super().__init__()
+        if fixed_grid not in GRID_MODES:
+            raise ValueError(f"sincos_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
+        self.fixed_grid = fixed_grid
         self.dim, self.num_prefix, self.temperature = shape.dim, shape.num_prefix, temperature
         self.base_grid = tuple(shape.grid)
         self.register_buffer("base_table", sincos_2d(*self.base_grid, self.dim, temperature), persistent=False)
@@ -59,7 +77,10 @@ class SinCos2D(PositionEncoding):
         exported graph must build the table of whatever grid it is given)."""
         if not is_exporting() and (grid.h, grid.w) == self.base_grid:
             return self.base_table
-        return sincos_2d(grid.h, grid.w, self.dim, self.temperature).to(self.base_table.device)
+        step = (1.0, 1.0)
+        if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid: the training table
+            step = (self.base_grid[0] / grid.h, self.base_grid[1] / grid.w)
+        return sincos_2d(grid.h, grid.w, self.dim, self.temperature, step).to(self.base_table.device)
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
         prefix, patches = grid.split(x)
