@@ -16,20 +16,13 @@ inference time of micro models with each bias encoding relative to the APE model
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
+from attention_backends import time_call  # benchmarks/ is on the path when a script here runs
+
 import cpvt
-
-
-def time_call(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t) / repeats
 
 
 def pape_terms(a, slope, u, scale):
