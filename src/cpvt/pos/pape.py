@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tokens import grid_cached, grid_positions
+from ..tokens import check_position_grid_mode, grid_cached, grid_positions, grid_step
 from .base import Grid, ModelShape, PositionEncoding
 
 
-GRID_MODES = (None, "interpolate")
 
 
 def default_parabolas(head_dim: int) -> int:
@@ -62,9 +61,7 @@ class PaPE(PositionEncoding):
 
     def __init__(self, shape: ModelShape, parabolas: int | None = None, fixed_grid: str | None = None):
         super().__init__()
-        if fixed_grid not in GRID_MODES:
-            raise ValueError(f"pape_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
-        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
+        self.fixed_grid, self.ref = check_position_grid_mode("pape_fixed_grid", fixed_grid), tuple(shape.grid)
         heads, dim = shape.num_heads, shape.dim
         k = default_parabolas(dim // heads) if parabolas is None else int(parabolas)
         if k < 1:
@@ -85,9 +82,8 @@ class PaPE(PositionEncoding):
     def positions(self, grid: Grid) -> Tensor:
         """(T, 2) (column, row) of every token; prefix tokens at (-1, -1)."""
         def compute() -> Tensor:
-            ys, xs = grid_positions(grid.h, grid.w, self.position.device)
-            if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid
-                ys, xs = ys * (self.ref[0] / grid.h), xs * (self.ref[1] / grid.w)
+            ys, xs = grid_positions(grid.h, grid.w, self.position.device,
+                                    grid_step(self.fixed_grid, self.ref, grid.h, grid.w))
             prefix = torch.full((grid.num_prefix, 2), -1.0, device=self.position.device)
             return torch.cat([prefix, torch.stack([xs, ys], dim=1)])
 

@@ -31,11 +31,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..tokens import grid_cached, grid_positions, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
+from ..tokens import check_position_grid_mode, grid_cached, grid_positions, grid_step, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
 from .base import Grid, ModelShape, PositionEncoding
 
 MODES = ("axial", "mixed")
-GRID_MODES = (None, "interpolate")
 
 
 class RoPE2D(PositionEncoding):
@@ -57,9 +56,7 @@ class RoPE2D(PositionEncoding):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"rope_mode must be one of {MODES}, got {mode!r}")
-        if fixed_grid not in GRID_MODES:
-            raise ValueError(f"rope_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
-        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
+        self.fixed_grid, self.ref = check_position_grid_mode("rope_fixed_grid", fixed_grid), tuple(shape.grid)
         head_dim = shape.dim // shape.num_heads
         if head_dim % 4:
             raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
@@ -78,10 +75,7 @@ class RoPE2D(PositionEncoding):
 
     def positions(self, grid: Grid) -> tuple[Tensor, Tensor]:
         """Each token's (y, x), (N,) each: grid indices, or with ``fixed_grid``, indices in training-grid units."""
-        ys, xs = grid_positions(grid.h, grid.w, self.freqs.device)
-        if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid: the same angles
-            ys, xs = ys * (self.ref[0] / grid.h), xs * (self.ref[1] / grid.w)
-        return ys, xs
+        return grid_positions(grid.h, grid.w, self.freqs.device, grid_step(self.fixed_grid, self.ref, grid.h, grid.w))
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
         if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..tokens import check_position_grid_mode, grid_step
 from .base import Grid, ModelShape, PositionEncoding, is_exporting
 
 
@@ -29,9 +30,6 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     omega = temperature ** (-omega)
     angles = positions.double()[:, None] * omega[None]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-GRID_MODES = (None, "interpolate")
 
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0, step: tuple[float, float] = (1.0, 1.0)) -> Tensor:
@@ -65,9 +63,7 @@ class SinCos2D(PositionEncoding):
 
     def __init__(self, shape: ModelShape, temperature: float = 10000.0, fixed_grid: str | None = None):
         super().__init__()
-        if fixed_grid not in GRID_MODES:
-            raise ValueError(f"sincos_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
-        self.fixed_grid = fixed_grid
+        self.fixed_grid = check_position_grid_mode("sincos_fixed_grid", fixed_grid)
         self.dim, self.num_prefix, self.temperature = shape.dim, shape.num_prefix, temperature
         self.base_grid = tuple(shape.grid)
         self.register_buffer("base_table", sincos_2d(*self.base_grid, self.dim, temperature), persistent=False)
@@ -77,9 +73,7 @@ class SinCos2D(PositionEncoding):
         exported graph must build the table of whatever grid it is given)."""
         if not is_exporting() and (grid.h, grid.w) == self.base_grid:
             return self.base_table
-        step = (1.0, 1.0)
-        if self.fixed_grid == "interpolate":  # exactly 1.0 on the training grid: the training table
-            step = (self.base_grid[0] / grid.h, self.base_grid[1] / grid.w)
+        step = grid_step(self.fixed_grid, self.base_grid, grid.h, grid.w) or (1.0, 1.0)
         return sincos_2d(grid.h, grid.w, self.dim, self.temperature, step).to(self.base_table.device)
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
