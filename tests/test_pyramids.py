@@ -8,7 +8,6 @@ when the library is absent, except under those make targets, where they fail.
 """
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from safetensors import safe_open
 
 import cpvt
 from conftest import need
-from cpvt.convert import FORMATS, convert_state_dict, detect_format, load_converted
+from cpvt.convert import FORMATS, _rename, convert_state_dict, detect_format, load_converted
 
 DATA = Path(__file__).parent / "data"
 
@@ -104,12 +103,7 @@ _HF_TO_MS = [
 
 
 def _to_ms(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        for pat, rep in _HF_TO_MS:
-            k = re.sub(pat, rep, k)
-        out[k] = v
-    return out
+    return _rename(state, _HF_TO_MS)
 
 
 def test_official_cvt_layout_loads_and_matches():
