@@ -1,0 +1,67 @@
+"""Print the README's resolution headline table from a report's ``results.json``.
+
+The README shows a compact view of the report's T2 tables: for each row, the
+seeds, top-1 at 1x, its own peak, 2x and the largest test size, and the change
+from 1x to 2x. Typing those numbers by hand as seeds land invites mistakes, so
+this script prints them with the report's own statistics (``cpvt.report``):
+the same means, standard deviations and peaks as ``report.md``.
+
+    .venv/bin/python scripts/readme_table.py                      # every T2 row with a record
+    .venv/bin/python scripts/readme_table.py --rows none,ape,peg   # a selection, in this order
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cpvt.experiments import load_rows
+from cpvt.report import Results, peak
+from cpvt.table import format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def headline(results: list[dict], rows: dict, data: str, names: list[str] | None) -> str:
+    """Markdown table of the T2 rows ``names`` (file names; None: all with a record) on ``data``."""
+    runs = [r for r in results if r["data"] == data]
+    if not runs:
+        raise SystemExit(f"no runs on {data!r}; datasets: {sorted({r['data'] for r in results})}")
+    t2 = {r.name: r for r in rows.values() if r.table == "T2"}
+    unknown = [n for n in names or [] if n not in t2]
+    if unknown:
+        raise SystemExit(f"unknown T2 rows {unknown}; known: {sorted(t2)}")
+    res = Results(runs, rows)
+    chosen = [t2[n] for n in names] if names else [r for r in t2.values() if res.has(data, r.id)]
+    sizes = runs[0]["sizes"]
+    scales = sorted(sizes, key=float)
+    two, far = ("2" if "2" in scales else scales[-1]), scales[-1]
+    headers = ["encoding", "seeds", f"1x ({sizes['1']} px)", "peak (size)", f"{two}x ({sizes[two]} px)",
+               f"{sizes[far]} px ({far}x)", f"Δ 1x → {two}x"]
+    body = []
+    for r in chosen:
+        found = peak(res, data, r.id, scales)
+        if found is None:
+            raise SystemExit(f"{r.name}: no record on {data}")
+        best, at_peak = found
+        m = lambda metric: res.metric(data, f"{r.id}:{metric}")  # noqa: E731
+        body.append([r.label, m("top1").n, m("top1").fmt(short=True), f"{at_peak.fmt(short=True)} ({sizes[best]})",
+                     m(f"top1@{two}").fmt(short=True), m(f"top1@{far}").fmt(short=True),
+                     m(f"drop@{two}").fmt(short=True, signed=True)])
+    return format_table(body, headers, markdown=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=ROOT / "docs/results/cpu/results.json")
+    p.add_argument("--data", default="imagenette", help="dataset entry (default: imagenette)")
+    p.add_argument("--rows", help="comma-separated T2 row names (experiments/t2_resolution/NAME.toml), in order")
+    args = p.parse_args()
+    results = json.loads(args.results.read_text())["runs"]
+    names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
+    print(headline(results, load_rows(ROOT / "experiments"), args.data, names))
+
+
+if __name__ == "__main__":
+    main()

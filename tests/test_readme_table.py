@@ -1,0 +1,49 @@
+"""scripts/readme_table.py: the README headline table comes from the records with the report's statistics."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cpvt.experiments import experiments_dir, load_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "scripts" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(rid, seed, curve):
+    sizes = {"1": 64, "1.25": 80, "2": 128, "3.5": 224}
+    return {"data": "d", "rows": [rid], "seed": seed, "sizes": sizes, "scales": dict(zip(sizes, curve))}
+
+
+def test_headline_rows_have_mean_sd_peak_and_drop(script):
+    rows = load_rows(experiments_dir())
+    results = [_run("t1_encodings/ape", 0, [60.0, 61.0, 58.0, 50.0]), _run("t1_encodings/ape", 1, [62.0, 63.0, 59.0, 48.0]),
+               _run("t1_encodings/peg", 0, [59.0, 58.0, 55.0, 40.0]),
+               _run("t2_resolution/peg_dilate", 0, [59.0, 58.0, 59.5, 51.0])]  # a test-time row's own record
+    lines = script.headline(results, rows, "d", ["peg", "peg_dilate", "ape"]).splitlines()
+    assert "1x (64 px)" in lines[0] and "2x (128 px)" in lines[0] and "224 px (3.5x)" in lines[0]
+    peg, dilated, ape = ([c.strip() for c in line.split("|")[1:-1]] for line in lines[2:5])
+    assert peg == [rows["t2_resolution/peg"].label, "1", "59.00", "59.00 (64)", "55.00", "40.00", "-4.00"]
+    assert dilated[1:] == ["1", "59.00", "59.50 (128)", "59.50", "51.00", "+0.50"]
+    # two seeds: mean ± sd, peak at 80 px (mean 62), per-seed drops -2 and -3
+    assert ape[1:] == ["2", "61.00 ± 1.41", "62.00 ± 1.41 (80)", "58.50 ± 0.71", "49.00 ± 1.41", "-2.50 ± 0.71"]
+    assert len(script.headline(results, rows, "d", None).splitlines()) == 2 + 3  # default: every row with a record
+
+
+def test_unknown_rows_and_data_fail_clearly(script):
+    rows = load_rows(experiments_dir())
+    results = [_run("t1_encodings/ape", 0, [60.0, 61.0, 58.0, 50.0])]
+    with pytest.raises(SystemExit, match="unknown T2 rows"):
+        script.headline(results, rows, "d", ["nope_row"])
+    with pytest.raises(SystemExit, match="no runs on 'x'"):
+        script.headline(results, rows, "x", None)
+    with pytest.raises(SystemExit, match="peg: no record"):
+        script.headline(results, rows, "d", ["peg"])
