@@ -341,3 +341,24 @@ def test_the_report_keeps_every_recorded_seed_whatever_seeds_asks(smoke: Path, t
     capsys.readouterr()
     assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "ape", "--seeds", "1", "--out", str(out)]) == 0
     assert " 0 to run" in capsys.readouterr().out and "(2)" in peg()
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    """A commit made while a run trains must not relabel the run: the first reading is kept."""
+    import subprocess
+
+    from cpvt import reproduce as rp
+
+    heads = iter(["a" * 40, "b" * 40])
+
+    def fake_run(cmd, **kw):
+        out = next(heads) if "rev-parse" in cmd else ""
+        return subprocess.CompletedProcess(cmd, 0, stdout=out + "\n", stderr="")
+
+    rp.code_version.cache_clear()
+    monkeypatch.setattr(rp.subprocess, "run", fake_run)
+    try:
+        assert rp.code_version() == "a" * 40
+        assert rp.code_version() == "a" * 40  # HEAD moved to b...: still the code this process loaded
+    finally:
+        rp.code_version.cache_clear()

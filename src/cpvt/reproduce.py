@@ -22,6 +22,7 @@ locked by whoever starts it (:mod:`cpvt.runlock`) and the others move on.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
@@ -210,11 +211,15 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
 # ----------------------------------------------------------------------------- running
 
 
+@functools.cache
 def code_version() -> str | None:
     """The git commit of the code that runs (``+dirty`` with uncommitted changes to it), or None outside a clone.
 
     Stored in every record: a number comes back bit for bit only with the code,
-    thread count and data it was made with.
+    thread count and data it was made with. Read once per process, at the first
+    call (:func:`reproduce` makes it before any training), so a commit made while
+    a run trains does not relabel the run with code it did not load. A run
+    resumed in a later process is labelled with that process's code.
     """
     src = Path(__file__).resolve().parent
     try:
@@ -339,6 +344,7 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     evaluates through ``torch.compile`` (also set by a budget's ``train.compile``);
     it is not part of a run's identity, so compiled and eager runs share records.
     """
+    code_version()  # read now, before any run: the records name the code this process loaded
     root = experiments_dir(experiments)
     wanted = parse_tables(tables)
     spec = load_budget(root, budget)  # ValueError naming the defined budgets
