@@ -211,6 +211,9 @@ def test_study_entries_inherit_their_base_and_train_only_their_rows(tmp_path: Pa
     for name in ("imagenette-patch4", "imagenette-80ep", "imagenette-rrc08", "imagenette-wide", "imagenette-mixres"):
         study = by_name[name]
         assert sorted(m[0] for j in study for m in j.members) == ["t1_encodings/ape", "t1_encodings/peg"]
+        # the PEG is also tested dilated (its rows name T2's peg_dilate), not resampled
+        assert {m[0]: sorted(j.variants) for j in study for m in j.members} == {
+            "t1_encodings/ape": [], "t1_encodings/peg": ["t2_resolution/peg_dilate"]}
         for j in study:
             assert j.record.parent.name == name and j.dir.parent.name == name
             assert j.sizes == base[j.members[0][0]].sizes  # tested at the same sizes in px
@@ -247,9 +250,9 @@ def test_smoke_study_is_reported_beside_its_base(tmp_path: Path, capsys):
     shutil.copytree(experiments_dir(), root)
     with open(root / "budgets.toml", "a") as f:
         f.write('\n[[smoke.datasets]]\nname = "synthetic-wide"\nbase = "synthetic"\nstudy = "Wider"\n'
-                'tables = ["T1"]\nrows = ["peg"]\nmodel_args = { embed_dim = 32 }\n')
+                'tables = ["T1", "T2"]\nrows = ["peg", "peg_dilate"]\nmodel_args = { embed_dim = 32 }\n')
     out = tmp_path / "out"
-    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
+    assert main(["reproduce", "T1,T2", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
                  "--out", str(out)]) == 0
     assert "2 training runs" in capsys.readouterr().out
     assert (out / "records" / "synthetic-wide").is_dir()
@@ -259,12 +262,15 @@ def test_smoke_study_is_reported_beside_its_base(tmp_path: Path, capsys):
     assert "### Wider" in why and "`embed_dim` 16 → 32 (against `synthetic`)" in why
     assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic +\| 1 ", why)
     assert re.search(r"\| PEG at 0 \(CPVT\) +\| synthetic-wide +\| 1 ", why)
+    assert re.search(r"\| PEG at 0, dilated at test +\| synthetic-wide +\| 1 ", why)  # its test-time row too
+    tested = sorted(p.name.split("@")[1] for p in (out / "records" / "synthetic-wide").glob("*@*.json"))
+    assert tested == ["peg_dilate.json"]  # not peg_resample: the study names only peg_dilate
     assert "[synthetic-wide]" not in report  # claims are judged on the protocols, not the studies
     assert "why/summary.md" not in report and "conclusion.md" not in report  # nothing written yet: no links
     (out / "why").mkdir()
     (out / "why" / "summary.md").write_text("# Why\n")
     (out / "conclusion.md").write_text("# Conclusion\n")
-    assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
+    assert main(["reproduce", "T1,T2", "--budget", "smoke", "--rows", "peg", "--experiments", str(root),
                  "--out", str(out)]) == 0  # both runs reused: only the report is rewritten
     why = (out / "report.md").read_text().split("## Why: variants of the protocol")[1]
     assert "[why/summary.md](why/summary.md)" in why and "[conclusion.md](conclusion.md)" in why

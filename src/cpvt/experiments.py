@@ -124,7 +124,9 @@ def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
     Each entry is named by ``name`` (default: its ``data``); runs and records go under that name.
     ``base = "<name>"`` starts from an earlier entry: every key this one does not set, except
     ``note``, ``study``, ``rows`` and ``row_seeds``, with ``train`` and ``model_args`` merged key by
-    key. ``rows = [...]`` limits the entry to those rows (file stems), and ``study = "..."`` marks a
+    key. ``rows = [...]`` limits the entry to those rows (file stems): the trained rows by name, and
+    in T2 the test-time rows (``eval_args``) by their own name, so ``["peg", "peg_dilate"]`` trains
+    the PEG and tests it dilated but not resampled. ``study = "..."`` marks a
     variant of the protocol measured for the report's "why" section rather than for the tables.
     """
     out: dict[str, dict[str, Any]] = {}

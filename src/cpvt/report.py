@@ -421,8 +421,8 @@ def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[st
         if entry.get("note"):
             lines += [entry["note"].strip(), ""]
         body = []
-        for r in rows.values():
-            if r.table != "T1" or not res.has(data, r.id):
+        for r in rows.values():  # the trained rows, then the test-time rows with records of their own
+            if not (r.table == "T1" or (r.table == "T2" and r.eval_args)) or not res.has(data, r.id):
                 continue
             for name in (base_name, data):
                 found = peak(res, name, r.id, scales) if res.has(name, r.id) else None

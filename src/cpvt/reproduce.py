@@ -191,8 +191,8 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
             # (the row whose runs are trained, the T2 row testing them with other options or None)
             table_rows = [(rows[r.run], r if r.eval_args else None) if table == "T2" else (r, None)
                           for r in rows.values() if r.table == table]
-            if only is not None:
-                table_rows = [(r, v) for r, v in table_rows if r.name in only]
+            if only is not None:  # a T1 row by its name; a T2 test-time row (eval_args) by its own name
+                table_rows = [(r, v) for r, v in table_rows if (v or r).name in only]
             for row, variant in table_rows:
                 for seed in range(_seeds(table, row, entry, budget, seeds)):
                     cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
