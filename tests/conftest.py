@@ -1,5 +1,7 @@
 import importlib
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,15 @@ def built(request):
     """
     torch.manual_seed(0)
     return cpvt.create_model(request.param)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module, so tests can call its functions."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_sizes(model) -> list[tuple[int, int]]:

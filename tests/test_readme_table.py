@@ -1,21 +1,16 @@
 """scripts/readme_table.py: the README headline table comes from the records with the report's statistics."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from cpvt.experiments import experiments_dir, load_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "scripts" / "readme_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("readme_table")
 
 
 def _run(rid, seed, curve):

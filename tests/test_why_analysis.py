@@ -1,20 +1,15 @@
 """scripts/why_analysis.py: which runs it analyses, and the table it writes from the analyses' numbers."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def why():
-    spec = importlib.util.spec_from_file_location("why_analysis", ROOT / "scripts" / "why_analysis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("why_analysis")
 
 
 def test_find_runs_takes_seed_zero_with_weights_and_lists_the_rest(why, tmp_path):
