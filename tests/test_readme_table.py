@@ -7,7 +7,6 @@ from conftest import load_script
 from cpvt.experiments import experiments_dir, load_rows
 
 
-
 @pytest.fixture(scope="module")
 def script():
     return load_script("readme_table")

@@ -6,7 +6,6 @@ import pytest
 from conftest import load_script
 
 
-
 @pytest.fixture(scope="module")
 def why():
     return load_script("why_analysis")
