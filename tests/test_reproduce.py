@@ -88,6 +88,16 @@ def test_rerun_skips_finished_rows_and_resumes_missing_ones(smoke: Path, capsys)
     new = json.loads(victim.read_text())
     untimed = lambda r: {k: v for k, v in r.items() if k not in ("train_s", "eval_s")}  # noqa: E731
     assert untimed(new) == untimed(old)
+    # a run trained over several sessions: its training time is every epoch's, from the log, and its test time
+    # is this process's own, not this process's time less the training other processes did (once negative)
+    log = run / "log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({**r, "epoch_time_s": r.get("epoch_time_s", 0) + 1000}) + "\n" for r in lines))
+    victim.unlink()
+    assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
+    again = json.loads(victim.read_text())
+    assert again["train_s"] >= 1000 and 0 <= again["eval_s"] < 1000
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 def test_a_missing_variant_record_is_tested_again_without_training(smoke: Path, capsys):

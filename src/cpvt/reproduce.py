@@ -273,8 +273,10 @@ def _train_and_test(job: Job) -> dict[str, Any]:
     metrics = train(job.config, resume=True)
     train_s = time.perf_counter() - t0
     last = job.dir / "last.safetensors"
+    t_eval = time.perf_counter()
     [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit,
                           compile=job.config.compile)
+    eval_s = time.perf_counter() - t_eval
     model = load_checkpoint(last).build_model()
     log = job.dir / "log.jsonl"
     epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -292,7 +294,7 @@ def _train_and_test(job: Job) -> dict[str, Any]:
         "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
         "eval_images": res["sizes"][str(job.sizes[next(iter(job.sizes))])].get("images"),
         **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
-        "eval_s": round(time.perf_counter() - t0 - train_s, 1), "code": code_version(),
+        "eval_s": round(eval_s, 1), "code": code_version(),
     }
     job.record.parent.mkdir(parents=True, exist_ok=True)
     _write_json(job.record, result)
