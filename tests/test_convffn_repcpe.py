@@ -72,6 +72,44 @@ def test_convffn_only_in_chosen_blocks():
         create_model("deit_micro_convffn", convffn_layers=(9,))
 
 
+def test_convffn_dilated_on_an_upsampled_grid_is_the_upsampled_plain_convffn():
+    """convffn_fixed_grid="dilate": the training grid is untouched; at 2x, on a hidden map upsampled 2x
+    (nearest), each kernel sees what it saw at 1x, so the output is the plain one's upsampled."""
+    from cpvt.pos import ConvFFN
+    from cpvt.pos.base import ModelShape
+    from cpvt.tokens import Grid
+
+    torch.manual_seed(0)
+    shape = ModelShape(dim=8, depth=2, num_heads=2, grid=(4, 4), num_prefix=1, mlp_hidden=16)
+    dil, plain = ConvFFN(shape, fixed_grid="dilate"), ConvFFN(shape)
+    for conv in dil.convs.values():
+        torch.nn.init.normal_(conv.bias)  # non-zero biases, so the check covers them too
+    plain.load_state_dict(dil.state_dict())
+    h4 = torch.randn(2, 1 + 16, 16)
+    g4, g8 = Grid(4, 4, 1), Grid(8, 8, 1)
+    assert torch.equal(dil.ffn_hidden(g4, 0)(h4), plain.ffn_hidden(g4, 0)(h4))
+    up = lambda m: torch.nn.functional.interpolate(m, scale_factor=2, mode="nearest")  # noqa: E731
+    h8 = torch.cat([h4[:, :1], Grid.from_map(up(Grid(4, 4).to_map(h4[:, 1:])))], 1)
+    out8, out4 = dil.ffn_hidden(g8, 0)(h8), plain.ffn_hidden(g4, 0)(h4)
+    assert torch.allclose(out8[:, 1:], Grid.from_map(up(Grid(4, 4).to_map(out4[:, 1:]))), atol=1e-5)
+    assert torch.equal(out8[:, :1], h8[:, :1])  # the class token skips the convolution
+    assert not torch.allclose(plain.ffn_hidden(g8, 0)(h8), out8, atol=1e-3)  # the plain kernels differ at 2x
+    with pytest.raises(ValueError, match="convffn_fixed_grid"):
+        ConvFFN(shape, fixed_grid="resample")
+
+
+def test_convffn_dilated_model_matches_at_the_training_size_only():
+    torch.manual_seed(0)
+    plain = create_model("deit_micro_convffn").eval()
+    dil = create_model("deit_micro_convffn", convffn_fixed_grid="dilate").eval()
+    dil.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.equal(dil(x), plain(x))
+        big = torch.randn(2, 3, 64, 48)
+        assert dil(big).shape == (2, 10) and not torch.allclose(dil(big), plain(big), atol=1e-4)
+
+
 def test_conv_embedding_overlaps_and_marks_the_border_on_a_constant_image():
     torch.manual_seed(0)
     m = create_model("deit_micro_convembed").eval()

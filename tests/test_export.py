@@ -184,22 +184,28 @@ def test_pt2_export_matches_pytorch_at_three_sizes(case, tmp_path):
     assert len(rows) == 3 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
 
 
-@pytest.mark.parametrize("fmt,mode", [("pt2", "dilate"), ("onnx", "dilate"),
-                                      pytest.param("pt2", "resample", marks=pytest.mark.slow),
-                                      pytest.param("onnx", "resample", marks=pytest.mark.slow)])
-def test_peg_keeping_the_training_grid_exports_with_dynamic_sizes(fmt, mode, tmp_path):
-    """``peg_fixed_grid``: one file for every size, although the dilation (or the resampling) depends on it."""
+@pytest.mark.parametrize("fmt,mode,name", [("pt2", "dilate", "cpvt_micro"), ("onnx", "dilate", "cpvt_micro"),
+                                           pytest.param("pt2", "resample", "cpvt_micro", marks=pytest.mark.slow),
+                                           pytest.param("onnx", "resample", "cpvt_micro", marks=pytest.mark.slow),
+                                           ("onnx", "dilate", "deit_micro_convffn"),
+                                           pytest.param("pt2", "dilate", "deit_micro_convffn", marks=pytest.mark.slow)])
+def test_convs_keeping_the_training_grid_export_with_dynamic_sizes(fmt, mode, name, tmp_path):
+    """``peg_fixed_grid`` / ``convffn_fixed_grid``: one file for every size, although the dilation (or the
+    resampling) depends on it."""
     if fmt == "onnx":
         _onnx()
-    model = slim("cpvt_micro", dict(SLIM, peg_fixed_grid=mode))
-    plain = slim("cpvt_micro", SLIM)  # the same weights, the plain PEG
+    option = "convffn_fixed_grid" if "convffn" in name else "peg_fixed_grid"
+    model = slim(name, dict(SLIM, **{option: mode}))
+    plain = slim(name, SLIM)  # the same weights, the plain convolutions
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert not torch.allclose(model(x), plain(x), atol=1e-3)  # the mode changes the output off the grid
+        moved = (model(x) - plain(x)).abs().max().item()  # what the mode changes off the training grid
     path = export_model(model, tmp_path / f"m.{fmt}", format=fmt)
     sizes = [(32, 32), (64, 64), (48, 80), (88, 88)]  # the 8x8 training grid; dilation 2, (2, 3) and 3
     rows = verify_export(model, path, sizes, format=fmt, tol=1e-4)
-    assert len(rows) == 4 and all(r["max_abs_diff"] <= 1e-4 for r in rows), rows
+    # the file follows the mode, not the plain model: its error is a small part of what the mode changes
+    # (one ConvFFN feeds the class token only through the last attention, so its logits move little)
+    assert len(rows) == 4 and all(r["max_abs_diff"] <= min(1e-4, moved / 10) for r in rows), (rows, moved)
 
 
 @pytest.mark.parametrize("fmt,name,option", [

@@ -99,6 +99,14 @@ def grid_step(mode: str | None, ref: tuple[int, int], h: int, w: int) -> tuple[f
     return None if mode is None else (ref[0] / h, ref[1] / w)
 
 
+def grid_dilation(ref: tuple[int, int], h, w) -> tuple:
+    """Per-axis dilation that keeps a ``k x k`` kernel trained on the ``ref`` grid at the image area it
+    covered there, on an ``h x w`` grid: the ratio ``h / ref_h`` rounded half up, at least 1 (1 up to
+    1.25x, 2 at 1.5-2x, 3 at 2.5x, 4 at 3.5x). Integer arithmetic, so a symbolic size stays symbolic
+    (and serialisable) when a model is exported."""
+    return tuple(torch.sym_max(1, (2 * n + r) // (2 * r)) for n, r in zip((h, w), ref))
+
+
 def grid_positions(h: int, w: int, device=None, step: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
     """Row-major (y, x) token coordinates, each (N,) float32: indices, times ``step`` per axis if given."""
     ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),

@@ -10,6 +10,11 @@ tokens skip the convolution.
 
 Unlike a PEG, this is part of the feed-forward network, so its weights take
 weight decay as PVTv2 does.
+
+Its border code is, like the PEG's, a distance counted in tokens. The
+inference-time option ``fixed_grid="dilate"`` (this library's, not PVTv2's)
+dilates every kernel by the test grid's ratio to the training grid, as the
+PEG's option of the same name does (:mod:`cpvt.pos.peg`).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from ..tokens import Grid, check_odd_kernel, map_patches
+from ..tokens import Grid, check_odd_kernel, grid_dilation, is_exporting, map_patches
 from .base import ModelShape, PositionEncoding
+from .peg import dilated_depthwise
+
+GRID_MODES = (None, "dilate")
 
 
 class ConvFFN(PositionEncoding):
@@ -32,14 +39,19 @@ class ConvFFN(PositionEncoding):
         layers: blocks that get one. Default: every block, except the last when the model has a class
             token (that block's patch tokens never reach a class-token head, so a conv there would get
             no gradient).
+        fixed_grid: None (the same kernels on every grid) or ``"dilate"`` (on a grid other than the
+            training grid, kernels dilated by the ratio of the two, rounded half up; an inference-time option).
     """
 
     name = "convffn"
     slot = "conv_ffn"
 
-    def __init__(self, shape: ModelShape, kernel_size: int = 3, layers: Sequence[int] | None = None):
+    def __init__(self, shape: ModelShape, kernel_size: int = 3, layers: Sequence[int] | None = None,
+                 fixed_grid: str | None = None):
         super().__init__()
         check_odd_kernel("convffn_kernel_size", kernel_size)
+        if fixed_grid not in GRID_MODES:
+            raise ValueError(f"convffn_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
         if not shape.mlp_hidden:
             raise ValueError("ConvFFN needs the model's MLP hidden size (ModelShape.mlp_hidden)")
         if layers is None:
@@ -48,6 +60,7 @@ class ConvFFN(PositionEncoding):
         if not layers or any(not 0 <= i < shape.depth for i in layers):
             raise ValueError(f"convffn_layers {list(layers)} invalid for depth {shape.depth}")
         self.kernel_size, self.layers = kernel_size, layers
+        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
         self.convs = nn.ModuleDict()
         for i in layers:
             conv = nn.Conv2d(shape.mlp_hidden, shape.mlp_hidden, kernel_size, 1, kernel_size // 2, groups=shape.mlp_hidden)
@@ -59,10 +72,14 @@ class ConvFFN(PositionEncoding):
         if str(layer) not in self.convs:
             return None
         conv = self.convs[str(layer)]
-        return lambda h: map_patches(h, grid, conv)
+        if self.fixed_grid is None or (not is_exporting() and (grid.h, grid.w) == self.ref):
+            return lambda h: map_patches(h, grid, conv)
+        dilation = grid_dilation(self.ref, grid.h, grid.w)  # exporting: symbolic, so the training grid takes this path too
+        return lambda h: map_patches(h, grid, lambda m: dilated_depthwise(conv, m, dilation))
 
     def no_weight_decay(self) -> set[str]:
         return set()  # part of the network, decayed like the MLP (PVTv2)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, layers={list(self.layers)}"
+        return (f"kernel_size={self.kernel_size}, layers={list(self.layers)}"
+                + (f", fixed_grid={self.fixed_grid!r} at {self.ref}" if self.fixed_grid else ""))

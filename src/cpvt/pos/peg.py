@@ -57,11 +57,10 @@ import math
 from collections.abc import Sequence
 from functools import partial
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tokens import Grid, check_odd_kernel, is_exporting, map_patches
+from ..tokens import Grid, check_odd_kernel, grid_dilation, is_exporting, map_patches
 from .base import ModelShape, PositionEncoding
 
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
@@ -93,19 +92,24 @@ class PosConv(nn.Module):
         if dilation is None or (not exporting and dilation == (1, 1)):
             return self.proj(fmap)  # the plain PEG: one Conv per kernel, exported as such
         for conv in self.proj:
-            if conv.kernel_size == (1, 1):  # the separable kind's point-wise step: nothing to dilate
-                fmap = conv(fmap)
-                continue
-            pad = [conv.kernel_size[i] // 2 * dilation[i] for i in (0, 1)]
-            if exporting or conv.padding_mode != "zeros":
-                mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-                fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
-                pad = [0, 0]
-            if exporting:
-                fmap = _depthwise_taps(fmap, conv.weight, conv.bias, dilation)
-            else:
-                fmap = F.conv2d(fmap, conv.weight, conv.bias, padding=pad, dilation=dilation, groups=conv.groups)
+            # the separable kind's point-wise step has nothing to dilate
+            fmap = conv(fmap) if conv.kernel_size == (1, 1) else dilated_depthwise(conv, fmap, dilation)
         return fmap
+
+
+def dilated_depthwise(conv: nn.Conv2d, fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
+    """``conv`` (depth-wise, odd kernel, stride 1, same-size output) run on ``fmap`` with its taps spread
+    ``dilation`` apart and its padding (of the conv's own mode) widened to match. The
+    ``fixed_grid="dilate"`` option of the zero-padded convolutions (PEG, ConvFFN)."""
+    exporting = is_exporting()
+    pad = [conv.kernel_size[i] // 2 * dilation[i] for i in (0, 1)]
+    if exporting or conv.padding_mode != "zeros":
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
+        pad = [0, 0]
+    if exporting:
+        return _depthwise_taps(fmap, conv.weight, conv.bias, dilation)
+    return F.conv2d(fmap, conv.weight, conv.bias, padding=pad, dilation=dilation, groups=conv.groups)
 
 
 def _depthwise_taps(padded: Tensor, weight: Tensor, bias: Tensor, dilation: tuple[int, int]) -> Tensor:
@@ -198,9 +202,7 @@ class PEG(PositionEncoding):
             return gen  # exporting: the grid is symbolic, so the general path serves the training grid too
         if self.fixed_grid == "resample":
             return partial(self._on_ref_grid, gen)
-        # round half up of n / r, in integers so that a symbolic n stays symbolic (and serialisable)
-        dilation = tuple(torch.sym_max(1, (2 * n + r) // (2 * r)) for n, r in zip((grid.h, grid.w), self.ref))
-        return partial(gen, dilation=dilation)
+        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w))
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
         """The generator run on the training grid: the map resampled there, convolved, resampled back."""
