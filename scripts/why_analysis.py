@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "cpu"
 # (protocol, T1 row): the base protocol's PEG family and references, and the studies' two rows
 SUBJECTS = [("imagenette", r) for r in ("none", "ape", "peg", "peg_plus", "peg_gap_plus", "ape_peg")] + [
-    (study, r) for study in ("imagenette-patch4", "imagenette-mixres") for r in ("ape", "peg")]
+    (study, r) for study in ("imagenette-patch4", "imagenette-mixres", "imagenette-rrc08", "imagenette-80ep")
+    for r in ("ape", "peg")]
 PEG_ROWS = ("peg", "peg_plus", "peg_gap_plus", "ape_peg")
 
 
