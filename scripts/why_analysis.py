@@ -22,6 +22,11 @@ Their top-1 at every test size with that option is in the sweep's report (T2 row
 
 Run folders (their ``last`` checkpoint, as the sweep evaluates) come from ``scripts/sweep.sh cpu`` (``docs/results/cpu/runs``, not in
 git); a model whose run folder is missing is listed and skipped.
+
+Like the sweep, the script is incremental: the run folders are gone on a fresh
+machine, so the models already in ``summary.json`` (same run, images and sizes)
+are kept as measured, and only the others are analysed (``--again``: all that
+have weights here).
 """
 
 from __future__ import annotations
@@ -81,10 +86,29 @@ def distinct_codes(run_dir: str, size: int, images: int = 4, overrides: dict | N
 VARIANTS = [("", None, ""), (" (dilated)", {"peg_fixed_grid": "dilate"}, "-dilated")]
 
 
+def label(data: str, row: str) -> str:
+    """A model's name in the summary: its row, and the study in brackets (``peg [patch4]``)."""
+    return row + ("" if data == "imagenette" else f" [{data.split('-', 1)[1]}]")
+
+
+def labels(run: dict) -> list[str]:
+    """The summary entries one run gives: plain, and dilated for the PEG models."""
+    return [label(run["data"], run["row"]) + suffix for suffix, overrides, _ in VARIANTS
+            if overrides is None or run["row"] in PEG_ROWS]
+
+
+def merge(previous: dict, new: dict, subjects: list[tuple[str, str]]) -> dict[str, dict]:
+    """Entries of both (``new`` wins), ordered as the tables read: every plain model in ``subjects``'
+    order, then the dilated ones."""
+    models = {**previous, **new}
+    order = {(d, r): i for i, (d, r) in enumerate(subjects)}
+    key = lambda name: (name.endswith(")"), order.get((models[name]["data"], models[name]["row"]), len(order)))  # noqa: E731
+    return {name: models[name] for name in sorted(models, key=key)}
+
+
 def run_analyses(runs: list[dict], sizes: list[int], images: int, out: Path) -> dict[str, dict]:
     """The analysis tools on each seed-0 model at each size: the numbers ``summary_markdown`` tabulates."""
-    base = {r["dir"]: f"{r['row']}" + ("" if r["data"] == "imagenette" else f" [{r['data'].split('-', 1)[1]}]")
-            for r in runs}
+    base = {r["dir"]: label(r["data"], r["row"]) for r in runs}
     summary: dict[str, dict] = {}
     for suffix, overrides, folder in VARIANTS:
         members = [r for r in runs if overrides is None or r["row"] in PEG_ROWS]
@@ -123,20 +147,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="the sweep's folder (records/ and runs/)")
     ap.add_argument("--out", default=str(RESULTS / "why"))
     ap.add_argument("--sizes", default="64,128", help="analysis sizes in px: 1x and 2x")
+    ap.add_argument("--again", action="store_true", help="analyse every model with weights here, even if summarised")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs, missing = find_runs(Path(args.results), SUBJECTS)
-    if missing:
-        print("no trained run yet (skipped): " + ", ".join(missing), file=sys.stderr)
-    if not runs:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    runs, _ = find_runs(Path(args.results), SUBJECTS)
+    previous, elapsed = {}, 0.0
+    if (out / "summary.json").exists():
+        old = json.loads((out / "summary.json").read_text())
+        if (old["images"], old["sizes"]) == (args.images, sizes):  # otherwise not comparable: start again
+            previous, elapsed = old["models"], old["elapsed_s"]
+    done = lambda r: all(previous.get(n, {}).get("run") == r["record"]["run"] for n in labels(r))  # noqa: E731
+    todo = runs if args.again else [r for r in runs if not done(r)]
+    if runs and not todo:
+        print(f"every model with weights here is in {out / 'summary.json'} already (--again to redo them)")
+        return 0
+    if not runs and not previous:
         print("nothing to analyse: run scripts/sweep.sh cpu first", file=sys.stderr)
         return 1
-    sizes = [int(s) for s in args.sizes.split(",")]
     t0 = time.perf_counter()
-    summary = run_analyses(runs, sizes, args.images, out)
-    a = {"images": args.images, "sizes": sizes, "missing": missing, "elapsed_s": time.perf_counter() - t0,
-         "models": summary}
+    models = merge(previous, run_analyses(todo, sizes, args.images, out) if todo else {}, SUBJECTS)
+    have = {(m["data"], m["row"]) for m in models.values()}
+    missing = [f"{d}/{r}" for d, r in SUBJECTS if (d, r) not in have]
+    if missing:
+        print("not analysed (no trained weights here): " + ", ".join(missing), file=sys.stderr)
+    a = {"images": args.images, "sizes": sizes, "missing": missing, "elapsed_s": elapsed + time.perf_counter() - t0,
+         "models": models}
     (out / "summary.json").write_text(json.dumps(a, indent=1))
     figures = sorted(p.name for p in out.iterdir() if p.is_dir())
     (out / "summary.md").write_text("\n".join(summary_markdown(a, figures)))
@@ -161,11 +198,13 @@ def summary_markdown(a: dict, figures: list[str]) -> list[str]:
                "attention distance / uniform (lowest block)", "PEG border / interior (constant)"]
     lines = ["# Why: the trained models' position code at 1x and 2x", "",
              f"Produced by `OMP_NUM_THREADS=1 .venv/bin/python scripts/why_analysis.py` in "
-             f"{a['elapsed_s'] / 60:.1f} min, {a['images']} validation images. Seed-0 runs of the cpu sweep "
-             f"(see [report](../report.md)); each cell is {one} px (1x) → {two} px (2x).", "",
+             f"{a['elapsed_s'] / 60:.1f} min of analysis in all, {a['images']} validation images. Seed-0 runs of "
+             f"the cpu sweep (see [report](../report.md)), each analysed once, when its weights were on the machine "
+             f"(the script keeps the models it measured before and adds new ones); each cell is {one} px (1x) → "
+             f"{two} px (2x). A study's models carry its name in brackets.", "",
              format_table(body, headers, markdown=True), ""]
     if a["missing"]:
-        lines += [f"Not trained yet when this ran: {', '.join(a['missing'])}.", ""]
+        lines += [f"Not analysed (no weights on the machine yet): {', '.join(a['missing'])}.", ""]
     if figures:
         lines += ["Figures: " + ", ".join(f"[{name}]({name}/)" for name in figures), ""]
     return lines
