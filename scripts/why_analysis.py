@@ -32,6 +32,7 @@ have weights here).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -115,27 +116,31 @@ def run_analyses(runs: list[dict], sizes: list[int], images: int, out: Path) -> 
         for r in members:
             summary[base[r["dir"]] + suffix] = {"data": r["data"], "row": r["row"], "run": r["record"]["run"],
                                                 "overrides": overrides}
+        # one figure folder per protocol (a study's models are compared among themselves), so that adding a
+        # study's models leaves the figures of the models summarised before as they are
+        protocols = list(dict.fromkeys(r["data"] for r in members))
+        for size, kind, data in itertools.product(sizes, ("position", "attention", "peg"), protocols):
+            subjects = [r["dir"] for r in members if r["data"] == data and (kind != "peg" or r["row"] in PEG_ROWS)]
+            if not subjects:
+                continue
+            study = "" if data == "imagenette" else "-" + data.split("-", 1)[1]
+            print(f"\n== {kind} at {size} px{suffix}, {data}", flush=True)
+            res = analyze(kind, subjects, data="imagenette", out=str(out / f"{kind}-{size}{folder}{study}"),
+                          images=images, img_size=size, overrides=overrides)
+            for d, r in zip(subjects, res.values()):
+                s = summary[base[d] + suffix].setdefault(str(size), {})
+                if kind == "position":
+                    s["probe_real"] = max(r["real"]["spearman"])
+                    s["probe_constant"] = max(r["constant"]["spearman"])
+                elif kind == "attention":
+                    md = torch.tensor(r["mean_distance"]).mean(1)
+                    s["attn_min_block"] = md.min().item()
+                    s["attn_uniform"] = r["uniform_distance"]
+                else:
+                    c, real = r["constant"]["0@0"], r["real"]["0@0"]
+                    s["peg_border_interior_constant"] = c["border_mean"] / max(c["interior_mean"], 1e-12)
+                    s["peg_border_interior_real"] = real["border_mean"] / max(real["interior_mean"], 1e-12)
         for size in sizes:
-            for kind in ("position", "attention", "peg"):
-                subjects = [r["dir"] for r in members if kind != "peg" or r["row"] in PEG_ROWS]
-                if not subjects:
-                    continue
-                print(f"\n== {kind} at {size} px{suffix}", flush=True)
-                res = analyze(kind, subjects, data="imagenette", out=str(out / f"{kind}-{size}{folder}"),
-                              images=images, img_size=size, overrides=overrides)
-                for d, r in zip(subjects, res.values()):
-                    s = summary[base[d] + suffix].setdefault(str(size), {})
-                    if kind == "position":
-                        s["probe_real"] = max(r["real"]["spearman"])
-                        s["probe_constant"] = max(r["constant"]["spearman"])
-                    elif kind == "attention":
-                        md = torch.tensor(r["mean_distance"]).mean(1)
-                        s["attn_min_block"] = md.min().item()
-                        s["attn_uniform"] = r["uniform_distance"]
-                    else:
-                        c, real = r["constant"]["0@0"], r["real"]["0@0"]
-                        s["peg_border_interior_constant"] = c["border_mean"] / max(c["interior_mean"], 1e-12)
-                        s["peg_border_interior_real"] = real["border_mean"] / max(real["interior_mean"], 1e-12)
             for r in members:
                 summary[base[r["dir"]] + suffix][str(size)].update(distinct_codes(r["dir"], size, overrides=overrides))
     return summary
