@@ -17,6 +17,7 @@ from cpvt.analyze import (
     load_subject,
     normalise,
     peg_response,
+    pooled_agreement,
     position_probe,
     spearman,
 )
@@ -160,3 +161,43 @@ def test_trained_run_is_analysed_from_its_folder(tmp_path: Path):
     assert data["meta"]["data"] == "synthetic"
     [label] = data["results"]
     assert "cpvt_micro" in label
+    # a run folder carries its own options, like a registry name
+    run = str(tmp_path / "run")
+    assert main(["analyze", "scale", run, f"{run}:peg_fixed_grid=dilate", "--images", "4",
+                 "--out", str(tmp_path / "s")]) == 0
+    labels = list(json.loads((tmp_path / "s" / "scale.json").read_text())["results"])
+    assert len(labels) == 2 and labels[1] == labels[0] + " peg_fixed_grid=dilate"
+
+
+def test_pooled_agreement_is_one_for_a_blown_up_map_and_zero_for_an_orthogonal_one():
+    base = torch.randn(2, 8, 4, 4)
+    big = base.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert torch.allclose(pooled_agreement(base, big), torch.ones(2, 4, 4), atol=1e-6)
+    other = torch.zeros(2, 8, 8, 8)
+    other[:, 0] = 1.0
+    flat = base.clone()
+    flat[:, 0] = 0.0
+    assert pooled_agreement(flat, other).abs().max() < 1e-6
+
+
+def test_scale_shows_a_dilated_peg_keeping_its_code_at_twice_the_grid(tmp_path: Path):
+    out = tmp_path / "scale"
+    assert main(["analyze", "scale", "cpvt_micro", "cpvt_micro:peg_fixed_grid=dilate", "--images", "8",
+                 "--img-sizes", "48,64", "--out", str(out)]) == 0
+    assert (out / "scale.png").stat().st_size > 1000
+    res = json.loads((out / "scale.json").read_text())["results"]
+    plain, dilated = res["cpvt_micro"], res["cpvt_micro:peg_fixed_grid=dilate"]
+    depth = len(load_subject("cpvt_micro").model.blocks)
+    for r in (plain, dilated):
+        assert r["sizes"] == [48, 64] and set(r["content"]) == {"detail", "upsampled"}
+        assert len(r["content"]["detail"]["64"]["cosine"]) == 1 + depth  # input to block 0, then each block
+        assert 0 <= r["content"]["detail"]["64"]["top1"] <= 100
+    # before the PEG the two are the same model; from the PEG on, the dilated one agrees more with 1x at 2x
+    p, d = plain["content"]["upsampled"]["64"]["cosine"], dilated["content"]["upsampled"]["64"]["cosine"]
+    assert p[0] == pytest.approx(d[0])
+    assert d[1] > p[1] + 0.01
+
+
+def test_scale_needs_sizes_above_the_training_size(capsys, tmp_path: Path):
+    assert main(["analyze", "scale", "cpvt_micro", "--img-sizes", "32", "--out", str(tmp_path)]) == 2
+    assert "must be larger than the model's size 32" in capsys.readouterr().err

@@ -15,12 +15,20 @@ the numbers and printing a short table:
 * ``attention``: mean attention distance per block and head, and the attention
   maps of centre, edge and corner queries (CPVT's Fig. 3/4);
 * ``peg``: what each PEG adds to each token, ``||PEG(x) - x||``, on constant
-  and real images: the border signal that zero padding creates.
+  and real images: the border signal that zero padding creates;
+* ``scale``: where a model's tokens stop agreeing with themselves when the test
+  image grows. The same images at the training size and at larger sizes; at
+  every block the larger token map, average-pooled onto the training grid, is
+  compared with the training-size map (cosine similarity per token), and the
+  top-1 predictions are compared. Done twice: with real detail (the source image
+  resized to the larger size) and with the training-size image upsampled (the
+  grid grows, the content does not).
 
 A model is named as ``MODEL`` or ``MODEL:key=value,key=value`` (registry
 overrides, e.g. ``cpvt_micro_gap:peg_padding=circular``, read by the same parser
-as ``--set``), or as a run folder / checkpoint file. ``--set model.KEY=VALUE``
-applies to every model given. Each analysis is one entry of :data:`ANALYSES`.
+as ``--set``), or as a run folder / checkpoint file, which may carry options the
+same way (``RUN:peg_fixed_grid=dilate``). ``--set model.KEY=VALUE`` applies to
+every model given. Each analysis is one entry of :data:`ANALYSES`.
 """
 
 from __future__ import annotations
@@ -76,21 +84,26 @@ def _single_stage(model: nn.Module, spec: str) -> nn.Module:
 
 def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
                  overrides: dict[str, Any] | None = None) -> Subject:
-    """A registry model (random weights, seeded) or a trained run folder / checkpoint, rebuilt with ``overrides``."""
-    p = Path(spec)
+    """A registry model (random weights, seeded) or a trained run folder / checkpoint, rebuilt with ``overrides``.
+
+    Either may carry its own options, ``MODEL:key=value,...`` or ``RUN_FOLDER:key=value,...`` (e.g. a trained
+    PEG model tested with ``peg_fixed_grid=dilate``); they win over ``overrides``."""
+    name, options = (spec, {}) if Path(spec).exists() else _parse_spec(spec)
+    p = Path(name)
     if p.exists():
         ckpt = load_checkpoint(resolve_checkpoint(p))
         if not ckpt.meta:
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
-        model = _single_stage(ckpt.build_model(**(overrides or {})).eval(), spec)
+        model = _single_stage(ckpt.build_model(**{**(overrides or {}), **options}).eval(), spec)
         cfg = ckpt.config
         shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes"}
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
         label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained)"
+        if options:
+            label += " " + ",".join(f"{k}={v}" for k, v in options.items())
         return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
                        tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                        cfg.get("data"))
-    name, options = _parse_spec(spec)
     options = {**(overrides or {}), **options}
     if name not in list_models():
         raise ValueError(f"{spec!r} is neither a run folder, a checkpoint nor a registered model (see `cpvt models`)")
@@ -110,12 +123,19 @@ def image_batch(kind: str, n: int, size: int, seed: int = 0, data: str | None = 
     if kind == "noise":
         return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     if kind == "real":
-        from .data import open_source
-
-        source = open_source(data or "synthetic", data_root=data_root, cache_dir=cache_dir)
-        split = "val" if "val" in source.splits else "test"
-        return source.split(split, size, mode="eval", crop_pct=1.0, limit=n).images[:n]
+        return real_images(n, size, data, data_root, cache_dir)[0]
     raise ValueError(f"unknown image kind {kind!r}; use real, constant or noise")
+
+
+def real_images(n: int, size: int, data: str | None = None, data_root: str | None = None,
+                cache_dir: str | None = None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` validation (else test) images of ``data`` (uint8, whole image resized to ``size``, no
+    crop) and their labels: the same images at every size."""
+    from .data import open_source
+
+    source = open_source(data or "synthetic", data_root=data_root, cache_dir=cache_dir)
+    split = source.split("val" if "val" in source.splits else "test", size, mode="eval", crop_pct=1.0, limit=n)
+    return split.images[:n], split.labels[:n]
 
 
 def normalise(images: Tensor, subject: Subject) -> Tensor:
@@ -125,16 +145,16 @@ def normalise(images: Tensor, subject: Subject) -> Tensor:
 
 
 @torch.no_grad()
-def stage_maps(model: nn.Module, x: Tensor, batch: int = 64) -> tuple[list[Tensor], Tensor]:
+def stage_maps(model: nn.Module, x: Tensor, batch: int = 64, pre_logits: bool = False) -> tuple[list[Tensor], Tensor]:
     """Patch-token maps (B, D, H, W) at every stage (input to block 0, then after each block), and the
-    logits, from one pass per batch."""
+    logits (``pre_logits``: the pooled features the head reads), from one pass per batch."""
     h, w = model.grid_for(tuple(x.shape[-2:]))
     grid = Grid(h, w, model.num_prefix)
     out: list[list[Tensor]] = []
     logits = []
     for i in range(0, len(x), batch):
         stages = model.forward_intermediates(x[i : i + batch])
-        logits.append(model.forward_head(model.norm(stages[-1])))
+        logits.append(model.forward_head(model.norm(stages[-1]), pre_logits=pre_logits))
         for j, t in enumerate(stages):
             if len(out) <= j:
                 out.append([])
@@ -451,6 +471,70 @@ def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
     return save(fig, path)
 
 
+# ----------------------------------------------------------------------------- scale consistency
+
+
+def pooled_agreement(base: Tensor, larger: Tensor) -> Tensor:
+    """Cosine similarity per token (B, h, w) between a (B, D, h, w) map and a larger (B, D, H, W) map
+    average-pooled onto the same h x w grid: 1 where the larger grid holds the same code, region for region."""
+    pooled = nn.functional.adaptive_avg_pool2d(larger.float(), base.shape[-2:])
+    return nn.functional.cosine_similarity(pooled, base.float(), dim=1)
+
+
+@torch.no_grad()
+def scale_consistency(subject: Subject, images: Tensor, labels: Tensor, larger: dict[int, Tensor]) -> dict[str, Any]:
+    """For each larger size: per-stage mean :func:`pooled_agreement` with the training-size tokens, its mean on
+    border and interior tokens (of the training grid) at the last stage, the cosine of the pooled features the
+    head reads, the share of top-1 predictions kept, and top-1 accuracy (``labels``).
+
+    ``images``: uint8 (B, 3, s, s) at the model's size; ``larger``: the same images at each larger size, from
+    the source (real detail). Each size is also measured on ``images`` upsampled bilinearly (no new detail)."""
+    model = subject.model
+    base, base_feat = stage_maps(model, normalise(images, subject), pre_logits=True)
+    pred = model.head(base_feat).argmax(-1)
+    out: dict[str, Any] = {"size": images.shape[-1], "sizes": sorted(larger), "images": len(images),
+                           "top1": 100 * (pred == labels).float().mean().item(), "content": {}}
+    for content in ("detail", "upsampled"):
+        per: dict[str, Any] = {}
+        for size, big in sorted(larger.items()):
+            if content == "upsampled":
+                big = nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            maps, feat = stage_maps(model, normalise(big, subject), pre_logits=True)
+            p = model.head(feat).argmax(-1)
+            cos = [pooled_agreement(a, b) for a, b in zip(base, maps)]
+            last = cos[-1].mean(0)
+            border = torch.cat([last[0], last[-1], last[1:-1, 0], last[1:-1, -1]])
+            per[str(size)] = {"cosine": [c.mean().item() for c in cos],
+                              "border_last": border.mean().item(),
+                              "interior_last": last[1:-1, 1:-1].mean().item() if min(last.shape) > 2 else float("nan"),
+                              "features": nn.functional.cosine_similarity(feat, base_feat, dim=1).mean().item(),
+                              "top1_kept": 100 * (p == pred).float().mean().item(),
+                              "top1": 100 * (p == labels).float().mean().item()}
+        out["content"][content] = per
+    return out
+
+
+def plot_scale(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    plt = pyplot()
+    sizes = sorted({s for r in results.values() for s in r["sizes"]})
+    fig, axes = plt.subplots(2, len(sizes), figsize=(5 * len(sizes), 7), dpi=110, squeeze=False)
+    for row, content in enumerate(("detail", "upsampled")):
+        for col, size in enumerate(sizes):
+            ax = axes[row, col]
+            for label, r in results.items():
+                c = r["content"][content].get(str(size))
+                if c is not None:
+                    ax.plot(range(len(c["cosine"])), c["cosine"], marker="o",
+                            label=f"{label} (top-1 {r['top1']:.1f} -> {c['top1']:.1f}%, kept {c['top1_kept']:.0f}%)")
+            what = "real detail" if content == "detail" else "upsampled, no new detail"
+            ax.set(xlabel="stage (0 = input to block 0)", ylabel="cosine to the training-size tokens",
+                   title=f"{size}px ({what}) pooled onto the training grid")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    return save(fig, path)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -465,6 +549,9 @@ class Inputs:
     offsets: list[int] | None
     shift_mode: str
     blocks: list[int] | None
+    sizes: list[int] | None = None  # scale: the larger test sizes
+    load: Callable[[int], tuple[Tensor, Tensor]] | None = None  # the same real images (and labels) at another size
+    labels: Tensor | None = None  # the real images' labels
 
 
 Rows = list[list[Any]]
@@ -520,6 +607,26 @@ def _run_peg(s: Subject, inp: Inputs) -> tuple[dict[str, Any] | None, Rows, list
     return r, rows, headers
 
 
+def _run_scale(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, list[str]]:
+    sizes = inp.sizes or [2 * inp.size]
+    if any(size <= inp.size for size in sizes):
+        raise ValueError(f"--img-sizes for `cpvt analyze scale` must be larger than the model's size {inp.size}, "
+                         f"got {','.join(map(str, sizes))}")
+    for size in sizes:
+        s.model.grid_for(size)  # clear error for a bad size
+    r = scale_consistency(s, inp.real, inp.labels, {size: inp.load(size)[0] for size in sizes})
+    rows = []
+    for content, per in r["content"].items():
+        for size, c in per.items():
+            cos = c["cosine"]
+            rows.append([s.label, size, content, f"{cos[0]:.3f}", f"{cos[1]:.3f}", f"{cos[len(cos) // 2]:.3f}",
+                         f"{cos[-1]:.3f}", f"{c['border_last']:.3f}", f"{c['interior_last']:.3f}",
+                         f"{c['features']:.3f}", f"{c['top1_kept']:.1f}", f"{r['top1']:.1f} -> {c['top1']:.1f}"])
+    headers = ["model", "size", "content", "cos stage 0", "stage 1", "middle", "last", "last, border",
+               "last, interior", "pooled features", "top-1 kept (%)", f"top-1 (%) {inp.size}px -> size"]
+    return r, rows, headers
+
+
 @dataclass(frozen=True)
 class Analysis:
     """One ``cpvt analyze`` kind: how to measure one model, and how to plot all of them."""
@@ -542,6 +649,8 @@ ANALYSES: dict[str, Analysis] = {
         "mean attention distance per block and head, and query maps"),
     "peg": Analysis(_run_peg, lambda res, subs, img, d: [plot_peg(res, d / "peg_response.png")],
                     "what each PEG adds at the border and inside, on constant and real images"),
+    "scale": Analysis(_run_scale, lambda res, subs, img, d: [plot_scale(res, d / "scale.png")],
+                      "how far each block's tokens at larger sizes (--img-sizes, default 2x) match the training size's"),
 }
 KINDS = tuple(ANALYSES)
 
@@ -562,9 +671,10 @@ def _load_subjects(specs: list[str], seed: int, overrides: dict[str, Any] | None
 def analyze(kind: str, specs: list[str], data: str | None = None, out: str | None = None, images: int = 64,
             img_size: int | None = None, seed: int = 0, offsets: list[int] | None = None, shift_mode: str = "canvas",
             blocks: list[int] | None = None, data_root: str | None = None, cache_dir: str | None = None,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, sizes: list[int] | None = None) -> dict[str, Any]:
     """Run one analysis (a key of :data:`ANALYSES`) over several models; writes ``<out>/<kind>.json`` and PNGs,
-    prints a table. ``overrides`` are model options applied to every model (``--set model.KEY=VALUE``)."""
+    prints a table. ``overrides`` are model options applied to every model (``--set model.KEY=VALUE``);
+    ``sizes``: the larger test sizes of ``scale``."""
     if kind not in ANALYSES:
         raise ValueError(f"unknown analysis {kind!r}; choose from {', '.join(ANALYSES)}")
     if shift_mode not in ("canvas", "circular"):
@@ -583,16 +693,20 @@ def analyze(kind: str, specs: list[str], data: str | None = None, out: str | Non
     for s in subjects:
         size = img_size or s.img_size
         s.model.grid_for(size)  # clear error for a bad size
-        real = image_batch("real", images, size, seed, data, data_root, cache_dir)
+        def load(n: int) -> tuple[Tensor, Tensor]:
+            return real_images(images, n, data, data_root, cache_dir)
+
+        real, labels = load(size)
         shown = real[0] if shown is None else shown
-        r, rows, headers = ANALYSES[kind].run(s, Inputs(real, size, seed, images, offsets, shift_mode, blocks))
+        r, rows, headers = ANALYSES[kind].run(s, Inputs(real, size, seed, images, offsets, shift_mode, blocks,
+                                                        sizes, load, labels))
         table_rows += rows
         if r is not None:
             results[s.label] = r
     if not results:
         raise ValueError(f"none of {', '.join(specs)} has a PEG; `cpvt analyze peg` needs a CPVT-style model")
     files = ANALYSES[kind].plot(results, subjects, shown, out_dir)
-    meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed,
+    meta = {"kind": kind, "models": specs, "data": data, "images": images, "seed": seed, **({"sizes": sizes} if sizes else {}),
             **({"overrides": overrides} if overrides else {})}
     (out_dir / f"{kind}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(format_table(table_rows, headers))

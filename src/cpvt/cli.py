@@ -209,7 +209,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     analyze(args.kind, args.models, data=args.data, out=args.out, images=args.images, img_size=args.img_size,
             seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
-            data_root=args.data_root, cache_dir=args.cache_dir, overrides=model_options(args.set, "analyze"))
+            data_root=args.data_root, cache_dir=args.cache_dir, overrides=model_options(args.set, "analyze"),
+            sizes=args.img_sizes)
     return 0
 
 
@@ -382,9 +383,9 @@ def _tool_commands(sub) -> None:
     add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
     s.set_defaults(fn=cmd_convert)
 
-    s = sub.add_parser("analyze", help="equivariance, position probe, attention and PEG maps of models or runs")
+    s = sub.add_parser("analyze", help="equivariance, position probe, attention, PEG maps and scale consistency of models or runs")
     s.add_argument("kind", choices=list(ANALYSES), help="; ".join(f"{k}: {a.help}" for k, a in ANALYSES.items()))
-    s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders")
+    s.add_argument("models", nargs="+", help="registry names (MODEL or MODEL:key=value,...; random weights) or run folders (RUN or RUN:key=value,...)")
     s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
     s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
     s.add_argument("--images", type=positive_int, default=64, help="number of real images (default 64)")
@@ -393,6 +394,7 @@ def _tool_commands(sub) -> None:
     s.add_argument("--offsets", type=parse_sizes, help="equivariance: shifts in px, e.g. 1,2,4,8 (default: sub-patch and 1-3 patches)")
     s.add_argument("--shift-mode", default="canvas", help="equivariance: canvas (padded, nothing cropped) | circular (rolled)")
     s.add_argument("--blocks", type=parse_sizes, help="attention: blocks whose query maps are drawn (default: first, middle, last)")
+    s.add_argument("--img-sizes", type=parse_sizes, help="scale: larger test sizes, e.g. 96,128 (default: twice the model's size)")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     add_set(s, "model.KEY=VALUE", "model option for every model given (MODEL:key=value sets one model's)")
