@@ -32,10 +32,12 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0, step: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0,
+              step: tuple[float, float] | None = None) -> Tensor:
     """(h*w, dim) table in row-major token order: first half of the channels from
     the column coordinate, second half from the row coordinate (MAE's order).
-    Token ``(i, j)`` sits at ``(i * step[0], j * step[1])``: indices by default."""
+    Token ``(i, j)`` sits at ``(i * step[0], j * step[1])``; at its indices when ``step`` is None."""
+    step = step or (1.0, 1.0)
     if dim % 4:
         raise ValueError(f"2D sin-cos needs an embedding dimension divisible by 4, got {dim}")
     rows = sincos_1d(torch.arange(h, dtype=torch.float64) * step[0], dim // 2, temperature)  # (h, dim/2)
@@ -73,7 +75,7 @@ class SinCos2D(PositionEncoding):
         exported graph must build the table of whatever grid it is given)."""
         if not is_exporting() and (grid.h, grid.w) == self.base_grid:
             return self.base_table
-        step = grid_step(self.fixed_grid, self.base_grid, grid.h, grid.w) or (1.0, 1.0)
+        step = grid_step(self.fixed_grid, self.base_grid, grid.h, grid.w)
         return sincos_2d(grid.h, grid.w, self.dim, self.temperature, step).to(self.base_table.device)
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
