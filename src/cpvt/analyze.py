@@ -96,9 +96,9 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
         model = _single_stage(ckpt.build_model(**{**(overrides or {}), **options}).eval(), spec)
         cfg = ckpt.config
-        shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes"}
+        shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes", "patch_size"}
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
-        label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained)"
+        label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained, patch {model.patch_size})"
         if options:
             label += " " + ",".join(f"{k}={v}" for k, v in options.items())
         return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
@@ -518,7 +518,8 @@ def scale_consistency(subject: Subject, images: Tensor, labels: Tensor, larger: 
 def plot_scale(results: dict[str, dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     sizes = sorted({s for r in results.values() for s in r["sizes"]})
-    fig, axes = plt.subplots(2, len(sizes), figsize=(5 * len(sizes), 7), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(2, len(sizes), figsize=(6 * len(sizes), 6 + 0.5 * len(results)), dpi=110,
+                             squeeze=False)
     for row, content in enumerate(("detail", "upsampled")):
         for col, size in enumerate(sizes):
             ax = axes[row, col]
@@ -531,7 +532,8 @@ def plot_scale(results: dict[str, dict[str, Any]], path: Path) -> Path:
             ax.set(xlabel="stage (0 = input to block 0)", ylabel="cosine to the training-size tokens",
                    title=f"{size}px ({what}) pooled onto the training grid")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.tight_layout()
     return save(fig, path)
 
 
