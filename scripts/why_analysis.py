@@ -25,8 +25,9 @@ git); a model whose run folder is missing is listed and skipped.
 
 Like the sweep, the script is incremental: the run folders are gone on a fresh
 machine, so the models already in ``summary.json`` (same run, images and sizes)
-are kept as measured, and only the others are analysed (``--again``: all that
-have weights here).
+are kept as measured, and only the others are analysed, with the other models of
+their protocol that have weights here, so that each protocol's figures show all
+its models (``--again``: every model with weights here).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "cpu"
 # (protocol, T1 row): the base protocol's PEG family and references, and the studies' two rows
 SUBJECTS = [("imagenette", r) for r in ("none", "ape", "peg", "peg_plus", "peg_gap_plus", "ape_peg")] + [
-    (study, r) for study in ("imagenette-patch4", "imagenette-mixres", "imagenette-rrc08", "imagenette-80ep")
+    (study, r) for study in ("imagenette-patch4", "imagenette-mixres", "imagenette-rrc08", "imagenette-80ep",
+                             "imagenette-wide")
     for r in ("ape", "peg")]
 PEG_ROWS = ("peg", "peg_plus", "peg_gap_plus", "ape_peg")
 
@@ -96,6 +98,13 @@ def labels(run: dict) -> list[str]:
     """The summary entries one run gives: plain, and dilated for the PEG models."""
     return [label(run["data"], run["row"]) + suffix for suffix, overrides, _ in VARIANTS
             if overrides is None or run["row"] in PEG_ROWS]
+
+
+def protocol_mates(new: list[dict], runs: list[dict]) -> list[dict]:
+    """``new`` and every other run of their protocols with weights here: a protocol's figure folders are
+    rewritten whole, so each keeps all its models (in ``runs``' order)."""
+    protocols = {r["data"] for r in new}
+    return [r for r in runs if r["data"] in protocols]
 
 
 def merge(previous: dict, new: dict, subjects: list[tuple[str, str]]) -> dict[str, dict]:
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if (old["images"], old["sizes"]) == (args.images, sizes):  # otherwise not comparable: start again
             previous, elapsed = old["models"], old["elapsed_s"]
     done = lambda r: all(previous.get(n, {}).get("run") == r["record"]["run"] for n in labels(r))  # noqa: E731
-    todo = runs if args.again else [r for r in runs if not done(r)]
+    todo = runs if args.again else protocol_mates([r for r in runs if not done(r)], runs)
     if runs and not todo:
         print(f"every model with weights here is in {out / 'summary.json'} already (--again to redo them)")
         return 0

@@ -84,3 +84,13 @@ def test_a_second_run_keeps_what_it_measured_and_analyses_only_new_models(why, t
     assert why.main(["--results", str(tmp_path), "--out", str(out), "--images", "16"]) == 0
     assert sorted(analysed) == ["cpvt_micro-p-s0", "deit_micro-y-s0"]
     assert "peg" not in json.loads((out / "summary.json").read_text())["models"]
+    # a new model of a protocol brings the others of that protocol with weights here, so that the
+    # protocol's figure folders, rewritten whole, show all of them; other protocols are left alone
+    (records / "imagenette-patch4" / "deit_micro-q-s0.json").write_text(
+        json.dumps({"run": "deit_micro-q-s0", "rows": ["t1_encodings/ape"], "seed": 0}))
+    (runs / "imagenette-patch4" / "deit_micro-q-s0").mkdir(parents=True)
+    (runs / "imagenette-patch4" / "deit_micro-q-s0" / "last.safetensors").write_bytes(b"")
+    analysed.clear()
+    assert why.main(["--results", str(tmp_path), "--out", str(out), "--images", "16"]) == 0
+    assert sorted(analysed) == ["cpvt_micro-p-s0", "deit_micro-q-s0"]
+    assert "ape [patch4]" in json.loads((out / "summary.json").read_text())["models"]
