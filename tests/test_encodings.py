@@ -222,6 +222,38 @@ def test_dilated_peg_on_an_upsampled_grid_is_the_upsampled_plain_peg(kind, paddi
     assert dilation(6, 5) == (2, 1) and dilation(10, 14) == (3, 4)  # ratios rounded half up: 1.5, 1.25, 2.5, 3.5
 
 
+def test_triangle_smooth_reads_the_tokens_covering_one_coarser_token():
+    from cpvt.pos.peg import triangle_smooth
+
+    m = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 2, 3, 6) ** 2  # varies along columns only
+    out = triangle_smooth(m, (1, 2))
+    row = m[0, 0, 0]
+    assert torch.allclose(out[0, 0, 0, 1:-1], (row[:-2] + 2 * row[1:-1] + row[2:]) / 4)  # 1/4, 1/2, 1/4
+    assert torch.allclose(out[0, 0, 0, 0], (2 * row[0] + row[1]) / 3)  # only the tokens inside the grid count
+    assert torch.equal(out[:, :, 0], out[:, :, 2])  # d = 1 along rows: untouched
+    w = torch.tensor([1.0, 2, 3, 2, 1]) / 9  # d = 3: width 5
+    assert torch.allclose(triangle_smooth(m, (1, 3))[0, 0, 0, 2:4], torch.stack([(row[0:5] * w).sum(), (row[1:6] * w).sum()]))
+    const = torch.full((1, 3, 5, 7), 2.5)
+    assert torch.allclose(triangle_smooth(const, (2, 3)), const)  # no border signal of its own
+    assert torch.equal(triangle_smooth(m, (1, 1)), m)
+
+
+def test_smoothed_dilation_is_the_plain_peg_on_the_training_grid_and_does_not_export(monkeypatch):
+    torch.manual_seed(0)
+    smooth = PEG(shape(grid=(4, 4)), positions=(0,), fixed_grid="dilate_smooth")
+    dil = PEG(shape(grid=(4, 4)), positions=(0,), fixed_grid="dilate")
+    plain = PEG(shape(grid=(4, 4)), positions=(0,))
+    dil.load_state_dict(smooth.state_dict())
+    plain.load_state_dict(smooth.state_dict())
+    x4, x8 = torch.randn(2, 1 + 16, 16), torch.randn(2, 1 + 64, 16)
+    assert torch.equal(smooth.between(x4, Grid(4, 4, 1), 0)[0], plain.between(x4, Grid(4, 4, 1), 0)[0])
+    a, b = smooth.between(x8, Grid(8, 8, 1), 0)[0], dil.between(x8, Grid(8, 8, 1), 0)[0]
+    assert (a - b).abs().max() > 1e-3
+    monkeypatch.setattr("cpvt.pos.peg.is_exporting", lambda: True)
+    with pytest.raises(NotImplementedError, match="does not export"):
+        smooth.between(x8, Grid(8, 8, 1), 0)
+
+
 def test_peg_fixed_grid_modes_are_checked():
     with pytest.raises(ValueError, match="peg_fixed_grid"):
         PEG(shape(grid=(4, 4)), fixed_grid="stretch")

@@ -42,7 +42,15 @@ Every knob the paper ablates is a constructor argument:
     1x, and the border signal reaches twice as many tokens, the same fraction
     of the grid; no content is blurred.
 
-  On the model's own grid both are the plain PEG. Both export with a dynamic
+  - ``"dilate_smooth"``: ``"dilate"``, with each tap reading the tokens that
+    cover its 1x neighbour's area instead of one of them: the map is first
+    smoothed per axis with a triangle of width ``2d - 1`` (at 2x: 1/4, 1/2,
+    1/4), averaged over the tokens inside the grid only. An anti-aliased
+    dilation, to test whether plain dilation loses by skipping the new detail
+    between its taps. Eager only: it does not export.
+
+  On the model's own grid all three are the plain PEG. ``resample`` and
+  ``dilate`` export with a dynamic
   height and width: while exporting, the dilation is integer arithmetic on
   the symbolic grid and each dilated kernel runs as a sum of its shifted taps
   (ONNX convolutions need a fixed dilation), so one file serves every size.
@@ -57,6 +65,7 @@ import math
 from collections.abc import Sequence
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -66,7 +75,8 @@ from .base import ModelShape, PositionEncoding
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
 KINDS = ("depthwise", "separable")
 # peg_fixed_grid values -> mode; None (the default) and False: the plain PEG on every grid
-GRID_MODES = {None: None, False: None, True: "resample", "resample": "resample", "dilate": "dilate"}
+GRID_MODES = {None: None, False: None, True: "resample", "resample": "resample", "dilate": "dilate",
+              "dilate_smooth": "dilate_smooth"}
 
 
 class PosConv(nn.Module):
@@ -86,15 +96,42 @@ class PosConv(nn.Module):
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(conv.bias)
 
-    def forward(self, fmap: Tensor, dilation: tuple[int, int] | None = None) -> Tensor:
-        """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart."""
+    def forward(self, fmap: Tensor, dilation: tuple[int, int] | None = None, smooth: bool = False) -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart, ``smooth``
+        makes each tap read the triangle-weighted tokens around it (:func:`triangle_smooth`)."""
         exporting = is_exporting()  # a given dilation may be symbolic then: no branching on its value
         if dilation is None or (not exporting and dilation == (1, 1)):
             return self.proj(fmap)  # the plain PEG: one Conv per kernel, exported as such
         for conv in self.proj:
             # the separable kind's point-wise step has nothing to dilate
-            fmap = conv(fmap) if conv.kernel_size == (1, 1) else dilated_depthwise(conv, fmap, dilation)
+            if conv.kernel_size == (1, 1):
+                fmap = conv(fmap)
+            else:
+                fmap = dilated_depthwise(conv, triangle_smooth(fmap, dilation) if smooth else fmap, dilation)
         return fmap
+
+
+def triangle_smooth(fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
+    """``fmap`` (B, C, H, W) smoothed per axis by a triangle of width ``2d - 1`` (weights ``d - |i|``,
+    normalised): the tokens of a grid ``d`` times finer that cover one token of the coarser grid. Near the
+    border only the tokens inside the grid count (the weights are renormalised), so the zero padding of the
+    convolution that follows stays the only border signal."""
+    if is_exporting():
+        raise NotImplementedError("peg_fixed_grid='dilate_smooth' is a test-time analysis mode and does not "
+                                  "export; export with 'dilate' or 'resample'")
+    c = fmap.shape[1]
+    for axis, d in zip((2, 3), dilation):
+        d = int(d)
+        if d == 1:
+            continue
+        tri = (d - (fmap.new_tensor(range(-(d - 1), d)).abs())).float()
+        shape = (1, 1, -1, 1) if axis == 2 else (1, 1, 1, -1)
+        pad = (0, 0, d - 1, d - 1) if axis == 2 else (d - 1, d - 1, 0, 0)
+        kernel = tri.view(shape)
+        ones = fmap.new_ones((1, 1) + tuple(fmap.shape[2:]), dtype=torch.float32)
+        weight = F.conv2d(F.pad(ones, pad), kernel)
+        fmap = (F.conv2d(F.pad(fmap.float(), pad), kernel.expand(c, -1, -1, -1), groups=c) / weight).to(fmap.dtype)
+    return fmap
 
 
 def dilated_depthwise(conv: nn.Conv2d, fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
@@ -164,7 +201,8 @@ class PEG(PositionEncoding):
         if layers < 1:
             raise ValueError(f"peg_layers must be >= 1, got {layers}")
         if not isinstance(fixed_grid, (bool, str, type(None))) or fixed_grid not in GRID_MODES:
-            raise ValueError(f"peg_fixed_grid must be False, True, 'resample' or 'dilate', got {fixed_grid!r}")
+            raise ValueError(f"peg_fixed_grid must be False, True, 'resample', 'dilate' or 'dilate_smooth', "
+                             f"got {fixed_grid!r}")
         self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
         self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
         self.fixed_grid, self.ref = GRID_MODES[fixed_grid], tuple(shape.grid)
@@ -202,7 +240,7 @@ class PEG(PositionEncoding):
             return gen  # exporting: the grid is symbolic, so the general path serves the training grid too
         if self.fixed_grid == "resample":
             return partial(self._on_ref_grid, gen)
-        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w))
+        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w), smooth=self.fixed_grid == "dilate_smooth")
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
         """The generator run on the training grid: the map resampled there, convolved, resampled back."""
