@@ -459,7 +459,7 @@ def plot_peg(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
     for ax, (label, kind, key) in zip(axes.flat, cells):
         r = results[label][kind][key]
         im = ax.imshow(torch.tensor(r["map"]).numpy(), cmap="magma")
-        j, pos = key.split("@")
+        pos = key.split("@")[1]
         ax.set_title(f"{label}\n{kind} input, PEG after block {pos}\nborder/interior {r['border_mean'] / max(r['interior_mean'], 1e-12):.2f}",
                      fontsize=6)
         ax.set_xticks([])
@@ -603,7 +603,10 @@ def _run_peg(s: Subject, inp: Inputs) -> tuple[dict[str, Any] | None, Rows, list
         return None, [], headers
     const = image_batch("constant", 1, inp.size, inp.seed)
     r = {"constant": peg_response(s, normalise(const, s)), "real": peg_response(s, normalise(inp.real, s))}
-    ratio = lambda c: c["border_mean"] / max(c["interior_mean"], 1e-12)  # noqa: E731
+
+    def ratio(c: dict[str, Any]) -> float:
+        return c["border_mean"] / max(c["interior_mean"], 1e-12)
+
     rows = [[s.label, key.split("@")[1], f"{ratio(c):.3f}", f"{c['interior_spread']:.2e}", f"{ratio(r['real'][key]):.3f}"]
             for key, c in r["constant"].items()]
     return r, rows, headers
