@@ -423,6 +423,12 @@ def plot_attention(results: dict[str, dict[str, Any]], image: Tensor | None, dis
 # ----------------------------------------------------------------------------- PEG response
 
 
+def border_interior(m: Tensor) -> tuple[Tensor, Tensor]:
+    """The border ring of an (h, w) map, flattened, and the rest (the whole map when there is no inside)."""
+    border = torch.cat([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
+    return border, (m[1:-1, 1:-1] if min(m.shape) > 2 else m)
+
+
 @torch.no_grad()
 def peg_response(subject: Subject, x: Tensor) -> dict[str, Any]:
     """Mean ``||F(x)||`` (the PEG's added term) per token, for every PEG generator."""
@@ -443,8 +449,7 @@ def peg_response(subject: Subject, x: Tensor) -> dict[str, Any]:
             hk.remove()
     out = {}
     for key, m in captured.items():
-        interior = m[1:-1, 1:-1] if min(m.shape) > 2 else m
-        border = torch.cat([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
+        border, interior = border_interior(m)
         out[key] = {"map": m.tolist(), "interior_mean": interior.mean().item(), "border_mean": border.mean().item(),
                     "interior_spread": (interior.max() - interior.min()).item() / max(interior.mean().item(), 1e-12)}
     return out
@@ -503,11 +508,10 @@ def scale_consistency(subject: Subject, images: Tensor, labels: Tensor, larger: 
             maps, feat = stage_maps(model, normalise(big, subject), pre_logits=True)
             p = model.head(feat).argmax(-1)
             cos = [pooled_agreement(a, b) for a, b in zip(base, maps)]
-            last = cos[-1].mean(0)
-            border = torch.cat([last[0], last[-1], last[1:-1, 0], last[1:-1, -1]])
+            border, interior = border_interior(cos[-1].mean(0))
             per[str(size)] = {"cosine": [c.mean().item() for c in cos],
                               "border_last": border.mean().item(),
-                              "interior_last": last[1:-1, 1:-1].mean().item() if min(last.shape) > 2 else float("nan"),
+                              "interior_last": interior.mean().item(),
                               "features": nn.functional.cosine_similarity(feat, base_feat, dim=1).mean().item(),
                               "top1_kept": 100 * (p == pred).float().mean().item(),
                               "top1": 100 * (p == labels).float().mean().item()}
@@ -695,12 +699,12 @@ def analyze(kind: str, specs: list[str], data: str | None = None, out: str | Non
     table_rows: Rows = []
     headers: list[str] = []
     shown: Tensor | None = None
+    def load(n: int) -> tuple[Tensor, Tensor]:
+        return real_images(images, n, data, data_root, cache_dir)
+
     for s in subjects:
         size = img_size or s.img_size
         s.model.grid_for(size)  # clear error for a bad size
-        def load(n: int) -> tuple[Tensor, Tensor]:
-            return real_images(images, n, data, data_root, cache_dir)
-
         real, labels = load(size)
         shown = real[0] if shown is None else shown
         r, rows, headers = ANALYSES[kind].run(s, Inputs(real, size, seed, images, offsets, shift_mode, blocks,
