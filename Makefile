@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-timm timm-env test-hf reproduce clean
+.PHONY: demo test lint test-slow test-timm timm-env test-hf reproduce clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Static checks (rules in pyproject.toml's [tool.ruff]); CI runs them before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
 
 # CPVT's tables at a budget (smoke < 1 min, cpu about 40 h on 2 cores over several sessions, gpu ~25 min on one H200).
 # Finished runs are skipped, so an interrupted sweep resumes; the report lands in docs/results/<budget>/.

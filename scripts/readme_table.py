@@ -45,7 +45,9 @@ def headline(results: list[dict], rows: dict, data: str, names: list[str] | None
         if found is None:
             raise SystemExit(f"{r.name}: no record on {data}")
         best, at_peak = found
-        m = lambda metric: res.metric(data, f"{r.id}:{metric}")  # noqa: E731
+        def m(metric, r=r):
+            return res.metric(data, f"{r.id}:{metric}")
+
         body.append([r.label, m("top1").n, m("top1").fmt(short=True), f"{at_peak.fmt(short=True)} ({sizes[best]})",
                      m(f"top1@{two}").fmt(short=True), m(f"top1@{far}").fmt(short=True),
                      m(f"drop@{two}").fmt(short=True, signed=True)])

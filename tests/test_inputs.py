@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import lr_trace
 from PIL import Image, ImageDraw

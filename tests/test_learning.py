@@ -209,7 +209,7 @@ def test_weight_decay_skips_biases_norms_class_token_and_position_parameters(nam
     names = {id(p): n for n, p in model.named_parameters()}
     decayed, kept = {names[id(p)] for p in decay["params"]}, {names[id(p)] for p in no_decay["params"]}
     assert not decayed & kept and decayed | kept == set(names.values()) - {"head.bias"}
-    for n, p in model.named_parameters():
+    for n in names.values():
         if n.endswith(".bias") or ".norm" in n or n.startswith("norm."):
             assert n in kept or n == "head.bias", n
     assert {"cls_token", *tables} <= kept

@@ -20,7 +20,8 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 # ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
@@ -92,7 +93,7 @@ class TrainConfig:
     def scaled_lr(self) -> float:
         return self.lr * self.batch_size / 512
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every value against :data:`RULES` (and every number for NaN / infinity); one ValueError
         naming each bad key, its value and what it must be. Returns the config.
 
@@ -124,7 +125,7 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         cfg = cls()
         apply_overrides(cfg, d)
         return cfg

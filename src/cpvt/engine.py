@@ -334,7 +334,7 @@ class StopSignal:
                 print(f"\ncpvt: {self.name}: finishing this step, then writing the checkpoint and stopping",
                       file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)

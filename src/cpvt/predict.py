@@ -60,7 +60,7 @@ class Preprocess:
     def __call__(self, image: str | os.PathLike | Image.Image) -> Tensor:
         return self.normalise(self.uint8(image)[None])[0]
 
-    def with_size(self, img_size: int) -> "Preprocess":
+    def with_size(self, img_size: int) -> Preprocess:
         return Preprocess(img_size, self.crop_pct, self.mean, self.std)
 
 

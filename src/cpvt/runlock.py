@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def run_lock(folder: str | Path) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+          "started": datetime.now(UTC).isoformat(timespec="seconds")}
     owner = _acquire(folder, me)
     try:
         yield

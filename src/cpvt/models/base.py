@@ -37,7 +37,7 @@ class ClassifierAPI:
             lambda m, sd, prefix, *_: rename_flat_params(m, sd, prefix, to_flat=False)
         )
 
-    def reparameterize(self) -> "ClassifierAPI":
+    def reparameterize(self) -> ClassifierAPI:
         """Fuse train-time branches (RepCPE) for inference; outputs stay equal. Returns self."""
         for enc in self.position_encodings():
             if hasattr(enc, "reparameterize"):

@@ -176,9 +176,9 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
     def _stages(self, x: Tensor):
         for stage in self.stages:
             x, grid = stage.embed(x)
-            for x in run_blocks(x, grid, stage.position_encodings(), stage.pos_drop, stage.blocks):
-                yield x
-            x = grid.to_map(x[:, grid.num_prefix :])  # the next stage embeds this one's patch-token map
+            for tokens in run_blocks(x, grid, stage.position_encodings(), stage.pos_drop, stage.blocks):
+                yield tokens
+            x = grid.to_map(tokens[:, grid.num_prefix :])  # the next stage embeds this one's patch-token map
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> the last stage's normed tokens (B, P + H/s * W/s, D_last)."""
