@@ -254,6 +254,45 @@ def test_smoothed_dilation_is_the_plain_peg_on_the_training_grid_and_does_not_ex
         smooth.between(x8, Grid(8, 8, 1), 0)
 
 
+def test_split_dilation_separates_the_border_signal_from_the_content_taps(monkeypatch):
+    from cpvt.pos.peg import split_depthwise
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3)
+    torch.nn.init.normal_(conv.bias)
+    m = torch.randn(2, 3, 8, 8)
+    for d in ((1, 1), (2, 2), (2, 1)):  # equal dilations: the plain (dilated) zero-padded convolution
+        ref = torch.nn.functional.conv2d(m, conv.weight, conv.bias, padding=d, dilation=d, groups=3)
+        assert torch.allclose(split_depthwise(conv, m, d, d), ref, atol=1e-5)
+    # on a constant map the content term is flat, so all position information is the border term's:
+    # dilated by 2 it reaches 2 tokens in from each side, undilated 1
+    const = torch.full((1, 3, 8, 8), 1.5)
+    def rows_hit(content, border):
+        out = split_depthwise(conv, const, content, border)
+        column = out[..., :, 4] - out[..., 4:5, 4]  # one interior column, against the interior value
+        return (column.abs().amax(dim=(0, 1)) > 1e-5).nonzero().flatten().tolist()
+
+    assert rows_hit((1, 1), (2, 2)) == [0, 1, 6, 7]
+    assert rows_hit((2, 2), (1, 1)) == rows_hit((1, 1), (1, 1)) == [0, 7]
+    # through the PEG: the plain PEG on the training grid, two different maps above it, and no export
+    plain = PEG(shape(grid=(4, 4)), positions=(0,))
+    x4, x8 = torch.randn(2, 1 + 16, 16), torch.randn(2, 1 + 64, 16)
+    outs, pegs = {}, {}
+    for mode in ("dilate_border", "dilate_content", "dilate"):
+        pegs[mode] = peg = PEG(shape(grid=(4, 4)), positions=(0,), fixed_grid=mode)
+        peg.load_state_dict(plain.state_dict())
+        assert torch.equal(peg.between(x4, Grid(4, 4, 1), 0)[0], plain.between(x4, Grid(4, 4, 1), 0)[0])
+        outs[mode] = peg.between(x8, Grid(8, 8, 1), 0)[0]
+    assert (outs["dilate_border"] - outs["dilate_content"]).abs().max() > 1e-3
+    assert (outs["dilate_border"] - outs["dilate"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="peg_padding='zeros'"):
+        PEG(shape(grid=(4, 4)), fixed_grid="dilate_border", padding="reflect")
+    monkeypatch.setattr("cpvt.pos.peg.is_exporting", lambda: True)
+    for mode in ("dilate_border", "dilate_content"):
+        with pytest.raises(NotImplementedError, match="does not export"):
+            pegs[mode].between(x8, Grid(8, 8, 1), 0)
+
+
 def test_peg_fixed_grid_modes_are_checked():
     with pytest.raises(ValueError, match="peg_fixed_grid"):
         PEG(shape(grid=(4, 4)), fixed_grid="stretch")

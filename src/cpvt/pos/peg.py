@@ -49,6 +49,15 @@ Every knob the paper ablates is a constructor argument:
     dilation, to test whether plain dilation loses by skipping the new detail
     between its taps. Eager only: it does not export.
 
+  - ``"dilate_border"`` and ``"dilate_content"``: the two halves of
+    ``"dilate"``, to tell apart what it does to the PEG's two roles. A
+    zero-padded convolution is the same convolution with replicate padding
+    (content only: on a constant map it is the same everywhere) plus the
+    difference of the two (the border signal, zero away from the border).
+    ``"dilate_border"`` dilates only the border signal and keeps the content
+    taps on neighbouring tokens; ``"dilate_content"`` does the reverse. Zero
+    padding only; eager only: they do not export.
+
   On the model's own grid all three are the plain PEG. ``resample`` and
   ``dilate`` export with a dynamic
   height and width: while exporting, the dilation is integer arithmetic on
@@ -76,7 +85,8 @@ PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
 KINDS = ("depthwise", "separable")
 # peg_fixed_grid values -> mode; None (the default) and False: the plain PEG on every grid
 GRID_MODES = {None: None, False: None, True: "resample", "resample": "resample", "dilate": "dilate",
-              "dilate_smooth": "dilate_smooth"}
+              "dilate_smooth": "dilate_smooth", "dilate_border": "dilate_border", "dilate_content": "dilate_content"}
+ANALYSIS_MODES = ("dilate_smooth", "dilate_border", "dilate_content")  # test-time analyses: eager only
 
 
 class PosConv(nn.Module):
@@ -96,18 +106,28 @@ class PosConv(nn.Module):
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(conv.bias)
 
-    def forward(self, fmap: Tensor, dilation: tuple[int, int] | None = None, smooth: bool = False) -> Tensor:
-        """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart, ``smooth``
-        makes each tap read the triangle-weighted tokens around it (:func:`triangle_smooth`)."""
+    def forward(self, fmap: Tensor, dilation: tuple[int, int] | None = None, variant: str = "dilate") -> Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``; ``dilation`` spreads every k x k kernel's taps apart. ``variant``
+        (a ``fixed_grid`` mode) says how: all of each kernel (``"dilate"``), after smoothing the map
+        (``"dilate_smooth"``, :func:`triangle_smooth`), or only its border signal or its content taps
+        (``"dilate_border"``, ``"dilate_content"``, :func:`split_depthwise`)."""
         exporting = is_exporting()  # a given dilation may be symbolic then: no branching on its value
         if dilation is None or (not exporting and dilation == (1, 1)):
             return self.proj(fmap)  # the plain PEG: one Conv per kernel, exported as such
+        if exporting and variant in ANALYSIS_MODES:
+            raise NotImplementedError(f"peg_fixed_grid={variant!r} is a test-time analysis mode and does not "
+                                      "export; export with 'dilate' or 'resample'")
         for conv in self.proj:
             # the separable kind's point-wise step has nothing to dilate
             if conv.kernel_size == (1, 1):
                 fmap = conv(fmap)
+            elif variant == "dilate_smooth":
+                fmap = dilated_depthwise(conv, triangle_smooth(fmap, dilation), dilation)
+            elif variant in ("dilate_border", "dilate_content"):
+                border = variant == "dilate_border"
+                fmap = split_depthwise(conv, fmap, dilation if not border else (1, 1), dilation if border else (1, 1))
             else:
-                fmap = dilated_depthwise(conv, triangle_smooth(fmap, dilation) if smooth else fmap, dilation)
+                fmap = dilated_depthwise(conv, fmap, dilation)
         return fmap
 
 
@@ -116,9 +136,6 @@ def triangle_smooth(fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
     normalised): the tokens of a grid ``d`` times finer that cover one token of the coarser grid. Near the
     border only the tokens inside the grid count (the weights are renormalised), so the zero padding of the
     convolution that follows stays the only border signal."""
-    if is_exporting():
-        raise NotImplementedError("peg_fixed_grid='dilate_smooth' is a test-time analysis mode and does not "
-                                  "export; export with 'dilate' or 'resample'")
     c = fmap.shape[1]
     for axis, d in zip((2, 3), dilation):
         d = int(d)
@@ -132,6 +149,22 @@ def triangle_smooth(fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
         weight = F.conv2d(F.pad(ones, pad), kernel)
         fmap = (F.conv2d(F.pad(fmap.float(), pad), kernel.expand(c, -1, -1, -1), groups=c) / weight).to(fmap.dtype)
     return fmap
+
+
+def split_depthwise(conv: nn.Conv2d, fmap: Tensor, content: tuple[int, int], border: tuple[int, int]) -> Tensor:
+    """A zero-padded depth-wise ``conv`` split into its two roles, each with its own dilation.
+
+    ``conv_zeros(x) = conv_replicate(x) + (conv_zeros(x) - conv_replicate(x))``: the first term reads content
+    only (a constant map gives the same output everywhere), the second is the border signal the zero padding
+    adds (zero farther than the kernel's reach from the border). The content term runs with dilation
+    ``content``, the border term with ``border``; equal dilations give the plain dilated convolution.
+    """
+    def run(d: tuple[int, int], mode: str) -> Tensor:
+        pad = [conv.kernel_size[i] // 2 * d[i] for i in (0, 1)]
+        padded = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
+        return F.conv2d(padded, conv.weight, conv.bias, dilation=d, groups=conv.groups)
+
+    return run(content, "replicate") + (run(border, "constant") - run(border, "replicate"))
 
 
 def dilated_depthwise(conv: nn.Conv2d, fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
@@ -201,8 +234,11 @@ class PEG(PositionEncoding):
         if layers < 1:
             raise ValueError(f"peg_layers must be >= 1, got {layers}")
         if not isinstance(fixed_grid, (bool, str, type(None))) or fixed_grid not in GRID_MODES:
-            raise ValueError(f"peg_fixed_grid must be False, True, 'resample', 'dilate' or 'dilate_smooth', "
+            raise ValueError(f"peg_fixed_grid must be False, True or one of {[m for m in GRID_MODES if isinstance(m, str)]}, "
                              f"got {fixed_grid!r}")
+        if fixed_grid in ("dilate_border", "dilate_content") and padding != "zeros":
+            raise ValueError(f"peg_fixed_grid={fixed_grid!r} splits off the zero padding's border signal; "
+                             f"it needs peg_padding='zeros', got {padding!r}")
         self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
         self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
         self.fixed_grid, self.ref = GRID_MODES[fixed_grid], tuple(shape.grid)
@@ -240,7 +276,7 @@ class PEG(PositionEncoding):
             return gen  # exporting: the grid is symbolic, so the general path serves the training grid too
         if self.fixed_grid == "resample":
             return partial(self._on_ref_grid, gen)
-        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w), smooth=self.fixed_grid == "dilate_smooth")
+        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w), variant=self.fixed_grid)
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
         """The generator run on the training grid: the map resampled there, convolved, resampled back."""
