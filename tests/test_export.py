@@ -187,6 +187,9 @@ def test_pt2_export_matches_pytorch_at_three_sizes(case, tmp_path):
 @pytest.mark.parametrize("fmt,mode,name", [("pt2", "dilate", "cpvt_micro"), ("onnx", "dilate", "cpvt_micro"),
                                            pytest.param("pt2", "resample", "cpvt_micro", marks=pytest.mark.slow),
                                            pytest.param("onnx", "resample", "cpvt_micro", marks=pytest.mark.slow),
+                                           ("onnx", "dilate_border", "cpvt_micro"),
+                                           pytest.param("pt2", "dilate_border", "cpvt_micro", marks=pytest.mark.slow),
+                                           pytest.param("onnx", "dilate_content", "cpvt_micro", marks=pytest.mark.slow),
                                            ("onnx", "dilate", "deit_micro_convffn"),
                                            pytest.param("pt2", "dilate", "deit_micro_convffn", marks=pytest.mark.slow)])
 def test_convs_keeping_the_training_grid_export_with_dynamic_sizes(fmt, mode, name, tmp_path):
