@@ -58,7 +58,7 @@ Every knob the paper ablates is a constructor argument:
     taps on neighbouring tokens; ``"dilate_content"`` does the reverse. Zero
     padding only. On Imagenette (docs/results/cpu/conclusion.md) the border
     half never cost more than 0.1 points against plain at 1.5x and 2x over
-    five trained PEGs, and gained up to 1.7; full dilation gained most at
+    six trained PEGs, and gained up to 1.7; full dilation gained most at
     exactly 2x on an 8x8 grid and cost up to 4 points at 1.5x or at patch 4.
 
   On the model's own grid all of them are the plain PEG. All but
