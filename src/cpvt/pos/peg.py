@@ -162,26 +162,19 @@ def split_depthwise(conv: nn.Conv2d, fmap: Tensor, content: tuple[int, int], bor
     adds (zero farther than the kernel's reach from the border). The content term runs with dilation
     ``content``, the border term with ``border``; equal dilations give the plain dilated convolution.
     """
-    exporting = is_exporting()
-
-    def run(d: tuple[int, int], mode: str) -> Tensor:
-        pad = [conv.kernel_size[i] // 2 * d[i] for i in (0, 1)]
-        padded = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
-        if exporting:  # the dilation may be symbolic: the sum of shifted taps, as for "dilate"
-            return _depthwise_taps(padded, conv.weight, conv.bias, d)
-        return F.conv2d(padded, conv.weight, conv.bias, dilation=d, groups=conv.groups)
-
-    return run(content, "replicate") + (run(border, "constant") - run(border, "replicate"))
+    return dilated_depthwise(conv, fmap, content, "replicate") + (
+        dilated_depthwise(conv, fmap, border, "zeros") - dilated_depthwise(conv, fmap, border, "replicate"))
 
 
-def dilated_depthwise(conv: nn.Conv2d, fmap: Tensor, dilation: tuple[int, int]) -> Tensor:
+def dilated_depthwise(conv: nn.Conv2d, fmap: Tensor, dilation: tuple[int, int], padding: str | None = None) -> Tensor:
     """``conv`` (depth-wise, odd kernel, stride 1, same-size output) run on ``fmap`` with its taps spread
-    ``dilation`` apart and its padding (of the conv's own mode) widened to match. The
+    ``dilation`` apart and its padding (``padding``, default the conv's own mode) widened to match. The
     ``fixed_grid="dilate"`` option of the zero-padded convolutions (PEG, ConvFFN)."""
     exporting = is_exporting()
+    padding = padding or conv.padding_mode
     pad = [conv.kernel_size[i] // 2 * dilation[i] for i in (0, 1)]
-    if exporting or conv.padding_mode != "zeros":
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    if exporting or padding != "zeros":
+        mode = "constant" if padding == "zeros" else padding
         fmap = F.pad(fmap, (pad[1], pad[1], pad[0], pad[0]), mode=mode)
         pad = [0, 0]
     if exporting:
