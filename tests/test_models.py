@@ -10,6 +10,17 @@ from cpvt.layers.drop_path import DropPath
 ALL = cpvt.list_models()
 
 
+def _large(name: str) -> bool:
+    """Base- and large-width models (40M to 100M parameters). They are the small ones' configurations at a
+    greater width and depth, and hold about 80% of the registry's parameters, so their registry-wide tests run
+    in the slow tier (``make test-slow``, which CI runs too) to keep the default suite within its time."""
+    return name.startswith(("deit_base", "cpvt_b_")) or name == "cpvt_b" or name.endswith(("_base", "_large"))
+
+
+# every registry model; the large ones marked slow
+EVERY = [pytest.param(n, marks=pytest.mark.slow) if _large(n) else n for n in ALL]
+
+
 def test_registry_is_populated():
     assert len(ALL) >= 30
     for family in ("deit_tiny", "deit_small", "deit_base", "cpvt_ti", "cpvt_s", "cpvt_b", "deit_micro", "cpvt_micro"):
@@ -21,7 +32,7 @@ def test_registry_is_populated():
 
 
 # `built` (conftest.py) is the model named by the parameter, shared by that model's tests and freed after them.
-@pytest.mark.parametrize("built", ALL, indirect=True)
+@pytest.mark.parametrize("built", EVERY, indirect=True)
 def test_forward_any_resolution(built):
     model = built.eval()
     for h, w in small_sizes(model):
@@ -35,7 +46,7 @@ def test_forward_any_resolution(built):
         assert model.forward_head(feats, pre_logits=True).shape == (2, model.embed_dim)
 
 
-@pytest.mark.parametrize("built", ALL, indirect=True)
+@pytest.mark.parametrize("built", EVERY, indirect=True)
 def test_backward_reaches_every_parameter(built):
     model = built.train()
     model.zero_grad(set_to_none=True)
@@ -46,7 +57,7 @@ def test_backward_reaches_every_parameter(built):
     assert not missing, f"no gradient reached: {missing}"
 
 
-@pytest.mark.parametrize("built", ALL, indirect=True)
+@pytest.mark.parametrize("built", EVERY, indirect=True)
 def test_state_dict_round_trip(built):
     src = built.eval()
     torch.manual_seed(1)
@@ -59,7 +70,7 @@ def test_state_dict_round_trip(built):
         assert torch.equal(src(x), dst(x))
 
 
-@pytest.mark.parametrize("built", ALL, indirect=True)
+@pytest.mark.parametrize("built", EVERY, indirect=True)
 def test_eval_switches_off_randomness_and_batch_statistics(built):
     """With every dropout and drop path turned up to p=0.5, eval() gives each image the output it gets alone
     (no batch statistics, no random masks), whatever the RNG; train() with the same layers does not."""

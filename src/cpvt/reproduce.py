@@ -142,11 +142,10 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
                                                "data_root": data_root, "cache_dir": cache_dir})
     apply_overrides(cfg, dict(entry.get("train", {})))
     args = {**entry.get("model_args", {}), **row.model_args}
-    with torch.device("meta"):  # the model's shape, no memory
-        base = create_model(model, **{k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))})
-    img_size = int(cfg.img_size or base.img_size[0])
-    patch = int(base.patch_size)
-    names = {"depth": len(base.blocks), "grid": img_size // patch}
+    fixed = {k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))}
+    depth, patch, default_size = _model_shape(model, json.dumps(fixed, sort_keys=True))
+    img_size = int(cfg.img_size or default_size)
+    names = {"depth": depth, "grid": img_size // patch}
     cfg.model_args = {k: evaluate_formula(v[1:], **names) if isinstance(v, str) and v.startswith("=") else v
                       for k, v in args.items()}
     defaults = {**all_encoding_options(), **registry_args(model)}
@@ -156,6 +155,18 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     cfg.img_size, cfg.seed = img_size, seed
     cfg.out = str(out / "runs" / entry["name"] / run_name(cfg))
     return cfg, patch
+
+
+@functools.cache
+def _model_shape(model: str, args_json: str) -> tuple[int, int, int]:
+    """(depth, patch size, default image size) of a registry model with these arguments (JSON).
+
+    Built on the meta device (no memory), and cached: a sweep's plan asks for the same model once per seed and
+    dataset, and each meta build still runs every initialiser (about 0.05 s).
+    """
+    with torch.device("meta"):
+        base = create_model(model, **json.loads(args_json))
+    return len(base.blocks), int(base.patch_size), int(base.img_size[0])
 
 
 def run_name(cfg) -> str:
