@@ -8,6 +8,10 @@ the same means, standard deviations and peaks as ``report.md``.
 
     .venv/bin/python scripts/readme_table.py                      # every T2 row with a record
     .venv/bin/python scripts/readme_table.py --rows none,ape,peg   # a selection, in this order
+
+Below the table it prints the compute line the README quotes: how many training
+runs and test-time variants (records named ``RUN@ROW``) the data entry has, and
+their training plus evaluation time.
 """
 
 from __future__ import annotations
@@ -54,6 +58,19 @@ def headline(results: list[dict], rows: dict, data: str, names: list[str] | None
     return format_table(body, headers, markdown=True)
 
 
+def compute(records: Path) -> str:
+    """One line: training runs, test-time variants and their minutes under ``records`` (one data entry)."""
+    files = sorted(records.glob("*.json"))
+    if not files:
+        raise SystemExit(f"no result records in {records}")
+    runs = sum("@" not in f.name for f in files)
+    seconds = 0.0
+    for f in files:
+        rec = json.loads(f.read_text())
+        seconds += rec.get("train_s", 0.0) + rec.get("eval_s", 0.0)
+    return f"{runs} runs and {len(files) - runs} tests, {seconds / 60:,.0f} min of training and evaluation in all"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "docs/results/cpu/results.json")
@@ -63,6 +80,8 @@ def main() -> None:
     results = json.loads(args.results.read_text())["runs"]
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
     print(headline(results, load_rows(ROOT / "experiments"), args.data, names))
+    print()
+    print(compute(args.results.parent / "records" / args.data))
 
 
 if __name__ == "__main__":
