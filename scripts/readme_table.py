@@ -11,7 +11,7 @@ the same means, standard deviations and peaks as ``report.md``.
 
 Below the table it prints the compute line the README quotes: how many training
 runs and test-time variants (records named ``RUN@ROW``) the data entry has, and
-their training plus evaluation time.
+their training plus evaluation time, with the same totals as the report (``cpvt.report.minutes``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from cpvt.experiments import load_rows
-from cpvt.report import Results, peak
+from cpvt.report import Results, minutes, peak, trained
 from cpvt.table import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,17 +58,13 @@ def headline(results: list[dict], rows: dict, data: str, names: list[str] | None
     return format_table(body, headers, markdown=True)
 
 
-def compute(records: Path) -> str:
-    """One line: training runs, test-time variants and their minutes under ``records`` (one data entry)."""
-    files = sorted(records.glob("*.json"))
-    if not files:
-        raise SystemExit(f"no result records in {records}")
-    runs = sum("@" not in f.name for f in files)
-    seconds = 0.0
-    for f in files:
-        rec = json.loads(f.read_text())
-        seconds += rec.get("train_s", 0.0) + rec.get("eval_s", 0.0)
-    return f"{runs} runs and {len(files) - runs} tests, {seconds / 60:,.0f} min of training and evaluation in all"
+def compute(results: list[dict], data: str) -> str:
+    """One line: training runs, test-time variants and their minutes on ``data`` (the report's own totals)."""
+    runs = [r for r in results if r["data"] == data]
+    if not runs:
+        raise SystemExit(f"no runs on {data!r}")
+    n = len(trained(runs))
+    return f"{n} runs and {len(runs) - n} tests, {minutes(runs):,.0f} min of training and evaluation in all"
 
 
 def main() -> None:
@@ -81,7 +77,7 @@ def main() -> None:
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
     print(headline(results, load_rows(ROOT / "experiments"), args.data, names))
     print()
-    print(compute(args.results.parent / "records" / args.data))
+    print(compute(results, args.data))
 
 
 if __name__ == "__main__":

@@ -41,3 +41,12 @@ def test_unknown_rows_and_data_fail_clearly(script):
         script.headline(results, rows, "x", None)
     with pytest.raises(SystemExit, match="peg: no record"):
         script.headline(results, rows, "d", ["peg"])
+
+
+def test_compute_line_counts_runs_tests_and_minutes_of_one_data_entry(script):
+    results = [{"data": "d", "train_s": 600.0, "eval_s": 120.0}, {"data": "d", "train_s": 1800.0},
+               {"data": "d", "eval_s": 90.0, "eval_args": {"peg_fixed_grid": "dilate"}},  # a test of a run
+               {"data": "other", "train_s": 60_000.0}]
+    assert script.compute(results, "d") == "2 runs and 1 tests, 44 min of training and evaluation in all"
+    with pytest.raises(SystemExit, match="no runs on 'x'"):
+        script.compute(results, "x")

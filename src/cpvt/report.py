@@ -306,16 +306,20 @@ def trained(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if "eval_args" not in r]
 
 
+def minutes(results: list[dict[str, Any]]) -> float:
+    """Training plus evaluation time of ``results``, in minutes (the compute every report line quotes)."""
+    return sum(r.get("train_s", 0) + r.get("eval_s", 0) for r in results) / 60
+
+
 def _header(budget: str, spec: dict[str, Any], results: list[dict[str, Any]], command: str, elapsed: float) -> list[str]:
     lines = [f"# CPVT reproduction, `{budget}` budget", ""]
     lines += [f"Produced by `{command}` on {_dt.date.today().isoformat()} ({environment()}); "
               f"this invocation took {elapsed / 60:.1f} min (finished runs are reused, so a rerun is quick; "
               f"training time per run is in `results.json`).", ""]
     lines += [spec.get("description", ""), ""]
-    total_train = sum(r.get("train_s", 0) + r.get("eval_s", 0) for r in results)
     tests = len(results) - len(trained(results))
     lines += [f"{len(trained(results))} training runs" + (f" and {tests} tests of them with other model options" if tests else "")
-              + f"; their training and evaluation took {total_train / 60:.1f} min in all. "
+              + f"; their training and evaluation took {minutes(results):.1f} min in all. "
               "Paper numbers are ImageNet-1k, 300 epochs, 224 px (CPVT, Chu et al. 2023, Tables 1-3); ours are far smaller, so "
               "compare directions and differences, not absolute accuracy. `a ± b (n)`: mean ± sample sd over n seeds.",
               ""]
@@ -335,7 +339,7 @@ def _dataset_section(res: Results, data: str, entry: dict[str, Any], rows: dict[
               f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
               f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
               f"on {sample.get('eval_images') or 'all'} held-out images. {len(trained(runs))} runs, "
-              f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
+              f"{minutes(runs):.0f} min of training and "
               f"evaluation.{_flatness(trained(runs))}", ""]
     if entry.get("note"):
         lines += [entry["note"].strip(), ""]
@@ -416,7 +420,7 @@ def _why_section(res: Results, entries: dict[str, dict[str, Any]], rows: dict[st
         ends = list(dict.fromkeys(["2" if "2" in scales else scales[-1], scales[-1]]))  # 2x and the largest
         lines += [f"### {entry['study']}", "",
                   f"`{data}`: {_changed(entry, entries.get(base_name, {}))} (against `{base_name}`). {len(runs)} runs, "
-                  f"{sum(r.get('train_s', 0) + r.get('eval_s', 0) for r in runs) / 60:.0f} min of training and "
+                  f"{minutes(runs):.0f} min of training and "
                   f"evaluation.{_flatness(runs)}", ""]
         if entry.get("note"):
             lines += [entry["note"].strip(), ""]
