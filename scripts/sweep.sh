@@ -76,6 +76,7 @@ else
   done
   status=0
   for p in "${pids[@]}"; do wait "$p" || status=1; done
-  $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")"  # final report
+  # final report over the same rows and data (without --data it would go on to train the rows' other datasets)
+  $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")" ${DATA:+--data "$DATA"}
   exit $status
 fi
