@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -311,9 +312,10 @@ def _fake(data, rid, seed, s1, s2):
 
 def test_claim_verdicts_follow_the_means_and_flag_noise():
     rows = load_rows(experiments_dir())
-    res = Results([_fake("d", "t1_encodings/ape", 0, 60.0, 50.0), _fake("d", "t1_encodings/ape", 1, 61.0, 52.0),
-                   _fake("d", "t1_encodings/none", 0, 55.0, 54.0), _fake("d", "t1_encodings/none", 1, 56.0, 54.0),
-                   _fake("d", "t1_encodings/peg", 0, 60.2, 59.0), _fake("d", "t1_encodings/peg", 1, 60.6, 58.0)], rows)
+    runs = [_fake("d", "t1_encodings/ape", 0, 60.0, 50.0), _fake("d", "t1_encodings/ape", 1, 61.0, 52.0),
+            _fake("d", "t1_encodings/none", 0, 55.0, 54.0), _fake("d", "t1_encodings/none", 1, 56.0, 54.0),
+            _fake("d", "t1_encodings/peg", 0, 60.2, 59.0), _fake("d", "t1_encodings/peg", 1, 60.6, 58.0)]
+    res = Results(runs, rows)
     ape_none = judge({"text": "", "a": "t1_encodings/ape", "b": "t1_encodings/none", "relation": ">"}, res, "d")
     assert ape_none["ok"] and not ape_none["within_noise"] and ape_none["diff"] == pytest.approx(5.0)
     reverse = judge({"text": "", "a": "t1_encodings/ape", "b": "t1_encodings/none", "relation": "<"}, res, "d")
@@ -329,6 +331,11 @@ def test_claim_verdicts_follow_the_means_and_flag_noise():
     similar = judge({"text": "", "a": "t1_encodings/peg", "b": "t1_encodings/ape", "relation": "~", "tolerance": 1.0},
                     res, "d")
     assert similar["ok"]
+    # unequal seed counts (2 APE seeds, 1 RPE seed): a difference of means, noise from the pooled sd, said so
+    res = Results(runs + [_fake("d", "t1_encodings/rpe", 0, 59.0, 57.0)], rows)
+    uneven = judge({"text": "", "a": "t1_encodings/rpe", "b": "t1_encodings/ape", "relation": ">"}, res, "d")
+    assert uneven["noise_basis"] == "1 against 2 seeds, unpaired; noise from the pooled seed sd"
+    assert uneven["noise"] == pytest.approx(res.noise("d") * math.sqrt(1 + 1 / 2))
 
 
 def test_data_option_trains_only_the_named_dataset_entries(smoke: Path, capsys):
