@@ -134,15 +134,12 @@ def judge(claim: dict[str, Any], res: Results, data: str) -> dict[str, Any] | No
     ok = {">": d > 0, "<": d < 0, "~": abs(d) <= tol}[rel]
     # noise of the difference: per-seed paired sd / sqrt(n) when both sides have the same 2+ seeds; else the
     # pooled seed sd scaled to a difference of two means over n_a and n_b seeds (sqrt(2) when one seed each)
-    pooled = res.noise(data)
     if diff.n >= 2:
         noise, how = diff.sd / math.sqrt(diff.n), f"paired over {diff.n} seeds"
-    elif sa.n == sb.n == 1:
-        noise, how = (pooled * math.sqrt(2), "1 seed; noise from the pooled seed sd") if pooled else (None, "1 seed")
     else:
-        counts = f"{sa.n} against {sb.n} seeds, unpaired"
-        noise, how = ((pooled * math.sqrt(1 / sa.n + 1 / sb.n), f"{counts}; noise from the pooled seed sd") if pooled
-                      else (None, counts))
+        pooled = res.noise(data)
+        how = "1 seed" if sa.n == sb.n == 1 else f"{sa.n} against {sb.n} seeds, unpaired"
+        noise, how = (pooled * math.sqrt(1 / sa.n + 1 / sb.n), f"{how}; noise from the pooled seed sd") if pooled else (None, how)
     within = noise is not None and rel != "~" and abs(d) <= noise
     verdict = ("reproduced" if ok else "not reproduced") + (" (within seed noise)" if within else "")
     return {"claim": claim["text"], "data": data, "checked": True, "a": sa.mean, "b": sb.mean, "diff": d, "noise": noise,
