@@ -12,12 +12,20 @@ the same means, standard deviations and peaks as ``report.md``.
 Below the table it prints the compute line the README quotes: how many training
 runs and test-time variants (records named ``RUN@ROW``) the data entry has, and
 their training plus evaluation time, with the same totals as the report (``cpvt.report.minutes``).
+
+    .venv/bin/python scripts/readme_table.py --write README.md     # update the README in place
+
+``--write`` rewrites the table between ``<!-- readme_table rows=a,b,c -->`` and
+``<!-- /readme_table -->`` (the rows named in the marker, in that order) and the text
+between ``<!-- compute -->`` and ``<!-- /compute -->``, so a fresh clone can refresh
+the README after a sweep with nothing but this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from cpvt.experiments import load_rows
@@ -67,13 +75,37 @@ def compute(results: list[dict], data: str) -> str:
     return f"{n} runs and {len(runs) - n} tests, {minutes(runs):,.0f} min of training and evaluation in all"
 
 
+TABLE = re.compile(r"(<!-- readme_table rows=(\S+) -->\n)(.*?)(\n<!-- /readme_table -->)", re.S)
+COMPUTE = re.compile(r"(<!-- compute -->)(.*?)(<!-- /compute -->)", re.S)
+
+
+def write(text: str, results: list[dict], rows: dict, data: str) -> str:
+    """``text`` (a README) with its marked table and compute line regenerated from ``results``."""
+    tables, computes = TABLE.findall(text), COMPUTE.findall(text)
+    if len(tables) != 1 or len(computes) != 1:
+        raise SystemExit(f"expected one '<!-- readme_table rows=... -->' ... '<!-- /readme_table -->' block and one "
+                         f"'<!-- compute -->' ... '<!-- /compute -->' span, found {len(tables)} and {len(computes)}")
+    names = [n for n in tables[0][1].split(",") if n]
+    text = TABLE.sub(lambda m: m[1] + headline(results, rows, data, names) + m[4], text)
+    return COMPUTE.sub(lambda m: m[1] + compute(results, data) + m[3], text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "docs/results/cpu/results.json")
     p.add_argument("--data", default="imagenette", help="dataset entry (default: imagenette)")
     p.add_argument("--rows", help="comma-separated T2 row names (experiments/t2_resolution/NAME.toml), in order")
+    p.add_argument("--write", type=Path, metavar="README", help="rewrite the marked table and compute line of this file")
     args = p.parse_args()
     results = json.loads(args.results.read_text())["runs"]
+    if args.write:
+        if args.rows:
+            p.error("--write takes its rows from the README's marker, not --rows")
+        old = args.write.read_text()
+        new = write(old, results, load_rows(ROOT / "experiments"), args.data)
+        args.write.write_text(new)
+        print(f"{args.write}: {'updated' if new != old else 'already up to date'}")
+        return
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
     print(headline(results, load_rows(ROOT / "experiments"), args.data, names))
     print()

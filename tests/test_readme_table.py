@@ -1,6 +1,8 @@
 """scripts/readme_table.py: the README headline table comes from the records with the report's statistics."""
 
 
+import json
+
 import pytest
 from conftest import load_script
 
@@ -50,3 +52,27 @@ def test_compute_line_counts_runs_tests_and_minutes_of_one_data_entry(script):
     assert script.compute(results, "d") == "2 runs and 1 tests, 44 min of training and evaluation in all"
     with pytest.raises(SystemExit, match="no runs on 'x'"):
         script.compute(results, "x")
+
+
+def test_write_regenerates_the_marked_table_and_compute_line_only(script):
+    rows = load_rows(experiments_dir())
+    results = [dict(_run("t1_encodings/ape", 0, [60.0, 61.0, 58.0, 50.0]), train_s=600.0),
+               dict(_run("t1_encodings/peg", 0, [59.0, 58.0, 55.0, 40.0]), train_s=1200.0)]
+    readme = ("intro\n<!-- readme_table rows=peg,ape -->\n| old | table |\n<!-- /readme_table -->\n"
+              "(fp32; <!-- compute -->1 runs and 0 tests, 5 min of training and evaluation in all<!-- /compute -->)\n")
+    out = script.write(readme, results, rows, "d")
+    assert out.startswith("intro\n<!-- readme_table rows=peg,ape -->\n| encoding")
+    assert "old" not in out and out.index(rows["t2_resolution/peg"].label) < out.index(rows["t2_resolution/ape"].label)
+    assert "(fp32; <!-- compute -->2 runs and 0 tests, 30 min of training and evaluation in all<!-- /compute -->)\n" in out
+    assert script.write(out, results, rows, "d") == out  # idempotent
+    with pytest.raises(SystemExit, match="found 0 and 1"):
+        script.write(readme.replace("readme_table rows", "table rows"), results, rows, "d")
+
+
+def test_committed_readme_table_matches_the_committed_results(script):
+    """The README's headline table and compute line are what the script makes from the committed results.json."""
+    readme = script.ROOT / "README.md"
+    results = json.loads((script.ROOT / "docs/results/cpu/results.json").read_text())["runs"]
+    text = readme.read_text()
+    assert script.write(text, results, load_rows(experiments_dir()), "imagenette") == text, (
+        "README table is stale: run scripts/readme_table.py --write README.md")
