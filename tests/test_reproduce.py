@@ -336,6 +336,11 @@ def test_claim_verdicts_follow_the_means_and_flag_noise():
     uneven = judge({"text": "", "a": "t1_encodings/rpe", "b": "t1_encodings/ape", "relation": ">"}, res, "d")
     assert uneven["noise_basis"] == "1 against 2 seeds, unpaired; noise from the pooled seed sd"
     assert uneven["noise"] == pytest.approx(res.noise("d") * math.sqrt(1 + 1 / 2))
+    # two seeds each but not the same ones (RPE 0 and 2, APE 0 and 1): unpaired, not zipped seed 2 against seed 1
+    res = Results(runs + [_fake("d", "t1_encodings/rpe", 0, 59.0, 57.0), _fake("d", "t1_encodings/rpe", 2, 58.0, 57.0)], rows)
+    assert res.paired_diff("d", "t1_encodings/rpe", "t1_encodings/ape").values == [pytest.approx(58.5 - 60.5)]
+    apart = judge({"text": "", "a": "t1_encodings/rpe", "b": "t1_encodings/ape", "relation": ">"}, res, "d")
+    assert apart["noise_basis"] == "2 against 2 seeds, unpaired; noise from the pooled seed sd"
 
 
 def test_data_option_trains_only_the_named_dataset_entries(smoke: Path, capsys):

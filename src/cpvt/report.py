@@ -71,30 +71,34 @@ class Results:
 
     def metric(self, data: str, operand: str) -> Stats:
         """``row`` | ``row:top1`` | ``row:top1@S`` | ``row:drop@S``, per seed."""
+        return Stats(list(self.per_seed(data, operand).values()))
+
+    def per_seed(self, data: str, operand: str) -> dict[int, float]:
+        """The metric of ``operand`` (see ``metric``) by seed, seeds in order; seeds not tested at that size left out."""
         rid, _, metric = operand.partition(":")
         metric = metric or "top1"
         runs = self.runs(data, rid)
         kind, _, scale = metric.partition("@")
         scale = f"{float(scale):g}" if scale else "1"
-        vals = []
+        vals = {}
         for seed in sorted(runs):
             s = runs[seed]["scales"]
             if scale not in s:
                 continue
             if kind == "top1":
-                vals.append(s[scale])
+                vals[seed] = s[scale]
             elif kind == "drop":
-                vals.append(s[scale] - s["1"])
+                vals[seed] = s[scale] - s["1"]
             else:
                 raise ValueError(f"unknown metric {metric!r} in {operand!r}; use top1, top1@S or drop@S")
-        return Stats(vals)
+        return vals
 
     def paired_diff(self, data: str, a: str, b: str) -> Stats:
-        """Per-seed a - b where both have the seed, else the difference of the means."""
-        sa, sb = self.metric(data, a), self.metric(data, b)
-        if sa.n == sb.n and sa.n >= 2:
-            return Stats([x - y for x, y in zip(sa.values, sb.values)])
-        return Stats([sa.mean - sb.mean])
+        """Per-seed a - b when both sides have the same 2+ seeds, else the difference of the means."""
+        sa, sb = self.per_seed(data, a), self.per_seed(data, b)
+        if sa.keys() == sb.keys() and len(sa) >= 2:
+            return Stats([sa[k] - sb[k] for k in sa])
+        return Stats([self.metric(data, a).mean - self.metric(data, b).mean])
 
     def noise(self, data: str) -> float | None:
         """Pooled seed standard deviation of top-1 over rows with 2+ seeds (None if none)."""
