@@ -76,7 +76,9 @@ else
   done
   status=0
   for p in "${pids[@]}"; do wait "$p" || status=1; done
-  # final report over the same rows and data (without --data it would go on to train the rows' other datasets)
-  $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")" ${DATA:+--data "$DATA"}
+  # final report over the same rows and data (without --data it would go on to train the rows' other datasets).
+  # It also finishes any run a lane left (for example one stopped by hand): at the lanes' thread count, since a
+  # record made with N threads comes back bit for bit only with N.
+  OMP_NUM_THREADS=$threads $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")" ${DATA:+--data "$DATA"}
   exit $status
 fi
