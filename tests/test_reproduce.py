@@ -118,6 +118,30 @@ def test_a_missing_variant_record_is_tested_again_without_training(smoke: Path, 
     assert new["scales"] == old["scales"] and new["eval_args"] == {"peg_fixed_grid": "dilate"}
 
 
+def test_a_variant_of_an_interrupted_retrain_resumes_it_before_testing(smoke: Path, capsys, monkeypatch):
+    """A recorded run whose folder holds a half-trained checkpoint (a retrain cut off) is trained on, not tested as is."""
+    import cpvt.reproduce as rp
+
+    [variant] = sorted(smoke.glob("records/*/*@peg_dilate.json"))
+    real = rp.load_checkpoint
+    calls = []
+
+    class Half:  # the checkpoint as an interrupted retrain leaves it: a few steps into epoch 1 (smoke: 1 epoch)
+        progress = {"epoch": 0, "step": 3}
+
+    monkeypatch.setattr(rp, "load_checkpoint", lambda path: Half())
+    monkeypatch.setattr(rp, "train", lambda cfg, resume=False: calls.append((cfg.epochs, resume)) or {})
+    variant.unlink()
+    assert main(["reproduce", "T2", "--budget", "smoke", "--rows", "peg_dilate", "--out", str(smoke)]) == 0
+    assert calls and calls[0][1] is True and variant.exists()  # resumed (here: the stand-in), then tested
+    # a finished checkpoint is tested as it is
+    monkeypatch.setattr(rp, "load_checkpoint", real)
+    calls.clear()
+    variant.unlink()
+    assert main(["reproduce", "T2", "--budget", "smoke", "--rows", "peg_dilate", "--out", str(smoke)]) == 0
+    assert not calls and variant.exists()
+
+
 def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
     """Two `cpvt reproduce` processes share a sweep: a run the other one holds is skipped, not trained twice."""
     import subprocess

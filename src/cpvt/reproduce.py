@@ -251,11 +251,13 @@ def _write_json(path: Path, obj: Any) -> None:
 def run_job(job: Job) -> dict[str, Any]:
     """Train (or resume) one run and evaluate its final weights at every test size; then test them with each
     variant's options. A run already recorded is not trained again unless a variant needs its weights and the
-    run folder is gone (then it retrains: the same seed and threads give the same weights)."""
+    run folder is gone (then it retrains: the same seed and threads give the same weights) or holds only an
+    interrupted retrain's checkpoint (then it resumes that; testing a half-trained checkpoint would record
+    numbers of other weights than the record's)."""
     last = job.dir / "last.safetensors"
     if job.trained:
         result = json.loads(job.record.read_text())
-        if not last.exists():
+        if not last.exists() or load_checkpoint(last).progress.get("epoch", 0) < job.config.epochs:
             train(job.config, resume=True)
     else:
         result = _train_and_test(job)
