@@ -347,6 +347,23 @@ def test_peg_leaves_the_class_token_untouched_and_runs_at_its_positions():
         assert torch.equal(out, x) == (after not in (-1, 2))
 
 
+def test_a_peg_after_the_last_block_is_refused_only_where_nothing_reads_it():
+    """With a class token only the token reaches the head after the last block, so a PEG there is dead
+    (the T3 "PEG at 10 of 12" row once scaled to that on depth-6 models); average pooling reads it."""
+    kw = dict(depth=6, embed_dim=64, patch_size=8, num_classes=10, peg_positions=[5])
+    with pytest.raises(ValueError, match="class-token model reads no patch token"):
+        cpvt.create_model("cpvt_micro", **kw)
+    torch.manual_seed(0)
+    model = cpvt.create_model("cpvt_micro", global_pool="avg", **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("pos_block"):
+                p.add_(torch.randn_like(p))
+    assert not torch.allclose(model(x), before)
+
+
 def test_separable_and_stacked_generators():
     peg = _peg(kind="separable", layers=2)
     kinds = [(m.kernel_size, m.groups) for m in peg.get_submodule("0").proj]

@@ -53,7 +53,8 @@ def test_two_schemes_on_one_hook():
     "options, message",
     [
         (dict(peg_kernel_size=4), "positive odd"),
-        (dict(peg_positions=[8]), r"\[-1, 7\]"),
+        (dict(peg_positions=[8]), r"\[-1, 6\]"),
+        (dict(peg_positions=[7]), "class-token model reads no patch token"),
         (dict(peg_positions=[7], peg_qk_only=True), r"\[-1, 6\]"),
         (dict(peg_padding="mirror"), "peg_padding must be one of"),
         (dict(peg_kind="dense"), "peg_kind must be one of"),

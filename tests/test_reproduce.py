@@ -218,7 +218,8 @@ def test_rows_sharing_a_configuration_share_one_run(tmp_path: Path):
     # formulas scale the paper's 12-block positions and the 27x27 kernel to the budget's model
     by_row = {m[0]: j for j in cifar for m in j.members}
     assert by_row["t3_placement/cover_m1"].config.model_args["peg_kernel_size"] == 2 * 8 - 1
-    assert by_row["t4_peg/conv1x1_all"].config.model_args["peg_positions"] == list(range(6))
+    assert by_row["t4_peg/conv1x1_all"].config.model_args["peg_positions"] == list(range(-1, 5))
+    assert by_row["t3_placement/pos10"].config.model_args["peg_positions"] == [4]  # not 5: after the last block it is never read
     assert by_row["t1_encodings/ape"].sizes == {"1": 32}  # CIFAR-10: 1x only (2x would be upsampling)
 
 

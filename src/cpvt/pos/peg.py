@@ -219,12 +219,17 @@ class PEG(PositionEncoding):
     ):
         super().__init__()
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
-        last = shape.depth - 2 if qk_only else shape.depth - 1
+        # A PEG must be read by something: Q/K-only feeds the next attention, and after the last
+        # block of a class-token stream only the class token goes on to the head, so a PEG
+        # there would change nothing the model outputs.
+        last = shape.depth - 2 if qk_only or shape.num_prefix else shape.depth - 1
         if not positions or any(not -1 <= p <= last for p in positions):
-            what = "a following attention block" if qk_only else "a block"
+            what = ("Q/K-only needs a following attention block" if qk_only else
+                    "a class-token model reads no patch token after its last block" if shape.num_prefix else
+                    "each position must be inside the model")
             raise ValueError(
                 f"peg_positions {list(positions)} invalid for depth {shape.depth}: each must be in "
-                f"[-1, {last}] (-1 = before block 0, i = after block i; Q/K-only needs {what})"
+                f"[-1, {last}] (-1 = before block 0, i = after block i; {what})"
             )
         check_odd_kernel("peg_kernel_size", kernel_size)
         if kind not in KINDS:
