@@ -50,11 +50,17 @@ commit_records() {
   done
 }
 
+# One row failing (or a run stopped by hand with SIGTERM) does not end the lane: it goes on to the next
+# row and reports the failure in its exit status at the end.
 lane() {
+  local failed=0 rc
   for row in "${rows[@]}"; do
-    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out" ${DATA:+--data "$DATA"} ${SEEDS:+--seeds "$SEEDS"}
+    rc=0
+    $bin/cpvt reproduce "$tables" --budget "$budget" --rows "$row" --out "$out" ${DATA:+--data "$DATA"} ${SEEDS:+--seeds "$SEEDS"} || rc=$?
+    if [ "$rc" -ne 0 ]; then echo "sweep: row $row stopped with status $rc; going on to the next row" >&2; failed=1; fi
     commit_records
   done
+  return $failed
 }
 
 # A row has several seeds: commit each record within a minute of its run finishing,
