@@ -54,6 +54,12 @@ class ModelShape:
     patch_size: int = 16
     in_chans: int = 3
 
+    @property
+    def last_read_position(self) -> int:
+        """The last between-block position whose tokens still reach the output: after the last
+        block a class-token stream hands only its class token to the head."""
+        return self.depth - 2 if self.num_prefix else self.depth - 1
+
 
 class PositionEncoding(nn.Module):
     """Base class of every position encoding. Each hook defaults to identity.

@@ -222,7 +222,7 @@ class PEG(PositionEncoding):
         # A PEG must be read by something: Q/K-only feeds the next attention, and after the last
         # block of a class-token stream only the class token goes on to the head, so a PEG
         # there would change nothing the model outputs.
-        last = shape.depth - 2 if qk_only or shape.num_prefix else shape.depth - 1
+        last = min(shape.depth - 2, shape.last_read_position) if qk_only else shape.last_read_position
         if not positions or any(not -1 <= p <= last for p in positions):
             what = ("Q/K-only needs a following attention block" if qk_only else
                     "a class-token model reads no patch token after its last block" if shape.num_prefix else

@@ -66,7 +66,7 @@ class RepCPE(PositionEncoding):
     def __init__(self, shape: ModelShape, positions: Sequence[int] = (0,), kernel_size: int = 7):
         super().__init__()
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
-        last = shape.depth - 2 if shape.num_prefix else shape.depth - 1  # a class-token model reads no patch token after its last block
+        last = shape.last_read_position
         if not positions or any(not -1 <= p <= last for p in positions):
             raise ValueError(f"repcpe_positions {list(positions)} invalid for depth {shape.depth}: each must be in [-1, {last}]")
         check_odd_kernel("repcpe_kernel_size", kernel_size)
