@@ -31,7 +31,7 @@ from cpvt.reproduce import plan
 
 REPO = Path(__file__).resolve().parents[1]
 # a model small enough that a run takes a second or two on the CPU
-TINY = ["--set", "model.depth=1", "--set", "model.embed_dim=16", "--set", "model.num_heads=2", "--set", "workers=0"]
+TINY = ["--set", "model.depth=2", "--set", "model.embed_dim=16", "--set", "model.num_heads=2", "--set", "workers=0"]
 COLOURS = [(230, 30, 30), (30, 200, 30), (40, 70, 230), (240, 220, 30), (220, 40, 220), (40, 220, 220),
            (250, 140, 20), (120, 40, 170), (245, 245, 245), (140, 90, 40)]
 
