@@ -415,3 +415,22 @@ def test_code_version_is_read_once_per_process(monkeypatch):
         assert rp.code_version() == "a" * 40  # HEAD moved to b...: still the code this process loaded
     finally:
         rp.code_version.cache_clear()
+
+
+def test_delta_table_says_which_rows_ran_one_seed_and_how_noisy_that_is():
+    from cpvt.report import _delta_table
+    rows = load_rows(experiments_dir())
+    runs = [_fake("d", "t1_encodings/ape", 0, 60.0, 50.0), _fake("d", "t1_encodings/ape", 1, 61.0, 52.0),
+            _fake("d", "t3_placement/pos0", 0, 58.0, 50.0), _fake("d", "t3_placement/pos_m1", 0, 57.0, 50.0)]
+    for r in runs:
+        r["model"], r["model_args"] = "cpvt_micro", {}
+    res = Results(runs, rows)
+    trows = [rows["t3_placement/pos_m1"], rows["t3_placement/pos0"]]
+    lines = _delta_table(res, "d", "T3", trows, "t3_placement/pos0")
+    assert "| -1.00 " in lines[0]
+    assert lines[-1].endswith(f"Rows without ± ran one seed (0); top-1's seed sd on d, pooled over the rows with 2+ "
+                              f"seeds, is {res.noise('d'):.2f}, so a Δ between two single runs has an sd of about "
+                              f"{math.sqrt(2) * res.noise('d'):.2f}.")
+    # with no row of 2+ seeds there is no noise estimate, and no sentence about it
+    res = Results(runs[2:], rows)
+    assert _delta_table(res, "d", "T3", trows, "t3_placement/pos0")[-1] == "Δ: minus the 'PEG at 0' row (t3_placement/pos0)."

@@ -483,6 +483,13 @@ def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: st
         body.append([r.label, first["model"], over, first.get("pos_params", "—"), s.fmt(), _delta(s.mean, base_ours),
                      _num(p), _delta(p, base_paper) if p is not None and base_paper is not None else "—"])
     note = f"Δ: minus the '{res.rows[base].label}' row ({base})."
+    single = sorted({seed for r in trows for seed, _ in res.runs(data, r.id).items()
+                     if res.metric(data, r.id).n == 1})
+    noise = res.noise(data)
+    if single and noise is not None:
+        note += (f" Rows without ± ran one seed ({', '.join(map(str, single))}); top-1's seed sd on {data}, pooled "
+                 f"over the rows with 2+ seeds, is {noise:.2f}, so a Δ between two single runs has an sd of about "
+                 f"{math.sqrt(2) * noise:.2f}.")
     return [format_table(body, headers, markdown=True), "", note]
 
 
