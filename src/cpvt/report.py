@@ -470,24 +470,24 @@ def _delta_table(res: Results, data: str, table: str, trows: list[Any], base: st
     base_ours = res.metric(data, base).mean
     base_paper = res.rows[base].paper.get("top1")
     headers = ["row", "model", "overrides", "PE params", "ours top-1", "ours Δ", "paper top-1", "paper Δ"]
-    body = []
+    body, single = [], set()  # single: the seeds of rows that ran only one
     for r in trows:
         runs = res.runs(data, r.id)
         if not runs:
             continue
         first = runs[min(runs)]
         s = res.metric(data, r.id)
+        if s.n == 1:
+            single.update(runs)
         p = r.paper.get("top1")
         over = ", ".join(f"{k}={v}" for k, v in first["model_args"].items()
                          if k in r.model_args) or "—"
         body.append([r.label, first["model"], over, first.get("pos_params", "—"), s.fmt(), _delta(s.mean, base_ours),
                      _num(p), _delta(p, base_paper) if p is not None and base_paper is not None else "—"])
     note = f"Δ: minus the '{res.rows[base].label}' row ({base})."
-    single = sorted({seed for r in trows for seed, _ in res.runs(data, r.id).items()
-                     if res.metric(data, r.id).n == 1})
     noise = res.noise(data)
     if single and noise is not None:
-        note += (f" Rows without ± ran one seed ({', '.join(map(str, single))}); top-1's seed sd on {data}, pooled "
+        note += (f" Rows without ± ran one seed ({', '.join(map(str, sorted(single)))}); top-1's seed sd on {data}, pooled "
                  f"over the rows with 2+ seeds, is {noise:.2f}, so a Δ between two single runs has an sd of about "
                  f"{math.sqrt(2) * noise:.2f}.")
     return [format_table(body, headers, markdown=True), "", note]
