@@ -1,4 +1,4 @@
-"""glibc's malloc as it comes against ``cpvt.allocator.keep_freed_memory``, side by side.
+"""glibc's malloc as it comes against ``cpvt.train.allocator.keep_freed_memory``, side by side.
 
     .venv/bin/python benchmarks/allocator.py [--rounds 5] [--json out.json]
 
@@ -40,7 +40,7 @@ SETTINGS = ("glibc default", "keep_freed_memory")
 def worker(case: int, tuned: bool, steps: int) -> None:
     """Run in a fresh process: time ``steps`` calls after two warm-ups; print JSON (img/s, checksum)."""
     if tuned:
-        from cpvt.allocator import keep_freed_memory
+        from cpvt.train.allocator import keep_freed_memory
 
         assert keep_freed_memory(), "keep_freed_memory() made no setting on this system"
     import torch

@@ -20,9 +20,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from attention_backends import time_call  # benchmarks/ is on the path when a script here runs
-
 import cpvt
+from attention_backends import time_call  # benchmarks/ is on the path when a script here runs
 
 
 def pape_terms(a, slope, u, scale):

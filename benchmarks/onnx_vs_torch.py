@@ -4,7 +4,7 @@
         [--threads N] [--no-compile] [--json out.json]
 
 The model (random weights, seed 0) is exported once, at the first size, with
-dynamic batch, height and width (``cpvt.export.export_model``, ONNX opset 18), so
+dynamic batch, height and width (``cpvt.deploy.export.export_model``, ONNX opset 18), so
 every other size runs the same file, as a deployed model would. Every subject is
 timed in the same process in interleaved rounds (subject after subject, round
 after round); each cell is the median over rounds, and the table gives images/s
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 import cpvt
-from cpvt.export import export_model
-from cpvt.table import format_table
+from cpvt.deploy.export import export_model
+from cpvt.utils.table import format_table
 
 
 def subjects(model: torch.nn.Module, onnx_path: Path, threads: int, compiled: bool) -> dict:

@@ -20,10 +20,10 @@ from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from throughput import step_fn  # the same step the throughput benchmark times (this script's folder is on sys.path)
 
 import cpvt
-from cpvt.allocator import keep_freed_memory
+from cpvt.train.allocator import keep_freed_memory
+from throughput import step_fn  # the same step the throughput benchmark times (this script's folder is on sys.path)
 
 KINDS = [  # (kind, substrings of aten operator names), first match wins
     ("attention", ("scaled_dot_product", "flash_attention", "_softmax", "bmm", "baddbmm")),

@@ -11,10 +11,10 @@ machine moves every column alike: read the ratios, not the absolute numbers.
 Modes (``--modes``): inference and one training step (forward, backward, AdamW),
 each in fp32 and under bf16 autocast. On a CPU without bf16 instructions (AVX2
 only) bf16 is emulated, so there the fp32 columns are the ones to read. The
-process calls ``cpvt.allocator.keep_freed_memory`` first, as every cpvt command
+process calls ``cpvt.train.allocator.keep_freed_memory`` first, as every cpvt command
 does; it is process-wide, so timm's model runs under it too. The matmul limit is the best GFLOP/s of a large square
 matmul in each dtype, measured between the rounds; "of limit" is the model's
-achieved GFLOP/s (forward FLOPs from ``cpvt.info.count_flops``, training counted
+achieved GFLOP/s (forward FLOPs from ``cpvt.models.info.count_flops``, training counted
 as 3x the forward) over that limit.
 """
 
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 import cpvt
-from cpvt.allocator import keep_freed_memory
-from cpvt.engine import cpu_has_native_bf16
-from cpvt.info import count_flops
-from cpvt.table import format_table
+from cpvt.models.info import count_flops
+from cpvt.train.allocator import keep_freed_memory
+from cpvt.train.engine import cpu_has_native_bf16
+from cpvt.utils.table import format_table
 
 MODES = ("infer fp32", "infer bf16", "train fp32", "train bf16")
 
@@ -133,7 +133,7 @@ def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int, malloc: 
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of this (large) process would report
     # the parent's size at fork time
     code = (f"import sys; peak_kb = lambda: int(next(l.split()[1] for l in open('/proc/self/status') "
-            f"if l.startswith('VmHWM'))); from cpvt.allocator import keep_freed_memory; keep_freed_memory(); import torch; "
+            f"if l.startswith('VmHWM'))); from cpvt.train.allocator import keep_freed_memory; keep_freed_memory(); import torch; "
             f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import throughput as t; "
             f"m = t.timm_model({size}) if {kind!r} == 'timm' else t.cpvt.create_model({name!r}, img_size={size}); "
             f"fn = t.step_fn(m, {mode!r}, torch.randn({batch}, 3, {size}, {size})); [fn() for _ in range(3)]; "

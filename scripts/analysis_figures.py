@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cpvt.analyze import analyze
+from cpvt.study.analyze import analyze
 
 ROWS = {
     "t1_encodings/ape": "APE",

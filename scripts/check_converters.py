@@ -14,7 +14,7 @@ import importlib.util
 
 import torch
 
-from cpvt.convert import load_converted
+from cpvt.deploy.convert import load_converted
 
 SIZES = ((224, 224), (256, 192))
 

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from cpvt.plotting import pyplot, save
-from cpvt.report import last_gain
+from cpvt.study.report import last_gain
+from cpvt.utils.plotting import pyplot, save
 
 
 def main(out_dir: str, data: str, png: str) -> None:

@@ -3,7 +3,7 @@
 The README shows a compact view of the report's T2 tables: for each row, the
 seeds, top-1 at 1x, its own peak, 2x and the largest test size, and the change
 from 1x to 2x. Typing those numbers by hand as seeds land invites mistakes, so
-this script prints them with the report's own statistics (``cpvt.report``):
+this script prints them with the report's own statistics (``cpvt.study.report``):
 the same means, standard deviations and peaks as ``report.md``.
 
     .venv/bin/python scripts/readme_table.py                      # every T2 row with a record
@@ -11,7 +11,7 @@ the same means, standard deviations and peaks as ``report.md``.
 
 Below the table it prints the compute line the README quotes: how many training
 runs and test-time variants (records named ``RUN@ROW``) the data entry has, and
-their training plus evaluation time, with the same totals as the report (``cpvt.report.minutes``).
+their training plus evaluation time, with the same totals as the report (``cpvt.study.report.minutes``).
 
     .venv/bin/python scripts/readme_table.py --write README.md     # update the README in place
 
@@ -28,9 +28,9 @@ import json
 import re
 from pathlib import Path
 
-from cpvt.experiments import load_rows
-from cpvt.report import Results, minutes, peak, trained
-from cpvt.table import format_table
+from cpvt.study.experiments import load_rows
+from cpvt.study.report import Results, minutes, peak, trained
+from cpvt.utils.table import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

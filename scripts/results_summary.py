@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from cpvt.report import Results
-from cpvt.reproduce import experiments_dir, load_rows
+from cpvt.study.report import Results
+from cpvt.study.reproduce import experiments_dir, load_rows
 
 
 def main(folder: str) -> None:

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from cpvt.analyze import analyze, image_batch, load_subject, normalise, stage_maps
-from cpvt.table import format_table
+from cpvt.study.analyze import analyze, image_batch, load_subject, normalise, stage_maps
+from cpvt.utils.table import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "cpu"
@@ -63,7 +63,7 @@ def find_runs(results: Path, subjects: list[tuple[str, str]]) -> tuple[list[dict
         runs = [r for r in records if (results / "runs" / data / r["run"] / "last.safetensors").exists()]
         if not runs:
             missing.append(f"{data}/{row}")
-        # the final weights, as the sweep's own evaluation (cpvt.reproduce) uses
+        # the final weights, as the sweep's own evaluation (cpvt.study.reproduce) uses
         found += [{"data": data, "row": row, "dir": str(results / "runs" / data / r["run"] / "last.safetensors"),
                    "record": r} for r in runs]
     return found, missing

@@ -53,7 +53,7 @@ def need(module: str, reason: str):
 
 def lr_trace(cfg, steps_per_epoch: int) -> list[float]:
     """The lr each optimiser step of the run uses (a config's schedule, on a one-parameter optimiser)."""
-    from cpvt.engine import build_scheduler
+    from cpvt.train.engine import build_scheduler
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=cfg.scaled_lr())

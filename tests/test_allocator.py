@@ -1,4 +1,4 @@
-"""cpvt.allocator: the malloc setting is made on glibc, can be turned off, and changes no number."""
+"""cpvt.train.allocator: the malloc setting is made on glibc, can be turned off, and changes no number."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 SCRIPT = """
 import hashlib, sys, torch
-from cpvt.allocator import keep_freed_memory
+from cpvt.train.allocator import keep_freed_memory
 made = keep_freed_memory()
 import cpvt
 torch.manual_seed(0)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpvt.analyze import (
+from cpvt.cli import main
+from cpvt.study.analyze import (
     attention_analysis,
     attention_maps,
     equivariance,
@@ -21,7 +22,6 @@ from cpvt.analyze import (
     position_probe,
     spearman,
 )
-from cpvt.cli import main
 
 
 def _images(n=8, size=32, seed=0):
@@ -149,8 +149,8 @@ def test_analyze_errors_are_one_clear_line(capsys, tmp_path: Path):
 
 
 def test_trained_run_is_analysed_from_its_folder(tmp_path: Path):
-    from cpvt.config import resolve_config
-    from cpvt.engine import train
+    from cpvt.train.config import resolve_config
+    from cpvt.train.engine import train
 
     cfg = resolve_config("demo", {"model": "cpvt_micro", "out": str(tmp_path / "run")},
                          ["epochs=1", "train_limit=64", "val_limit=32", "batch_size=32", "model.depth=2",

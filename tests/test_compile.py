@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cpvt.config import apply_overrides, resolve_config
-from cpvt.engine import train
-from cpvt.evaluate import evaluate_runs
-from cpvt.reproduce import run_name
+from cpvt.study.reproduce import run_name
+from cpvt.train.config import apply_overrides, resolve_config
+from cpvt.train.engine import train
+from cpvt.train.evaluate import evaluate_runs
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cpvt.demo import MODELS, run_demo
+from cpvt.study.demo import MODELS, run_demo
 
 TINY = ["epochs=1", "train_limit=128", "val_limit=32"]
 

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from cpvt.checkpoint import CheckpointError, load_checkpoint
 from cpvt.cli import main
-from cpvt.config import TrainConfig, apply_overrides, resolve_config
-from cpvt.engine import train
-from cpvt.errors import TrainingDiverged
+from cpvt.models import model_from_checkpoint
+from cpvt.train.config import TrainConfig, apply_overrides, resolve_config
+from cpvt.train.engine import train
+from cpvt.utils.errors import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
@@ -69,13 +70,13 @@ def test_train_writes_config_log_checkpoints_and_metrics(tmp_path):
         assert key in log[0]
     assert metrics["best_val_top1"] == max(r["val_top1"] for r in log)
     ckpt = load_checkpoint(tmp_path / "best.safetensors")
-    model = ckpt.build_model()
+    model = model_from_checkpoint(ckpt)
     assert model.model_name == "cpvt_micro_gap" and model.embed_dim == 32 and model.num_classes == 10
 
 
 def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "full", ckpt_every_steps=3, ema=True, ema_decay=0.9))
-    import cpvt.engine as engine
+    import cpvt.train.engine as engine
 
     calls, real = {"n": 0}, engine.mix_batch
 
@@ -110,7 +111,7 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
 
 
 def test_resuming_a_finished_run_trains_nothing_and_keeps_its_metrics(tmp_path, monkeypatch):
-    import cpvt.engine as engine
+    import cpvt.train.engine as engine
 
     first = train(tiny_config(tmp_path, epochs=1))
     stamp = (tmp_path / "last.safetensors").stat().st_mtime_ns
@@ -136,7 +137,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):
     """A checkpoint written before a field was added (here train_sizes) reads as that field's default."""
-    from cpvt.engine import _config_diff
+    from cpvt.train.engine import _config_diff
 
     new = TrainConfig().to_dict()
     old = {k: v for k, v in new.items() if k != "train_sizes"}
@@ -146,7 +147,7 @@ def test_resume_accepts_a_run_saved_before_a_config_key_existed(tmp_path):
 
 # -- mixed-resolution training ------------------------------------------------
 def test_step_sizes_are_a_function_of_seed_and_epoch():
-    from cpvt.engine import step_sizes
+    from cpvt.train.engine import step_sizes
 
     a = step_sizes((16, 24, 32), seed=0, epoch=3, steps=200)
     assert a == step_sizes((16, 24, 32), seed=0, epoch=3, steps=200)  # resume and every DDP rank agree
@@ -157,7 +158,7 @@ def test_step_sizes_are_a_function_of_seed_and_epoch():
 
 
 def test_mixed_resolution_training_feeds_every_size_and_evaluates_at_img_size(tmp_path, monkeypatch, capsys):
-    import cpvt.engine as engine
+    import cpvt.train.engine as engine
 
     seen, real = [], engine.mix_batch
 
@@ -227,7 +228,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import cpvt.engine as engine
+    import cpvt.train.engine as engine
 
     calls, real = {"n": 0}, engine.mix_batch
 

@@ -19,12 +19,20 @@ from PIL import Image
 import cpvt
 from cpvt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpvt.cli import main
-from cpvt.config import apply_overrides, resolve_config
-from cpvt.engine import train
-from cpvt.export import (ExportError, blocking_part, default_sizes, export_model, onnx_opset, read_metadata,
-                         verify_export)
+from cpvt.deploy.export import (
+    ExportError,
+    blocking_part,
+    default_sizes,
+    export_model,
+    onnx_opset,
+    read_metadata,
+    verify_export,
+)
+from cpvt.deploy.predict import Preprocess, find_images, predict
+from cpvt.models import model_from_checkpoint
 from cpvt.pos.base import Grid, grid_cached
-from cpvt.predict import Preprocess, find_images, predict
+from cpvt.train.config import apply_overrides, resolve_config
+from cpvt.train.engine import train
 
 SLIM = dict(depth=2, embed_dim=32, num_heads=4)  # head width 8: RoPE needs a multiple of 4
 PYRAMID_SLIM = dict(depths=(1, 1, 1))
@@ -320,7 +328,7 @@ def test_load_run_gives_model_preprocessing_and_classes(run, images):
     assert torch.equal(x, (torch.from_numpy(u8).float() / 255 - torch.tensor(pre.mean).view(3, 1, 1))
                        / torch.tensor(pre.std).view(3, 1, 1))
     with torch.no_grad():
-        assert torch.equal(model(x[None]), ckpt.build_model().eval()(x[None]))
+        assert torch.equal(model(x[None]), model_from_checkpoint(ckpt).eval()(x[None]))
     assert cpvt.load_run(run, img_size=24).preprocess(images / "a.png").shape == (3, 24, 24)
     with pytest.raises(ValueError, match="multiple"):
         cpvt.load_run(run, img_size=18)
@@ -328,7 +336,7 @@ def test_load_run_gives_model_preprocessing_and_classes(run, images):
 
 def test_create_model_pretrained_loads_strictly(run, tmp_path):
     model = cpvt.create_model("deit_micro", pretrained=run).eval()  # a run folder: its options come along
-    ref = load_checkpoint(run / "best.safetensors").build_model().eval()
+    ref = model_from_checkpoint(run / "best.safetensors").eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))

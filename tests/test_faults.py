@@ -21,12 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import cpvt.checkpoint as checkpoint
-import cpvt.engine as engine
+import cpvt.train.engine as engine
 from cpvt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpvt.cli import main
-from cpvt.config import apply_overrides, resolve_config
-from cpvt.errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, TrainingStopped
 from cpvt.models import create_model
+from cpvt.train.config import apply_overrides, resolve_config
+from cpvt.utils.errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, TrainingStopped
 
 TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
 STEPS = 8  # per epoch: train_limit 256 / batch 32
@@ -255,7 +255,7 @@ def fail_on_save(monkeypatch, what: str, code: int, nth: int) -> None:
 
         monkeypatch.setattr(checkpoint, "save_file", save_file)
     else:
-        import cpvt.fileio as fileio
+        import cpvt.utils.fileio as fileio
 
         name = {"fsync": "fsync", "replace": "replace"}[what]
         real = getattr(os, name)
@@ -309,9 +309,9 @@ def test_a_real_write_fault_keeps_the_checkpoint_loadable(tmp_path):
     before = (run / "last.safetensors").read_bytes()
     script = f"""
 import json, resource, signal, sys
-from cpvt.config import TrainConfig
-from cpvt.engine import train
-from cpvt.errors import CheckpointWriteError
+from cpvt.train.config import TrainConfig
+from cpvt.train.engine import train
+from cpvt.utils.errors import CheckpointWriteError
 cfg = TrainConfig.from_dict(json.load(open({str(run / 'config.json')!r})))
 cfg.epochs = 2
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill

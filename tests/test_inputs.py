@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import lr_trace
 from PIL import Image, ImageDraw
 
+from conftest import lr_trace
 from cpvt.cli import main
-from cpvt.config import RECIPES, TrainConfig, resolve_config
 from cpvt.data.folder import load_image
-from cpvt.engine import MAX_WARMUP_FRACTION, warmup_steps
-from cpvt.experiments import TABLES
-from cpvt.reproduce import plan
+from cpvt.study.experiments import TABLES
+from cpvt.study.reproduce import plan
+from cpvt.train.config import RECIPES, TrainConfig, resolve_config
+from cpvt.train.engine import MAX_WARMUP_FRACTION, warmup_steps
 
 REPO = Path(__file__).resolve().parents[1]
 # a model small enough that a run takes a second or two on the CPU
@@ -104,7 +103,7 @@ def test_a_short_run_clips_its_warm_up_with_a_note():
 
 
 def test_an_ema_slower_than_the_run_is_said():
-    from cpvt.engine import schedule_notes
+    from cpvt.train.engine import schedule_notes
 
     cfg = resolve_config("synthetic", {"epochs": 2}, ["ema=True"])
     assert any("ema_decay=0.99996 averages over about 25,000 steps" in n for n in schedule_notes(cfg, 100))

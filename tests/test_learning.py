@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
-
-from conftest import lr_trace
 import torch.nn.functional as F
 
 import cpvt
-from cpvt.augment import EvalTransform, mix_batch
-from cpvt.config import TrainConfig, apply_overrides
+from conftest import lr_trace
 from cpvt.data.base import Split
-from cpvt.engine import build_scheduler, evaluate, param_groups
+from cpvt.train.augment import EvalTransform, mix_batch
+from cpvt.train.config import TrainConfig, apply_overrides
+from cpvt.train.engine import build_scheduler, evaluate, param_groups
 
 
 # -- a model learns ------------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_gap_models_have_no_class_token():
 
 
 def test_flops_include_attention():
-    from cpvt.info import model_info
+    from cpvt.models.info import model_info
 
     info = model_info(cpvt.create_model("deit_tiny"), 224)
     assert info["flops"] == pytest.approx(2.51e9, rel=0.01)

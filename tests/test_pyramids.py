@@ -16,7 +16,8 @@ from safetensors import safe_open
 
 import cpvt
 from conftest import need
-from cpvt.convert import FORMATS, _rename, convert_state_dict, detect_format, load_converted
+from cpvt.deploy.convert import FORMATS, _rename, convert_state_dict, detect_format, load_converted
+from cpvt.models import model_from_checkpoint
 
 DATA = Path(__file__).parent / "data"
 
@@ -84,7 +85,7 @@ def test_hf_cvt_weights_give_hf_logits():
             assert torch.allclose(model(t[x]), t[f"logits.{x}"], atol=1e-5), x
 
 
-# microsoft/CvT's key names, written from its lib/models/cls_cvt.py (independently of cpvt.convert):
+# microsoft/CvT's key names, written from its lib/models/cls_cvt.py (independently of cpvt.deploy.convert):
 # the same tensors as the Hugging Face fixture, renamed the way transformers' conversion script maps them.
 _HF_TO_MS = [
     (r"^cvt\.encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.projection\.", r"stage\1.patch_embed.proj."),
@@ -218,12 +219,12 @@ def test_against_installed_transformers_cvt(name, depth):
 
 
 def test_pyramid_checkpoint_rebuilds_the_same_model(tmp_path):
-    from cpvt.checkpoint import load_checkpoint, save_checkpoint
+    from cpvt.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = cpvt.create_model("cvt_micro", num_classes=5).eval()
     save_checkpoint(tmp_path / "m.safetensors", model, config={}, classes=list("abcde"))
-    again = load_checkpoint(tmp_path / "m.safetensors").build_model().eval()
+    again = model_from_checkpoint(tmp_path / "m.safetensors").eval()
     x = torch.randn(1, 3, 32, 40)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
@@ -232,7 +233,6 @@ def test_pyramid_checkpoint_rebuilds_the_same_model(tmp_path):
 def test_convert_command_writes_a_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    from cpvt.checkpoint import load_checkpoint
     from cpvt.cli import main
 
     t, args = _hf_fixture()
@@ -240,6 +240,6 @@ def test_convert_command_writes_a_checkpoint(tmp_path):
     sets = [f"--set=model.{k}={tuple(v) if isinstance(v, list) else v}" for k, v in args.items()]
     assert main(["convert", str(tmp_path / "hf.safetensors"), str(tmp_path / "ours.safetensors"), "--model", "cvt_13",
                  *sets]) == 0
-    model = load_checkpoint(tmp_path / "ours.safetensors").build_model().eval()
+    model = model_from_checkpoint(tmp_path / "ours.safetensors").eval()
     with torch.no_grad():
         assert torch.allclose(model(t["x_base"]), t["logits.x_base"], atol=1e-5)

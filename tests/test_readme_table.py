@@ -4,9 +4,9 @@
 import json
 
 import pytest
-from conftest import load_script
 
-from cpvt.experiments import experiments_dir, load_rows
+from conftest import load_script
+from cpvt.study.experiments import experiments_dir, load_rows
 
 
 @pytest.fixture(scope="module")

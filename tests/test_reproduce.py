@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cpvt.cli import main
-from cpvt.report import Results, judge
-from cpvt.reproduce import TABLES, evaluate_formula, experiments_dir, load_claims, load_rows, parse_tables, plan
+from cpvt.study.report import Results, judge
+from cpvt.study.reproduce import TABLES, evaluate_formula, experiments_dir, load_claims, load_rows, parse_tables, plan
 
 
 def trained_records(out: Path) -> list[Path]:
@@ -120,7 +120,7 @@ def test_a_missing_variant_record_is_tested_again_without_training(smoke: Path, 
 
 def test_a_variant_of_an_interrupted_retrain_resumes_it_before_testing(smoke: Path, capsys, monkeypatch):
     """A recorded run whose folder holds a half-trained checkpoint (a retrain cut off) is trained on, not tested as is."""
-    import cpvt.reproduce as rp
+    import cpvt.study.reproduce as rp
 
     [variant] = sorted(smoke.glob("records/*/*@peg_dilate.json"))
     real = rp.load_checkpoint
@@ -147,7 +147,7 @@ def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
     import subprocess
     import sys
 
-    from cpvt.runlock import LOCK_NAME
+    from cpvt.train.runlock import LOCK_NAME
 
     victim = trained_records(smoke)[0]
     run = smoke / "runs" / victim.parent.name / victim.stem
@@ -266,7 +266,7 @@ def test_study_entries_inherit_their_base_and_train_only_their_rows(tmp_path: Pa
 
 
 def test_bad_study_entries_fail_clearly():
-    from cpvt.reproduce import dataset_entries
+    from cpvt.study.reproduce import dataset_entries
 
     with pytest.raises(ValueError, match="base 'nope' is not an earlier entry"):
         dataset_entries({"datasets": [{"data": "synthetic"}, {"name": "x", "base": "nope"}]})
@@ -418,7 +418,7 @@ def test_code_version_is_read_once_per_process(monkeypatch):
 
 
 def test_delta_table_says_which_rows_ran_one_seed_and_how_noisy_that_is():
-    from cpvt.report import _delta_table
+    from cpvt.study.report import _delta_table
     rows = load_rows(experiments_dir())
     runs = [_fake("d", "t1_encodings/ape", 0, 60.0, 50.0), _fake("d", "t1_encodings/ape", 1, 61.0, 52.0),
             _fake("d", "t3_placement/pos0", 0, 58.0, 50.0), _fake("d", "t3_placement/pos_m1", 0, 57.0, 50.0)]

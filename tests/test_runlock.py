@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cpvt.cli import main
-from cpvt.errors import RunLocked
-from cpvt.runlock import LOCK_NAME, run_lock
+from cpvt.train.runlock import LOCK_NAME, run_lock
+from cpvt.utils.errors import RunLocked
 
 
 def _hold(folder: Path, pid: int, host: str | None = None) -> None:

@@ -4,13 +4,16 @@
     >>> model = cpvt.create_model("cpvt_ti", num_classes=10)
     >>> cpvt.list_models("cpvt_ti*")
     >>> model, preprocess, classes = cpvt.load_run("runs/c10-cpvt")   # a trained run, ready to classify
+
+``import cpvt`` loads the core only (PyTorch, safetensors); ``load_run`` brings in the deployment wing
+(kornia, PIL) at its first use.
 """
+
+from typing import Any
 
 from .models import VisionTransformer, create_model, list_models, model_args, register_model
 from .pos import build_position_encodings, list_encodings
-from .predict import load_run
-
-__version__ = "0.1.0"
+from .utils.version import __version__
 
 __all__ = [
     "VisionTransformer",
@@ -23,3 +26,11 @@ __all__ = [
     "model_args",
     "register_model",
 ]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: wing functions of the public API, imported when first used
+    if name == "load_run":
+        from .deploy.predict import load_run
+
+        return load_run
+    raise AttributeError(f"module 'cpvt' has no attribute {name!r}")

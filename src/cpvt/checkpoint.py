@@ -10,7 +10,7 @@ pickled, so loading can never execute code.
 Files are written to a temporary name in the same folder and renamed over the
 old one (``os.replace``), so a crash at any moment leaves either the old or the
 new checkpoint, never half of one. A write that fails (disk full, quota, I/O
-error) raises :class:`~cpvt.errors.CheckpointWriteError` naming the file and the
+error) raises :class:`~cpvt.utils.errors.CheckpointWriteError` naming the file and the
 reason, leaves the old file untouched and removes the temporary.
 
 Integrity (format 2): the metadata holds ``sha256``, the SHA-256 of the whole
@@ -37,8 +37,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .errors import CheckpointWriteError, describe_os_error
-from .fileio import atomic_path
+from .utils.errors import CheckpointWriteError, describe_os_error
+from .utils.fileio import atomic_path
 
 FORMAT_VERSION = 2  # 2: whole-file sha256 in the metadata; 1: none
 FORMAT = f"cpvt-checkpoint-{FORMAT_VERSION}"
@@ -198,7 +198,9 @@ def save_checkpoint(
 
 
 class Checkpoint:
-    """A loaded checkpoint: ``weights`` (model state dict), ``meta`` and the rest."""
+    """A loaded checkpoint: ``weights`` (model state dict), ``meta`` and the rest.
+
+    Storage only: :func:`cpvt.models.model_from_checkpoint` rebuilds the model it describes."""
 
     def __init__(self, tensors: dict[str, Tensor], meta: dict[str, Any], path: Path):
         self.path, self.meta = path, meta
@@ -216,16 +218,6 @@ class Checkpoint:
     @property
     def progress(self) -> dict[str, Any]:
         return self.meta.get("progress", {})
-
-    def build_model(self, **overrides: Any) -> nn.Module:
-        """Rebuild the model from the stored name and overrides and load the weights."""
-        from .models import create_model
-
-        if "model_name" not in self.meta:
-            raise CheckpointError(f"{self.path} has no model description (not a cpvt checkpoint)")
-        model = create_model(self.meta["model_name"], **{**self.meta["model_args"], **overrides})
-        model.load_state_dict(self.weights, strict=True)
-        return model
 
     def restore_training(self, optimizer, scheduler=None, ema: nn.Module | None = None, rank: int = 0,
                          device: torch.device | None = None) -> bool:
@@ -326,7 +318,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     version = _format_version(raw, path)
     if version is not None and version > FORMAT_VERSION:
-        from . import __version__
+        from .utils.version import __version__
 
         raise CheckpointError(f"{path} was written by a newer cpvt (checkpoint format {version}); cpvt {__version__} "
                               f"reads formats 1 to {FORMAT_VERSION}: upgrade cpvt to load it")

@@ -30,16 +30,23 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .allocator import keep_freed_memory
-from .info import count_params, model_info
-from .models import create_model, list_models
-from .pos import ENCODINGS, encoding_options
-from .analyze import ANALYSES
-from .config import RECIPES, model_options, parse_set
 from .data.base import printable
-from .errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, RunLocked, TrainingDiverged, TrainingStopped
-from .table import format_table
+from .models import create_model, list_models
+from .models.info import count_params, model_info
+from .pos import ENCODINGS, encoding_options
+from .study.analyze import ANALYSES
+from .train.allocator import keep_freed_memory
+from .train.config import RECIPES, model_options, parse_set
+from .utils.errors import (
+    EXIT_STOPPED,
+    EXIT_WRITE_FAILED,
+    CheckpointWriteError,
+    RunLocked,
+    TrainingDiverged,
+    TrainingStopped,
+)
+from .utils.table import format_table
+from .utils.version import __version__
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -138,8 +145,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import folder_defaults, resolve_config
-    from .engine import train
+    from .train.config import folder_defaults, resolve_config
+    from .train.engine import train
 
     flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
              "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir,
@@ -156,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _default_recipe(data: str | None) -> str:
     """The recipe that fits a named dataset: cifar10, imagenette, synthetic; DeiT's otherwise (a folder's
-    is picked from its images by :func:`cpvt.config.folder_defaults`)."""
+    is picked from its images by :func:`cpvt.train.config.folder_defaults`)."""
     return data if data in ("cifar10", "imagenette", "synthetic") else "deit"
 
 
@@ -168,7 +175,7 @@ def _is_folder(data: str | None) -> bool:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_runs, plot_results, results_table, write_json
+    from .train.evaluate import evaluate_runs, plot_results, results_table, write_json
 
     overrides = model_options(args.set, "eval")
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
@@ -189,14 +196,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .study.demo import run_demo
 
     run_demo(args.out, fresh=args.fresh, sets=args.set)
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .study.reproduce import reproduce
 
     reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
               data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows, compile=args.compile,
@@ -205,7 +212,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze
+    from .study.analyze import analyze
 
     analyze(args.kind, args.models, data=args.data, out=args.out, images=args.images, img_size=args.img_size,
             seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
@@ -216,7 +223,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .convert import detect_format, load_converted
+    from .deploy.convert import detect_format, load_converted
 
     source = load_checkpoint(args.weights)
     fmt = args.format or detect_format(source.weights)
@@ -230,7 +237,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .deploy.export import export
 
     sizes = [s if isinstance(s, tuple) else (s, s) for s in (args.verify_sizes or [])]
     report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
@@ -252,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import format_predictions, predict
+    from .deploy.predict import format_predictions, predict
 
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
                     batch_size=args.batch_size)
@@ -430,7 +437,7 @@ def _deploy_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # large activations stay mapped between steps (cpvt.allocator; CPVT_MALLOC=default: off)
+    keep_freed_memory()  # large activations stay mapped between steps (cpvt.train.allocator; CPVT_MALLOC=default: off)
     try:
         return args.fn(args)
     except ValueError as e:  # bad user input (DataError, CheckpointError too): one clear line

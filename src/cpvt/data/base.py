@@ -3,7 +3,7 @@
 Every dataset, on disk or generated, hands the engine a :class:`Split`: uint8
 images of one size, ``(N, 3, S, S)``, with int64 labels. Decoding happens once
 (and is cached on disk for folders); augmentation then runs batched on the
-training device (see :mod:`cpvt.augment`), so loading never starves a GPU.
+training device (see :mod:`cpvt.train.augment`), so loading never starves a GPU.
 
 A source implements :class:`DataSource`:
 

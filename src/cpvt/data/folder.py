@@ -78,7 +78,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ..fileio import write_text_atomic
+from ..utils.fileio import write_text_atomic
 from .base import DataError, Split
 
 __all__ = [
@@ -206,7 +206,7 @@ def _decode_one(path: str, size: int, mode: str, crop_pct: float) -> tuple[np.nd
 
 
 def survey(root: str | os.PathLike, sample: int = 64) -> dict[str, int]:
-    """What :func:`cpvt.config.folder_defaults` needs to fit a recipe to an image folder, read cheaply.
+    """What :func:`cpvt.train.config.folder_defaults` needs to fit a recipe to an image folder, read cheaply.
 
     Returns ``images`` (the files in the first split, normally ``train``), ``classes``, and ``side``: the
     median shorter side in pixels of up to ``sample`` of those files, spread evenly over the sorted list

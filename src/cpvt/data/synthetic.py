@@ -109,6 +109,7 @@ machine.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 

@@ -16,7 +16,7 @@ locally-grouped attention in even blocks, sub-sampled in odd ones).
 
 State-dict keys: ``stages.{i}.patch_embed``, ``stages.{i}.cls_token``,
 ``stages.{i}.<slot>`` (``pos_block``, ``conv_proj``, ...), ``stages.{i}.blocks.{j}``,
-``norm``, ``head``. :mod:`cpvt.convert` maps timm's and CvT's layouts onto them.
+``norm``, ``head``. :mod:`cpvt.deploy.convert` maps timm's and CvT's layouts onto them.
 """
 
 from __future__ import annotations

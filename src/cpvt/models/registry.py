@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint
 from ..pos import all_encoding_options
 
 _REGISTRY: dict[str, tuple[type[nn.Module], Callable[[], dict[str, Any]]]] = {}
@@ -102,10 +103,11 @@ def _check_types(name: str, overrides: dict[str, Any], defaults: dict[str, Any])
         raise ValueError(f"model {name!r}: bad option(s) " + "; ".join(bad))
 
 
-def create_model(name: str, *, pretrained: str | Path | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("cpvt_ti", num_classes=10, peg_kernel_size=5)``.
 
-    ``pretrained``: a cpvt checkpoint or run folder (``best``, else ``last``), a file
+    ``pretrained``: a cpvt checkpoint (a path or a loaded :class:`~cpvt.checkpoint.Checkpoint`) or run folder
+    (``best``, else ``last``), a file
     written by ``cpvt convert``, or a plain state dict (``.pth`` / ``.safetensors``,
     e.g. timm's DeiT weights). The weights load strictly: a missing, unexpected or
     mis-shaped tensor is a :class:`~cpvt.checkpoint.CheckpointError` naming it. A cpvt
@@ -115,9 +117,8 @@ def create_model(name: str, *, pretrained: str | Path | None = None, **overrides
     cls, _ = _lookup(name)
     ckpt = None
     if pretrained:  # None or False (timm's spelling): random initialisation
-        from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-
-        ckpt = load_checkpoint(resolve_checkpoint(pretrained))
+        ckpt = pretrained if isinstance(pretrained, Checkpoint) else load_checkpoint(resolve_checkpoint(pretrained))
+        pretrained = ckpt.path
         saved = ckpt.meta.get("model_name")
         if saved is not None and saved != name:
             raise CheckpointError(f"{pretrained} holds a {saved!r} model, not {name!r}: "
@@ -136,8 +137,6 @@ def create_model(name: str, *, pretrained: str | Path | None = None, **overrides
 
 def load_strict(model: nn.Module, weights: dict[str, Any], source: str) -> None:
     """``model.load_state_dict(weights, strict=True)``, its failure one CheckpointError that names the tensors."""
-    from ..checkpoint import CheckpointError
-
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -148,3 +147,19 @@ def load_strict(model: nn.Module, weights: dict[str, Any], source: str) -> None:
     if problems:
         raise CheckpointError(f"{source} does not fit {model.model_name}: " + "; ".join(problems))
     model.load_state_dict(weights, strict=True)
+
+
+def model_from_checkpoint(ckpt: Checkpoint | str | Path, **overrides: Any) -> nn.Module:
+    """The model a cpvt checkpoint (or run folder) describes, its weights loaded strictly.
+
+    The one rebuild path: the stored name and options, ``overrides`` on top (test-time options such as
+    ``peg_fixed_grid``). A file with no model description (plain weights) or weights that do not fit are a
+    :class:`~cpvt.checkpoint.CheckpointError` naming the file and the tensors.
+    """
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(resolve_checkpoint(ckpt))
+    name = ckpt.meta.get("model_name")
+    if name is None:
+        raise CheckpointError(f"{ckpt.path} has no model description (not a cpvt checkpoint): "
+                              "use create_model(name, pretrained=...) with the model it was saved from")
+    return create_model(name, pretrained=ckpt, **overrides)

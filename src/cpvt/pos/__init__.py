@@ -14,11 +14,11 @@ from typing import Any
 
 from .alibi import ALiBi2D
 from .ape import LearnedAPE, resample_abs_pos_embed
+from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .convembed import ConvEmbed
 from .convffn import ConvFFN
 from .convproj import ConvProjection
 from .lookhere import LookHere
-from .base import BlockPosition, Grid, ModelShape, PositionEncoding
 from .none import NoPosition
 from .pape import PaPE
 from .peg import PEG, PosConv

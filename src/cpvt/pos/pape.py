@@ -40,8 +40,6 @@ from ..tokens import check_position_grid_mode, grid_cached, grid_positions, grid
 from .base import Grid, ModelShape, PositionEncoding
 
 
-
-
 def default_parabolas(head_dim: int) -> int:
     """The paper's 50 parabolas per head at head width 64, scaled with the head width (12 at 16)."""
     return max(1, round(50 * head_dim / 64))

@@ -49,7 +49,7 @@ def load_subject(run_or_model: str, overrides: dict[str, Any] | None = None,
                  img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A trained run (folder or checkpoint) or a registry name (random weights, seed 0), in eval mode,
     and the metadata to store with the export (model, classes, preprocessing)."""
-    from .models import create_model, list_models
+    from ..models import create_model, list_models
 
     if Path(run_or_model).exists():
         from .predict import load_run
@@ -178,7 +178,7 @@ def onnx_opset(path: str | Path) -> int:
 
 
 def _encodings(model: nn.Module) -> list[nn.Module]:
-    from .pos import PositionEncoding
+    from ..pos import PositionEncoding
 
     return [m for m in model.modules() if isinstance(m, PositionEncoding)]
 

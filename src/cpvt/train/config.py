@@ -17,12 +17,11 @@ import dataclasses
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
-
 
 # ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
 # checkpoint here uses unless its config says otherwise.
@@ -97,7 +96,7 @@ class TrainConfig:
         """Check every value against :data:`RULES` (and every number for NaN / infinity); one ValueError
         naming each bad key, its value and what it must be. Returns the config.
 
-        :func:`resolve_config` and :func:`cpvt.engine.train` call it, so a bad ``--set``, flag, recipe or
+        :func:`resolve_config` and :func:`cpvt.train.engine.train` call it, so a bad ``--set``, flag, recipe or
         budget value stops before any data is decoded, whichever way it came in.
         """
         problems = []
@@ -203,7 +202,7 @@ def recipe_path(recipe: str) -> Path:
         return p
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; built-in: {', '.join(RECIPES)} (or a path to a .toml file)")
-    return Path(str(resources.files("cpvt.recipes") / f"{recipe}.toml"))
+    return Path(str(resources.files("cpvt.train.recipes") / f"{recipe}.toml"))
 
 
 def load_recipe(recipe: str) -> dict[str, Any]:
@@ -310,8 +309,8 @@ def folder_defaults(data: str, flags: dict[str, Any] | None = None,
     """
     import torch
 
-    from .data.folder import survey
-    from .models import create_model
+    from ..data.folder import survey
+    from ..models import create_model
 
     found = survey(data)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}

@@ -1,7 +1,7 @@
 """The experiments as data: table rows, budgets and claims under ``experiments/``.
 
-Nothing here trains or imports PyTorch at module level; :mod:`cpvt.reproduce`
-plans and runs sweeps from these definitions and :mod:`cpvt.report` writes
+Nothing here trains or imports PyTorch at module level; :mod:`cpvt.study.reproduce`
+plans and runs sweeps from these definitions and :mod:`cpvt.study.report` writes
 their report.
 
 * one TOML file per table row (``t1_encodings/peg.toml`` ...): a model name with
@@ -20,6 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 
 @dataclass(frozen=True)
 class TableSpec:

@@ -16,7 +16,7 @@ from its last checkpoint; a finished one is skipped), evaluates each run at
 every test scale without fine-tuning, and writes ``report.md`` with one table
 per experiment, plots, and one reproduced / not reproduced line per claim.
 Several ``cpvt reproduce`` processes may share one sweep: each run folder is
-locked by whoever starts it (:mod:`cpvt.runlock`) and the others move on.
+locked by whoever starts it (:mod:`cpvt.train.runlock`) and the others move on.
 """
 
 from __future__ import annotations
@@ -35,22 +35,34 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, apply_overrides, resolve_config
-from .engine import autocast_dtype, train
-from .errors import RunLocked
-from .evaluate import evaluate_runs
+from ..checkpoint import load_checkpoint
+from ..models import create_model, model_from_checkpoint
+from ..models import model_args as registry_args
+from ..models.info import count_flops, count_params
+from ..pos import all_encoding_options
+from ..train.config import TrainConfig, apply_overrides, resolve_config
+from ..train.engine import autocast_dtype, train
+from ..train.evaluate import evaluate_runs
+from ..train.runlock import run_lock
+from ..utils.errors import RunLocked
+from ..utils.fileio import write_text_atomic
 from .experiments import (  # noqa: F401 (the experiment definitions, re-exported for scripts)
-    DEIT_SIZES, NOT_INHERITED, TABLES, TITLES, Row, TableSpec, dataset_entries, environment, experiments_dir,
-    load_budget, load_claims, load_rows, parse_tables, scales_of,
+    DEIT_SIZES,
+    NOT_INHERITED,
+    TABLES,
+    TITLES,
+    Row,
+    TableSpec,
+    dataset_entries,
+    environment,
+    experiments_dir,
+    load_budget,
+    load_claims,
+    load_rows,
+    parse_tables,
+    scales_of,
 )
-from .fileio import write_text_atomic
-from .info import count_flops, count_params
-from .models import create_model
-from .models import model_args as registry_args
-from .pos import all_encoding_options
 from .report import write_report
-from .runlock import run_lock
 
 # ----------------------------------------------------------------------------- formulas
 
@@ -290,7 +302,7 @@ def _train_and_test(job: Job) -> dict[str, Any]:
     [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit,
                           compile=job.config.compile)
     eval_s = time.perf_counter() - t_eval
-    model = load_checkpoint(last).build_model()
+    model = model_from_checkpoint(load_checkpoint(last))
     log = job.dir / "log.jsonl"
     epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     curve = [[r["epoch"], r["val_top1"]] for r in epochs if "val_top1" in r]

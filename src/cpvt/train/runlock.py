@@ -4,13 +4,13 @@ A run folder written by two processes at once ends with every epoch logged
 twice and checkpoints from whichever process wrote last. :func:`run_lock`
 creates ``run.lock`` with ``O_EXCL`` (atomic on local file systems) and writes
 its holder into it: pid, host and start time. A second process gets a
-:class:`~cpvt.errors.RunLocked` error naming the holder. A lock whose holder
+:class:`~cpvt.utils.errors.RunLocked` error naming the holder. A lock whose holder
 died on this host (its pid no longer exists) is taken over with a warning; a
 lock from another host is never taken over, since its pid cannot be checked
 from here.
 
 The lock is re-entrant within one process, so ``cpvt reproduce`` can hold a
-run folder across training and evaluation while :func:`cpvt.engine.train`
+run folder across training and evaluation while :func:`cpvt.train.engine.train`
 takes the same lock inside.
 """
 
@@ -23,11 +23,11 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import RunLocked
+from ..utils.errors import RunLocked
 
 LOCK_NAME = "run.lock"
 

@@ -16,9 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..utils.plotting import pyplot, save
+from ..utils.table import format_table
 from .experiments import NOT_INHERITED, TABLES, dataset_entries, environment, load_claims, load_rows, scales_of
-from .plotting import pyplot, save
-from .table import format_table
 
 
 class Stats:

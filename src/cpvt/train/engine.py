@@ -1,6 +1,6 @@
 """The training and evaluation loops. The CLI only assembles the parts.
 
-:func:`train` runs a whole job from a :class:`~cpvt.config.TrainConfig`:
+:func:`train` runs a whole job from a :class:`~cpvt.train.config.TrainConfig`:
 data, model, optimiser (AdamW with weight-decay groups), per-step cosine
 schedule with linear warm-up, bf16 autocast, optional EMA, DDP under
 torchrun, atomic checkpoints and exact resume. :func:`evaluate` measures
@@ -14,10 +14,10 @@ number of processes a resumed run ends with the same weights as an
 uninterrupted one.
 
 Graceful stop: SIGTERM or SIGINT during training finishes the current step,
-writes ``last.safetensors`` and raises :class:`~cpvt.errors.TrainingStopped`
-(``cpvt`` exits with :data:`~cpvt.errors.EXIT_STOPPED`); under DDP the
+writes ``last.safetensors`` and raises :class:`~cpvt.utils.errors.TrainingStopped`
+(``cpvt`` exits with :data:`~cpvt.utils.errors.EXIT_STOPPED`); under DDP the
 processes agree on the step to stop after. A checkpoint that cannot be written
-raises :class:`~cpvt.errors.CheckpointWriteError` on every process and keeps
+raises :class:`~cpvt.utils.errors.CheckpointWriteError` on every process and keeps
 the previous one.
 """
 
@@ -42,15 +42,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from ..data.base import DataError, Split, printable
+from ..models import create_model
+from ..models.registry import load_strict
+from ..utils.errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .augment import EvalTransform, TrainAugment, mix_batch
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
-from .data.base import DataError, Split, printable
-from .errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
-from .runlock import run_lock
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_to_main, init_distributed
-from .models import create_model
-from .models.registry import load_strict
+from .runlock import run_lock
 
 
 # -- pieces --------------------------------------------------------------------
@@ -272,7 +272,7 @@ def step_sizes(sizes: tuple[int, ...], seed: int, epoch: int, steps: int) -> lis
 def load_data(cfg: TrainConfig, info: DistInfo):
     """Open the source, decode the training and validation splits (rank 0 first,
     so the others read its disk cache)."""
-    from .data import open_source
+    from ..data import open_source
 
     source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers)
     val_name = cfg.val_split or ("val" if "val" in source.splits else "test")

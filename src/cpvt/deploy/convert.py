@@ -18,7 +18,7 @@ format             source                                          models
 
 Usage::
 
-    model = cpvt.convert.load_converted("twins_pcpvt_small", timm_state_dict, "timm-twins")
+    model = cpvt.deploy.convert.load_converted("twins_pcpvt_small", timm_state_dict, "timm-twins")
     # or on the command line, to a cpvt checkpoint that `cpvt eval` reads:
     cpvt convert twins.pth twins_pcpvt_small.safetensors --model twins_pcpvt_small --format timm-twins
 """
@@ -164,7 +164,7 @@ def load_converted(model_name: str, state: dict[str, Tensor], fmt: str | None = 
     """Build ``model_name`` with the arguments the format implies (plus ``overrides``; the class
     count follows the weights' classifier unless given), load the converted weights strictly and
     return the model in eval mode."""
-    from .models import create_model
+    from ..models import create_model
 
     fmt = fmt or detect_format(state)
     converted = convert_state_dict(state, fmt)  # also rejects an unknown format

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
+from ..data.base import DataError, printable
+from ..models import model_from_checkpoint
+from ..utils.table import format_table
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .data.base import DataError, printable
 from .engine import compile_model, compiled_graphs, evaluate
-from .table import format_table
 
 
 def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device):
@@ -29,8 +30,8 @@ def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device
     if not ckpt.meta:
         raise CheckpointError(f"{run} is a plain weights file without a model description; evaluate a cpvt run")
     try:
-        return ckpt, ckpt.build_model(**(overrides or {})).to(dev).eval()
-    except (TypeError, RuntimeError) as e:  # an unknown option, or one that changes the weights' shapes
+        return ckpt, model_from_checkpoint(ckpt, **(overrides or {})).to(dev).eval()
+    except (TypeError, ValueError) as e:  # an unknown option, or one that changes the weights' shapes
         raise ValueError(f"{run}: cannot rebuild {ckpt.meta['model_name']} with "
                          f"{overrides}: {str(e).splitlines()[0]}") from None
 
@@ -66,7 +67,7 @@ def evaluate_runs(
     all sizes share one compilation; each row records the graphs built for it and
     the seconds of its first batch (compilation included).
     """
-    from .data import open_source
+    from ..data import open_source
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     results, sources, noted = [], {}, set()
@@ -123,7 +124,7 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
 
 def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Top-1 against test resolution, one curve per run, training size marked."""
-    from .plotting import pyplot, save
+    from ..utils.plotting import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)

@@ -43,13 +43,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
-from .config import IMAGENET_MEAN, IMAGENET_STD, parse_set
-from .evaluate import resolve_checkpoint
-from .models import create_model, list_models
-from .plotting import pyplot, save
-from .pos import Grid
-from .table import format_table
+from ..checkpoint import load_checkpoint
+from ..models import create_model, list_models, model_from_checkpoint
+from ..pos import Grid
+from ..train.config import IMAGENET_MEAN, IMAGENET_STD, parse_set
+from ..train.evaluate import resolve_checkpoint
+from ..utils.plotting import pyplot, save
+from ..utils.table import format_table
 
 # ----------------------------------------------------------------------------- models and images
 
@@ -94,7 +94,7 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
         ckpt = load_checkpoint(resolve_checkpoint(p))
         if not ckpt.meta:
             raise ValueError(f"{spec} is a plain weights file without a model description; analyse a cpvt run")
-        model = _single_stage(ckpt.build_model(**{**(overrides or {}), **options}).eval(), spec)
+        model = _single_stage(model_from_checkpoint(ckpt, **{**(overrides or {}), **options}).eval(), spec)
         cfg = ckpt.config
         shape_keys = {"depth", "embed_dim", "num_heads", "mlp_ratio", "img_size", "num_classes", "patch_size"}
         extra = ",".join(f"{k}={v}" for k, v in cfg.get("model_args", {}).items() if k not in shape_keys)
@@ -131,7 +131,7 @@ def real_images(n: int, size: int, data: str | None = None, data_root: str | Non
                 cache_dir: str | None = None) -> tuple[Tensor, Tensor]:
     """The first ``n`` validation (else test) images of ``data`` (uint8, whole image resized to ``size``, no
     crop) and their labels: the same images at every size."""
-    from .data import open_source
+    from ..data import open_source
 
     source = open_source(data or "synthetic", data_root=data_root, cache_dir=cache_dir)
     split = source.split("val" if "val" in source.splits else "test", size, mode="eval", crop_pct=1.0, limit=n)

@@ -29,9 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from .config import override_pairs, resolve_config
-from .errors import EXIT_STOPPED
-from .evaluate import evaluate_runs, plot_results, results_table, write_json
+from ..train.config import override_pairs, resolve_config
+from ..train.evaluate import evaluate_runs, plot_results, results_table, write_json
+from ..utils.errors import EXIT_STOPPED
 
 MODELS = ("cpvt_micro_gap_plus", "deit_micro", "deit_micro_nope")
 
@@ -46,7 +46,7 @@ def run_demo(out: str = "runs/demo", fresh: bool = False, sets: list[str] | None
     runs = [str(root / name) for name in MODELS]
     sizes = [32, 48, 64]
     results = evaluate_runs(runs, img_sizes=sizes, limit=cfg.val_limit)  # the held-out scenes training validated on
-    from .data.synthetic import SyntheticShapes
+    from ..data.synthetic import SyntheticShapes
 
     ceiling = 100 * SyntheticShapes.position_free_ceiling
     print("\nTop-1 (%) on held-out synthetic scenes; trained at 32 px, tested at 32 / 48 / 64 px with no fine-tuning:\n")

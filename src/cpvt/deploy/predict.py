@@ -4,7 +4,7 @@
     >>> model, preprocess, classes = cpvt.load_run("runs/c10-cpvt")
     >>> probs = model(preprocess("cat.jpg")[None]).softmax(-1)
 
-A run's preprocessing is its evaluation transform (:mod:`cpvt.evaluate`): the
+A run's preprocessing is its evaluation transform (:mod:`cpvt.train.evaluate`): the
 image is made RGB (EXIF orientation applied, transparency over white), its
 shorter side resized to ``size / crop_pct`` (bicubic, antialiased) and the
 centre ``size x size`` cropped, then scaled to [0, 1] and normalised with the
@@ -30,11 +30,12 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .augment import EvalTransform
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import IMAGENET_MEAN, IMAGENET_STD
-from .data.base import printable
-from .data.folder import _image_files, image_array, load_image
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..data.base import printable
+from ..data.folder import _image_files, image_array, load_image
+from ..models import model_from_checkpoint
+from ..train.augment import EvalTransform
+from ..train.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def load_run(path: str | os.PathLike, img_size: int | None = None, device: str |
     if not ckpt.meta:
         raise CheckpointError(f"{path} is a plain weights file without a model description: "
                               f"use cpvt.create_model(NAME, pretrained={str(path)!r})")
-    model = ckpt.build_model().to(device).eval()
+    model = model_from_checkpoint(ckpt).to(device).eval()
     cfg = ckpt.config
     size = img_size or cfg.get("img_size") or model.img_size[0]
     model.grid_for(size)  # a clear error for a size the model cannot take
