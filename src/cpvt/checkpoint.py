@@ -46,7 +46,7 @@ DIGEST_KEY = "sha256"
 _PLACEHOLDER = b"0" * 64
 _DIGEST = re.compile(rb'"sha256"\s*:\s*"([0-9a-f]{64})"')  # the metadata entry in the header's JSON
 _FORMAT = re.compile(r'"cpvt-checkpoint-(\d+)"')
-_CPVT_KEYS = {"model_name", "model_args", "config", "classes", "progress", "optimizer", "scheduler"}  # besides format
+_CPVT_KEYS = {"model_name", "model_args", "config", "classes", "progress", "optimizer", "scheduler", "pretrained_cfg"}  # besides format
 
 
 class CheckpointError(ValueError):
@@ -180,6 +180,8 @@ def save_checkpoint(
         "classes": classes,
         "progress": progress or {},
     }
+    if getattr(model, "pretrained_cfg", None) is not None:  # what the model expects of its input (cpvt.models.pretrained)
+        meta["pretrained_cfg"] = model.pretrained_cfg
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer)
         tensors.update(opt_tensors)

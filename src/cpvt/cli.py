@@ -11,14 +11,21 @@
     cpvt export RUN_OR_MODEL [--format onnx|pt2] [--out F]   dynamic batch/height/width, verified at 3+ sizes
     cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F]
 
-Every command takes overrides one way: ``--set KEY=VALUE`` (repeatable), with
-``model.KEY`` for a model option; values are Python literals (``[0, 1]``,
-``True``, ``5e-4``) or else strings.
+Every command that builds or loads a model takes overrides one way: ``--set
+KEY=VALUE`` (repeatable), with ``model.KEY`` for a model option; values are
+Python literals (``[0, 1]``, ``True``, ``5e-4``) or else strings. ``train``'s
+flags such as ``--epochs`` are short spellings of config keys, listed in one
+table (:data:`TRAIN_FLAGS`, printed by ``cpvt train -h``).
 
-Exit codes: 0 done; 2 bad input; 3 training diverged; 4 run folder in use;
-74 a checkpoint could not be written (the previous one is kept); 75 training
-stopped by SIGTERM / SIGINT after writing its checkpoint (``--resume``
-continues).
+Sizes are written one way everywhere: ``N`` or ``HxW`` (lists comma-separated,
+``224,384,256x320``). Commands whose pipeline is square (training, evaluation
+on a dataset, prediction, analysis) say so when given ``HxW`` with H != W.
+
+Exit codes are the named constants of :mod:`cpvt.utils.errors` (``EXIT_*``):
+0 done; 1 nothing to do or an unexpected error; 2 bad input; 3 training
+diverged; 4 run folder in use; 74 a checkpoint could not be written (the
+previous one is kept); 75 training stopped by SIGTERM / SIGINT after writing
+its checkpoint (``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ from .study.analyze import ANALYSES
 from .train.allocator import keep_freed_memory
 from .train.config import RECIPES, model_options, parse_set
 from .utils.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_LOCKED,
+    EXIT_NOTHING,
+    EXIT_OK,
     EXIT_STOPPED,
     EXIT_WRITE_FAILED,
     CheckpointWriteError,
@@ -62,6 +74,25 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+
+
+def square_size(text: str) -> int:
+    """An argparse type for a command whose pipeline is square: ``N`` or ``NxN`` (``HxW`` with H != W is refused
+    with a message that says so)."""
+    size = parse_size(text)
+    if isinstance(size, tuple):
+        if size[0] != size[1]:
+            raise argparse.ArgumentTypeError(f"this command takes square sizes (N or NxN), got {text!r}")
+        size = size[0]
+    return size
+
+
+def square_size_list(text: str) -> list[int]:
+    """``"96,128,160x160"`` -> [96, 128, 160]: comma-separated square sizes."""
+    sizes = [square_size(t.strip()) for t in text.split(",") if t.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 96,128,160, got {text!r}")
+    return sizes
 
 
 def positive_int(text: str) -> int:
@@ -102,7 +133,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
-        return 1
+        return EXIT_NOTHING
     rows = []
     with torch.device("meta"):  # count parameters without allocating or initialising
         for name in names:
@@ -110,7 +141,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             c = count_params(m)
             rows.append([name, m.model_args["pos"], m.global_pool, f"{m.img_size[0]}/{m.patch_size}", c["params"], c["pos_params"]])
     print(format_table(rows, ["model", "pos", "pool", "img/patch", "params", "pos params"]))
-    return 0
+    return EXIT_OK
 
 
 def cmd_encodings(args: argparse.Namespace) -> int:
@@ -120,7 +151,7 @@ def cmd_encodings(args: argparse.Namespace) -> int:
         rows.append([name, cls.slot, opts])
     print(format_table(rows, ["encoding", "hook slot", "options (override with --set or create_model)"]))
     print("\nCombine with '+', e.g. pos='ape+peg'.")
-    return 0
+    return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -129,7 +160,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         info["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model.model_args.items()}
         print(json.dumps(info, indent=2))
-        return 0
+        return EXIT_OK
     rows = [
         ["model", info["model"]],
         ["position encoding", info["pos"]],
@@ -141,16 +172,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         ["FLOPs", f"{info['gflops']:.3f} G ({info['gmacs']:.3f} G multiply-adds, attention included)"],
     ]
     print(format_table(rows, ["", args.model]))
-    return 0
+    return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import folder_defaults, resolve_config
     from .train.engine import train
 
-    flags = {"model": args.model, "data": args.data, "img_size": args.img_size, "epochs": args.epochs,
-             "batch_size": args.batch_size, "out": args.out, "data_root": args.data_root, "cache_dir": args.cache_dir,
-             "compile": args.compile or None, "ckpt_every_steps": args.save_every_steps}
+    flags = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()}
     recipe, picked = args.recipe or _default_recipe(args.data), {}
     if args.recipe is None and _is_folder(args.data):  # fit the recipe to the images (each choice printed)
         recipe, picked, notes = folder_defaults(args.data, flags, args.set)
@@ -158,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"note: {printable(note)}", flush=True)
     cfg = resolve_config(recipe, {**picked, **{k: v for k, v in flags.items() if v is not None}}, args.set)
     train(cfg, resume=args.resume)
-    return 0
+    return EXIT_OK
 
 
 def _default_recipe(data: str | None) -> str:
@@ -192,14 +221,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot_results(results, args.plot)}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .study.demo import run_demo
 
     run_demo(args.out, fresh=args.fresh, sets=args.set)
-    return 0
+    return EXIT_OK
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -207,8 +236,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     reproduce(args.tables, budget=args.budget, seeds=args.seeds, out=args.out, experiments=args.experiments,
               data_root=args.data_root, cache_dir=args.cache_dir, rows=args.rows, compile=args.compile,
-              data=args.data)
-    return 0
+              data=args.data, sets=args.set)
+    return EXIT_OK
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -218,7 +247,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             seed=args.seed, offsets=args.offsets, shift_mode=args.shift_mode, blocks=args.blocks,
             data_root=args.data_root, cache_dir=args.cache_dir, overrides=model_options(args.set, "analyze"),
             sizes=args.img_sizes)
-    return 0
+    return EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -233,7 +262,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     classes=classes)
     print(f"{args.weights} ({fmt}) -> {args.out}: {args.model}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, loaded strictly")
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -255,19 +284,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy.predict import format_predictions, predict
 
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, overrides=model_options(args.set, "predict"))
     print(format_predictions(preds))
     if args.json:
         preds.write_json(args.json)
         print(f"wrote {args.json}")
-    return 0 if preds.results else 1
+    return EXIT_OK if preds.results else EXIT_NOTHING
 
 
 def parse_size_list(text: str) -> list[int | tuple[int, int]]:
@@ -275,14 +304,20 @@ def parse_size_list(text: str) -> list[int | tuple[int, int]]:
     return [parse_size(t) for t in text.split(",") if t.strip()]
 
 
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 96,128,160, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive sizes like 96,128,160, got {text!r}")
-    return sizes
+def int_list(minimum: int):
+    """An argparse type: comma-separated whole numbers of at least ``minimum`` (``"1,2,4"`` -> [1, 2, 4])."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            values = []
+        if not values or any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least {minimum}, "
+                                             f"like {minimum},{minimum + 1},{minimum + 3}; got {text!r}")
+        return values
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +349,25 @@ def _model_commands(sub) -> None:
     s.set_defaults(fn=cmd_info)
 
 
-TRAIN_EPILOG = f"""\
+#: ``cpvt train``'s flags that are short spellings of a config key: ``--epochs 5`` is ``--set epochs=5`` (a
+#: ``--set`` of the same key wins). flag -> (config key, argparse options). The one table of such aliases.
+TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--model": ("model", dict(help="registry name (see `cpvt models`)")),
+    "--data": ("data", dict(help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")),
+    "--img-size": ("img_size", dict(type=square_size, metavar="N")),
+    "--epochs": ("epochs", dict(type=positive_int)),
+    "--batch-size": ("batch_size", dict(type=positive_int, help="global batch size (over all processes)")),
+    "--out": ("out", dict(help="run folder (config, log, checkpoints, metrics)")),
+    "--data-root": ("data_root", dict(help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")),
+    "--cache-dir": ("cache_dir", dict(help="where archives are extracted and decoded images cached")),
+    "--save-every-steps": ("ckpt_every_steps", dict(type=int, metavar="N", help="also write the resumable checkpoint "
+                                                   "every N steps within an epoch (default: at epoch ends only)")),
+    "--compile": ("compile", dict(action="store_const", const=True, help="torch.compile the model")),
+}
+
+TRAIN_EPILOG = "flags that are config keys (each is --set KEY=VALUE):\n" + "\n".join(
+    f"  {flag:<20} {key}" for flag, (key, _) in TRAIN_FLAGS.items()) + f"""
+
 stopping and resuming:
   SIGTERM or SIGINT (Ctrl-C) finishes the current step, writes last.safetensors and exits with
   code {EXIT_STOPPED}; the same command with --resume continues exactly. A checkpoint that cannot be
@@ -326,26 +379,17 @@ def _training_commands(sub) -> None:
     """train, eval, demo, reproduce."""
     s = sub.add_parser("train", help="train a model (DeiT recipe by default)", epilog=TRAIN_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--model", help="registry name (see `cpvt models`)")
-    s.add_argument("--data", help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")
-    s.add_argument("--img-size", type=positive_int)
-    s.add_argument("--epochs", type=positive_int)
-    s.add_argument("--batch-size", type=positive_int, help="global batch size (over all processes)")
-    s.add_argument("--out", help="run folder (config, log, checkpoints, metrics)")
+    for flag, (key, options) in TRAIN_FLAGS.items():
+        s.add_argument(flag, dest=key, **options)
     s.add_argument("--recipe", help=f"built-in ({', '.join(RECIPES)}) or a .toml path; default: by --data")
-    s.add_argument("--data-root", help="where named datasets are found (default: $CPVT_DATA_ROOT or ../shared/data)")
-    s.add_argument("--cache-dir", help="where archives are extracted and decoded images cached")
     add_set(s, "KEY=VALUE", "config override; model.KEY for a model option")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--save-every-steps", type=int, metavar="N", help="also write the resumable checkpoint every N "
-                   "steps within an epoch (same as --set ckpt_every_steps=N; default: at epoch ends only)")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="top-1/top-5 of runs at several resolutions, no fine-tuning")
     s.add_argument("runs", nargs="+", help="run folders or checkpoint files (several: curves overlaid)")
     s.add_argument("--data", help="dataset (default: the one each run was trained on)")
-    s.add_argument("--img-sizes", type=parse_sizes, help="comma-separated, e.g. 96,128,160,224 (default: training size)")
+    s.add_argument("--img-sizes", type=square_size_list, help="comma-separated, e.g. 96,128,160,224 (default: training size)")
     s.add_argument("--crop-pct", type=float, help="eval resize = size / crop_pct (default: the run's, 0.875)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default="auto")
@@ -377,6 +421,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--compile", action="store_true", help="train and evaluate through torch.compile")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
+    add_set(s, "KEY=VALUE", "config override for every run (model.KEY for a model option); a run's name hashes "
+                            "its settings, so changed runs get records of their own")
     s.set_defaults(fn=cmd_reproduce)
 
 
@@ -396,12 +442,12 @@ def _tool_commands(sub) -> None:
     s.add_argument("--data", help="real images from this dataset (default: the runs' own, else synthetic)")
     s.add_argument("--out", help="plots and JSON go here (default: runs/analysis/<kind>)")
     s.add_argument("--images", type=positive_int, default=64, help="number of real images (default 64)")
-    s.add_argument("--img-size", type=positive_int, help="input size (default: each model's training size)")
+    s.add_argument("--img-size", type=square_size, help="input size (default: each model's training size)")
     s.add_argument("--seed", type=int, default=0, help="seed for random weights and generated images")
-    s.add_argument("--offsets", type=parse_sizes, help="equivariance: shifts in px, e.g. 1,2,4,8 (default: sub-patch and 1-3 patches)")
+    s.add_argument("--offsets", type=int_list(1), help="equivariance: shifts in px, e.g. 1,2,4,8 (default: sub-patch and 1-3 patches)")
     s.add_argument("--shift-mode", default="canvas", help="equivariance: canvas (padded, nothing cropped) | circular (rolled)")
-    s.add_argument("--blocks", type=parse_sizes, help="attention: blocks whose query maps are drawn (default: first, middle, last)")
-    s.add_argument("--img-sizes", type=parse_sizes, help="scale: larger test sizes, e.g. 96,128 (default: twice the model's size)")
+    s.add_argument("--blocks", type=int_list(0), help="attention: blocks whose query maps are drawn (default: first, middle, last)")
+    s.add_argument("--img-sizes", type=square_size_list, help="scale: larger test sizes, e.g. 96,128 (default: twice the model's size)")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     add_set(s, "model.KEY=VALUE", "model option for every model given (MODEL:key=value sets one model's)")
@@ -415,7 +461,7 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2 (torch.export)")
     s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>)")
     s.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
-    s.add_argument("--img-size", type=positive_int, help="size traced at export (default: the run's training size)")
+    s.add_argument("--img-size", type=square_size, help="size traced at export (default: the model's pretrained_cfg)")
     s.add_argument("--verify-sizes", type=parse_size_list, help="sizes to verify, e.g. 224,384,256x320 "
                    "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
     s.add_argument("--tol", type=positive_float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
@@ -427,11 +473,12 @@ def _deploy_commands(sub) -> None:
     s = sub.add_parser("predict", help="classify images with a trained run (PyTorch or an exported ONNX file)")
     s.add_argument("run", help="run folder or checkpoint file (gives the classes and preprocessing)")
     s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)")
-    s.add_argument("--img-size", type=positive_int, help="input size (default: the run's training size)")
+    s.add_argument("--img-size", type=square_size, help="input size (default: the run's training size)")
     s.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
     s.add_argument("--batch-size", type=positive_int, default=32)
+    add_set(s, "model.KEY=VALUE", "rebuild the trained model with this option, e.g. model.peg_fixed_grid=dilate")
     s.set_defaults(fn=cmd_predict)
 
 
@@ -442,13 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ValueError as e:  # bad user input (DataError, CheckpointError too): one clear line
         print(f"cpvt: error: {printable(e)}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except TrainingDiverged as e:
         print(f"cpvt: training stopped: {printable(e)}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     except RunLocked as e:
         print(f"cpvt: error: {printable(e)}", file=sys.stderr)
-        return 4
+        return EXIT_LOCKED
     except CheckpointWriteError as e:
         print(f"cpvt: error: {e}", file=sys.stderr)
         return EXIT_WRITE_FAILED

@@ -57,17 +57,19 @@ def load_subject(run_or_model: str, overrides: dict[str, Any] | None = None,
         if overrides:
             raise ValueError("--set applies to registry models; a trained run is exported as it was trained")
         model, pre, classes = load_run(run_or_model, img_size)
-        meta = {"source": str(run_or_model), "img_size": pre.img_size, "crop_pct": pre.crop_pct,
-                "mean": list(pre.mean), "std": list(pre.std), "classes": classes}
+        meta = {"source": str(run_or_model), "img_size": pre.img_size, "classes": classes}
     elif run_or_model in list_models():
         torch.manual_seed(0)
         model = create_model(run_or_model, **(overrides or {})).eval()
         meta = {"source": f"registry model {run_or_model} (random weights)",
-                "img_size": img_size or model.img_size[0], "classes": [str(i) for i in range(model.num_classes)]}
+                "img_size": img_size or model.pretrained_cfg["input_size"][1],
+                "classes": [str(i) for i in range(model.num_classes)]}
     else:
         raise ValueError(f"{run_or_model!r} is neither a run folder / checkpoint file nor a registry model "
                          "(see `cpvt models`)")
-    meta.update(model=model.model_name, pos=model.model_args.get("pos"), patch_size=model.patch_size)
+    pre = model.pretrained_cfg  # preprocessing, from the model itself (a run's own or the registry default)
+    meta.update(model=model.model_name, pos=model.model_args.get("pos"), patch_size=model.patch_size,
+                crop_pct=pre["crop_pct"], mean=pre["mean"], std=pre["std"], pretrained_cfg=pre)
     return model, meta
 
 

@@ -34,8 +34,8 @@ from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..data.base import printable
 from ..data.folder import _image_files, image_array, load_image
 from ..models import model_from_checkpoint
+from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from ..train.augment import EvalTransform
-from ..train.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Preprocess:
     """A run's evaluation transform: a path or PIL image -> float tensor (3, size, size), normalised."""
 
     img_size: int
-    crop_pct: float = 0.875
+    crop_pct: float = DEFAULT_CROP_PCT
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -64,6 +64,12 @@ class Preprocess:
     def with_size(self, img_size: int) -> Preprocess:
         return Preprocess(img_size, self.crop_pct, self.mean, self.std)
 
+    @classmethod
+    def from_pretrained_cfg(cls, cfg: dict[str, Any], img_size: int | None = None) -> Preprocess:
+        """The transform a model's ``pretrained_cfg`` describes, at ``img_size`` (default: its input size)."""
+        return cls(int(img_size or cfg["input_size"][1]), float(cfg["crop_pct"]), tuple(cfg["mean"]),
+                   tuple(cfg["std"]))
+
 
 class LoadedRun(NamedTuple):
     """What :func:`load_run` returns; unpacks as ``model, preprocess, classes``."""
@@ -73,23 +79,22 @@ class LoadedRun(NamedTuple):
     classes: list[str]
 
 
-def load_run(path: str | os.PathLike, img_size: int | None = None, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | os.PathLike, img_size: int | None = None, device: str | torch.device = "cpu",
+             **overrides: Any) -> LoadedRun:
     """A trained run (folder or checkpoint file) as ``(model, preprocess, classes)``.
 
-    The model is rebuilt from the options stored in the checkpoint, its weights
-    loaded strictly, and put in eval mode on ``device``. ``preprocess`` is the
-    run's evaluation transform at ``img_size`` (default: the training size).
+    The model is rebuilt from the options stored in the checkpoint (``overrides`` on top: test-time options such
+    as ``peg_fixed_grid="dilate"``), its weights loaded strictly, and put in eval mode on ``device``.
+    ``preprocess`` is the evaluation transform of the model's ``pretrained_cfg`` at ``img_size`` (default: the
+    training size).
     """
     ckpt = load_checkpoint(resolve_checkpoint(path))
     if not ckpt.meta:
         raise CheckpointError(f"{path} is a plain weights file without a model description: "
                               f"use cpvt.create_model(NAME, pretrained={str(path)!r})")
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    cfg = ckpt.config
-    size = img_size or cfg.get("img_size") or model.img_size[0]
-    model.grid_for(size)  # a clear error for a size the model cannot take
-    preprocess = Preprocess(int(size), float(cfg.get("crop_pct", 0.875)), tuple(cfg.get("mean", IMAGENET_MEAN)),
-                            tuple(cfg.get("std", IMAGENET_STD)))
+    model = model_from_checkpoint(ckpt, **overrides).to(device).eval()
+    preprocess = Preprocess.from_pretrained_cfg(model.pretrained_cfg, img_size)
+    model.grid_for(preprocess.img_size)  # a clear error for a size the model cannot take
     classes = list(ckpt.classes) or [str(i) for i in range(model.num_classes)]
     if len(classes) != model.num_classes:
         raise CheckpointError(f"{path}: {len(classes)} class names for a {model.num_classes}-class model")
@@ -159,15 +164,21 @@ def predict(
     onnx: str | os.PathLike | None = None,
     batch_size: int = 32,
     progress: bool | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Predictions:
     """Classify image files and folders with a trained run.
 
     ``onnx`` runs that exported file in onnxruntime instead of the PyTorch model
     (the run still gives the classes and preprocessing). Unreadable files are
     skipped and listed, never raised. ``progress``: a tqdm bar (default: when an
-    input is a folder and stderr is a terminal).
+    input is a folder and stderr is a terminal). ``overrides``: model options the
+    run is rebuilt with (``--set model.KEY=VALUE``; not with ``onnx``, whose file
+    is fixed).
     """
-    model, preprocess, classes = load_run(run, img_size)
+    if onnx is not None and overrides:
+        raise ValueError("--set model options rebuild the PyTorch model; an --onnx file runs as it was exported "
+                         "(export it with --set instead)")
+    model, preprocess, classes = load_run(run, img_size, **(overrides or {}))
     if onnx is not None:
         forward, backend = onnx_runner(onnx), f"onnxruntime ({Path(onnx).name})"
     else:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint
 from ..pos import all_encoding_options
+from .pretrained import check_pretrained_cfg, default_pretrained_cfg, pretrained_cfg_from_config
 
 _REGISTRY: dict[str, tuple[type[nn.Module], Callable[[], dict[str, Any]]]] = {}
 
@@ -130,9 +131,21 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     except TypeError as e:  # an option of a kind the constructor cannot use: one clear line, not a traceback
         raise ValueError(f"cannot build model {name!r} with {overrides}: {e}") from None
     model.model_name, model.model_args = name, args
+    model.pretrained_cfg = default_pretrained_cfg(model)
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(pretrained))
+        model.pretrained_cfg = stored_pretrained_cfg(ckpt, model)
     return model
+
+
+def stored_pretrained_cfg(ckpt: Checkpoint, model: nn.Module) -> dict[str, Any]:
+    """The ``pretrained_cfg`` a checkpoint holds; for one written before checkpoints stored it, rebuilt from
+    its run config; for plain weights from elsewhere, the model's default."""
+    if "pretrained_cfg" in ckpt.meta:
+        return dict(check_pretrained_cfg(ckpt.meta["pretrained_cfg"], str(ckpt.path)))
+    if ckpt.config:
+        return pretrained_cfg_from_config(model, ckpt.config)
+    return default_pretrained_cfg(model)
 
 
 def load_strict(model: nn.Module, weights: dict[str, Any], source: str) -> None:

@@ -43,11 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..models import create_model, list_models, model_from_checkpoint
 from ..pos import Grid
-from ..train.config import IMAGENET_MEAN, IMAGENET_STD, parse_set
-from ..train.evaluate import resolve_checkpoint
+from ..train.config import parse_set
 from ..utils.plotting import pyplot, save
 from ..utils.table import format_table
 
@@ -101,9 +100,7 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
         label = f"{ckpt.meta['model_name']}{':' + extra if extra else ''} (trained, patch {model.patch_size})"
         if options:
             label += " " + ",".join(f"{k}={v}" for k, v in options.items())
-        return Subject(label, model, int(cfg.get("img_size") or model.img_size[0]),
-                       tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
-                       cfg.get("data"))
+        return _subject(label, model, cfg.get("data"))
     options = {**(overrides or {}), **options}
     if name not in list_models():
         raise ValueError(f"{spec!r} is neither a run folder, a checkpoint nor a registered model (see `cpvt models`)")
@@ -111,7 +108,14 @@ def load_subject(spec: str, seed: int = 0, num_classes: int | None = None,
     if num_classes is not None:
         options.setdefault("num_classes", num_classes)
     model = _single_stage(create_model(name, **options).eval(), spec)
-    return Subject(spec, model, int(model.img_size[0]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None)
+    return _subject(spec, model, None)
+
+
+def _subject(label: str, model: nn.Module, data: str | None) -> Subject:
+    """A subject whose input size and normalisation are the model's ``pretrained_cfg`` (a run's own, or a random
+    model's default)."""
+    pre = model.pretrained_cfg
+    return Subject(label, model, int(pre["input_size"][1]), tuple(pre["mean"]), tuple(pre["std"]), data)
 
 
 def image_batch(kind: str, n: int, size: int, seed: int = 0, data: str | None = None, data_root: str | None = None,

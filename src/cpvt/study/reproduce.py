@@ -40,7 +40,7 @@ from ..models import create_model, model_from_checkpoint
 from ..models import model_args as registry_args
 from ..models.info import count_flops, count_params
 from ..pos import all_encoding_options
-from ..train.config import TrainConfig, apply_overrides, resolve_config
+from ..train.config import TrainConfig, apply_overrides, override_pairs, resolve_config
 from ..train.engine import autocast_dtype, train
 from ..train.evaluate import evaluate_runs
 from ..train.runlock import run_lock
@@ -144,8 +144,9 @@ def _test_sizes(img_size: int, patch: int, scales: list[float]) -> dict[str, int
 
 
 def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_root: str | None = None,
-               cache_dir: str | None = None):
-    """The TrainConfig of one (row, dataset, seed): recipe <- budget [train] <- model <- model_args <- seed."""
+               cache_dir: str | None = None, sets: list | None = None):
+    """The TrainConfig of one (row, dataset, seed): recipe <- budget [train] <- ``--set`` <- model <- model_args
+    <- seed. ``sets``: the command's ``--set`` pairs, config keys and ``model.KEY`` options for every run."""
 
     size = entry.get("size", budget.get("size", "micro"))
     family = row.model.split("_")[0]  # DeiT sizes are spelled out (deit_tiny), CPVT's abbreviated (cpvt_ti)
@@ -153,7 +154,10 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     cfg = resolve_config(entry.get("recipe"), {"model": model, "data": entry["data"], "img_size": entry.get("img_size"),
                                                "data_root": data_root, "cache_dir": cache_dir})
     apply_overrides(cfg, dict(entry.get("train", {})))
-    args = {**entry.get("model_args", {}), **row.model_args}
+    given = dict(override_pairs(sets))
+    apply_overrides(cfg, {k: v for k, v in given.items() if not k.startswith("model.")})
+    args = {**entry.get("model_args", {}), **row.model_args,
+            **{k[len("model."):]: v for k, v in given.items() if k.startswith("model.")}}
     fixed = {k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))}
     depth, patch, default_size = _model_shape(model, json.dumps(fixed, sort_keys=True))
     img_size = int(cfg.img_size or default_size)
@@ -181,6 +185,11 @@ def _model_shape(model: str, args_json: str) -> tuple[int, int, int]:
     return len(base.blocks), int(base.patch_size), int(base.img_size[0])
 
 
+#: Config keys that say how a run executes, not what it computes: left out of its name, so changing them
+#: (``--set workers=0``) reuses the run's records.
+EXECUTION_KEYS = ("data_root", "cache_dir", "workers", "compile")
+
+
 def run_name(cfg) -> str:
     """``<model>-<hash>-s<seed>``: the hash covers the settings that differ from ``TrainConfig``'s defaults.
 
@@ -189,13 +198,13 @@ def run_name(cfg) -> str:
     """
     defaults = TrainConfig().to_dict()
     key = {k: v for k, v in cfg.to_dict().items()
-           if k not in ("out", "seed", "data_root", "cache_dir", "workers", "compile") and v != defaults.get(k)}
+           if k not in ("out", "seed", *EXECUTION_KEYS) and v != defaults.get(k)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.model}-{digest}-s{cfg.seed}"
 
 
 def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int | None = None,
-         data_root: str | None = None, cache_dir: str | None = None) -> list[Job]:
+         data_root: str | None = None, cache_dir: str | None = None, sets: list | None = None) -> list[Job]:
     """Every training run the tables need, deduplicated, in a stable order.
 
     A run shared by several rows lists all of them as members, so a run trained for one row serves the others.
@@ -218,7 +227,7 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
                 table_rows = [(r, v) for r, v in table_rows if (v or r).name in only]
             for row, variant in table_rows:
                 for seed in range(_seeds(table, row, entry, budget, seeds)):
-                    cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir)
+                    cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir, sets)
                     job = jobs.get(cfg.out)
                     if job is None:
                         sizes = _test_sizes(cfg.img_size, patch, scales_of(entry, budget))
@@ -361,7 +370,8 @@ def measure_cost(rows: list[Row], cost: dict[str, Any], out: Path) -> list[dict[
 
 def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None, out: str | None = None,
               experiments: str | None = None, data_root: str | None = None, cache_dir: str | None = None,
-              rows: str | None = None, compile: bool = False, data: str | None = None) -> Path:
+              rows: str | None = None, compile: bool = False, data: str | None = None,
+              sets: list | None = None) -> Path:
     """Run (or resume) a sweep and write its report; returns the report path.
 
     ``rows`` (``--rows peg,ape``) trains only the named rows, and ``data``
@@ -370,17 +380,23 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     report still covers every finished run of the tables in ``out``. ``compile`` trains and
     evaluates through ``torch.compile`` (also set by a budget's ``train.compile``);
     it is not part of a run's identity, so compiled and eager runs share records.
+    ``sets`` (``--set KEY=VALUE``) change every run's config; a run's name hashes
+    its settings, so a changed run is a new run with a record of its own.
     """
     code_version()  # read now, before any run: the records name the code this process loaded
     root = experiments_dir(experiments)
     wanted = parse_tables(tables)
     spec = load_budget(root, budget)  # ValueError naming the defined budgets
+    changing = [k for k, _ in override_pairs(sets) if k not in EXECUTION_KEYS]
+    if changing and out is None:
+        raise ValueError(f"--set {', '.join(changing)} changes what the runs compute: give them an --out of their own, "
+                         f"so their records are not reported beside the budget's (runs/reproduce/{budget})")
     if seeds is not None and seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     out_dir = Path(out or f"runs/reproduce/{budget}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir)
+    jobs = plan(root, budget, wanted, out_dir, seeds, data_root, cache_dir, sets)
     for job in jobs:
         job.config.compile = job.config.compile or compile
     picked = select_rows(load_rows(root), wanted, rows)
@@ -436,7 +452,7 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
     results += [json.loads(j.variant_record(rid).read_text()) for j in every for rid in j.variants
                 if j.variant_record(rid).exists()]
     path = write_report(root, budget, spec, wanted, results, cost, out_dir,
-                        command=_command(tables, budget, seeds, out, rows), elapsed=time.perf_counter() - t0)
+                        command=_command(tables, budget, seeds, out, rows, sets), elapsed=time.perf_counter() - t0)
     print(f"\nreport: {path}", flush=True)
     return path
 
@@ -455,8 +471,10 @@ def _finished_plan(root: Path, budget: str, tables: list[str], out: Path, jobs: 
     return list(pool.values())
 
 
-def _command(tables: str, budget: str, seeds: int | None, out: str | None, rows: str | None = None) -> str:
+def _command(tables: str, budget: str, seeds: int | None, out: str | None, rows: str | None = None,
+             sets: list | None = None) -> str:
     parts = ["cpvt reproduce", tables, "--budget", budget]
+    parts += [f"--set {k}={v!r}" if isinstance(v, str) else f"--set {k}={v}" for k, v in override_pairs(sets)]
     if rows:
         parts += ["--rows", rows]
     if seeds:

@@ -23,10 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# ImageNet's per-channel mean and standard deviation (0-1 pixel scale): the normalisation every recipe and
-# checkpoint here uses unless its config says otherwise.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -75,7 +72,7 @@ class TrainConfig:
     reprob: float = 0.25  # random erasing probability
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float = 0.875  # eval: resize to size / crop_pct, centre-crop size
+    crop_pct: float = DEFAULT_CROP_PCT  # eval: resize to size / crop_pct, centre-crop size
     # running
     seed: int = 0
     amp: str = "auto"  # auto (bf16 where supported) | bf16 | off

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from ..data.base import DataError, Split, printable
 from ..models import create_model
+from ..models.pretrained import pretrained_cfg_from_config
 from ..models.registry import load_strict
 from ..utils.errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .augment import EvalTransform, TrainAugment, mix_batch
@@ -430,6 +431,7 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     _, train_split, val_split = load_data(cfg, info)
     model = create_model(cfg.model, **{"num_classes": train_split.num_classes, "img_size": cfg.img_size,
                                        "drop_path_rate": cfg.drop_path, **cfg.model_args})
+    model.pretrained_cfg = pretrained_cfg_from_config(model, cfg.to_dict())  # stored in every checkpoint
     tokens = {s: math.prod(model.grid_for(s)) + model.num_prefix for s in {cfg.img_size, *sizes}}  # a clear error now
     model.to(device)
     torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process

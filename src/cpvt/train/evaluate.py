@@ -20,7 +20,6 @@ from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  #
 from ..data.base import DataError, printable
 from ..models import model_from_checkpoint
 from ..utils.table import format_table
-from .config import IMAGENET_MEAN, IMAGENET_STD
 from .engine import compile_model, compiled_graphs, evaluate
 
 
@@ -73,8 +72,9 @@ def evaluate_runs(
     results, sources, noted = [], {}, set()
     for run in runs:
         ckpt, model = _trained_model(run, model_overrides, dev)
-        cfg = ckpt.config
-        sizes = img_sizes or [cfg.get("img_size") or model.img_size[0]]
+        cfg, pre = ckpt.config, model.pretrained_cfg  # the run's data; what the model expects of its input
+        train_size = pre["input_size"][1]
+        sizes = img_sizes or [train_size]
         for s in sizes:
             model.grid_for(s)  # clear error before any decoding
         name = data or cfg.get("data")
@@ -84,13 +84,13 @@ def evaluate_runs(
         source = sources[key]
         _check_classes(run, ckpt, model, name, source)
         split = "val" if "val" in source.splits else "test"
-        pct = crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)
+        pct = crop_pct if crop_pct is not None else pre["crop_pct"]
         row: dict[str, Any] = {
             "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
-            "data": name, "split": split, "train_size": cfg.get("img_size"), "crop_pct": pct, "sizes": {},
+            "data": name, "split": split, "train_size": train_size, "crop_pct": pct, "sizes": {},
             **({"model_overrides": model_overrides} if model_overrides else {}),
         }
-        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        mean, std = pre["mean"], pre["std"]
         runner, graphs = model, 0
         if compile:
             runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import errno as _errno
 
-# `cpvt` exit codes: 0 done; 1 an unexpected error (with its traceback); 2 bad input (a ValueError:
-# argument, config, data set, CheckpointError); 3 TrainingDiverged; 4 RunLocked; and
+# `cpvt` exit codes, one name each (the command line returns these, scripts and tests compare with them):
+EXIT_OK = 0  # done
+EXIT_NOTHING = 1  # nothing to do (no model matched, no image readable); also Python's code for an uncaught error
+EXIT_BAD_INPUT = 2  # a ValueError: argument, config, data set, CheckpointError (argparse's usage errors too)
+EXIT_DIVERGED = 3  # TrainingDiverged: the last good checkpoint is kept
+EXIT_LOCKED = 4  # RunLocked: another live process holds the run folder
 EXIT_WRITE_FAILED = 74  # CheckpointWriteError (sysexits' EX_IOERR): the previous checkpoint is kept; --resume
 EXIT_STOPPED = 75  # TrainingStopped (sysexits' EX_TEMPFAIL): stopped by SIGTERM/SIGINT, checkpoint written; --resume
 
