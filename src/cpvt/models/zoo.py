@@ -1,5 +1,11 @@
 """The named models: DeiT with every encoding, CPVT and its variants.
 
+Every name is written out once, as a key of one of two literal tables below, mapped
+to its constructor arguments: ``VIT_MODELS`` (:class:`~cpvt.models.vit.VisionTransformer`)
+and ``PYRAMIDS`` (:class:`~cpvt.models.pyramid.PyramidTransformer`); the shared sizes
+(``TINY``, ``MICRO``, ``PCPVT``, ...) are the named dicts they start from. So
+``grep -rn '"cpvt_ti"' src`` finds the definition; the loop at the end registers them.
+
 Sizes follow DeiT (patch 16, depth 12, MLP ratio 4; dims 192/384/768, heads
 3/6/12). ``micro`` is ours: 32 px input, patch 4 (an 8x8 grid, CIFAR-scale),
 small enough to train an epoch of CIFAR-10 in minutes on 2 CPU cores.
@@ -49,38 +55,103 @@ PLUS = dict(peg_positions=(0, 1, 2, 3, 4))
 GAP = dict(global_pool="avg")
 
 
-def _register(name: str, args: dict, cls: type = VisionTransformer) -> None:
-    def variant() -> dict:
-        return dict(args)
+# Every model has its literal name as a key below (grep finds the definition) -> its constructor arguments.
+# The same 21 variants at each size: 12 DeiTs (one per encoding), then 9 CPVTs. cpvt_*_alibi / _rope_mixed /
+# _lookhere put a PEG beside a relative scheme: the PEG's zero-padding code plus a bias or rotation that exists
+# at any grid.
+VIT_MODELS = {
+    # DeiT-Ti / CPVT-Ti: dim 192, 3 heads
+    "deit_tiny":             dict(TINY, pos="ape"),
+    "deit_tiny_nope":        dict(TINY, pos="none"),
+    "deit_tiny_sincos":      dict(TINY, pos="sincos"),
+    "deit_tiny_rpe":         dict(TINY, pos="rpe"),
+    "deit_tiny_rope":        dict(TINY, pos="rope"),
+    "deit_tiny_rope_mixed":  dict(TINY, pos="rope", rope_mode="mixed"),
+    "deit_tiny_alibi":       dict(TINY, pos="alibi"),
+    "deit_tiny_lookhere":    dict(TINY, pos="lookhere"),
+    "deit_tiny_pape":        dict(TINY, pos="pape"),
+    "deit_tiny_convffn":     dict(TINY, pos="convffn"),
+    "deit_tiny_convembed":   dict(TINY, pos="convembed"),
+    "deit_tiny_convproj":    dict(TINY, pos="convproj"),
+    "cpvt_ti":               dict(TINY, pos="peg"),
+    "cpvt_ti_gap":           dict(TINY, pos="peg", **GAP),
+    "cpvt_ti_plus":          dict(TINY, pos="peg", **PLUS),
+    "cpvt_ti_gap_plus":      dict(TINY, pos="peg", **GAP, **PLUS),
+    "cpvt_ti_ape":           dict(TINY, pos="ape+peg"),
+    "cpvt_ti_repcpe":        dict(TINY, pos="repcpe"),
+    "cpvt_ti_alibi":         dict(TINY, pos="alibi+peg"),
+    "cpvt_ti_rope_mixed":    dict(TINY, pos="rope+peg", rope_mode="mixed"),
+    "cpvt_ti_lookhere":      dict(TINY, pos="lookhere+peg"),
 
-    variant.__name__ = variant.__qualname__ = name
-    variant.__doc__ = f"{name}: {args}"
-    register_model(cls)(variant)
+    # DeiT-S / CPVT-S: dim 384, 6 heads
+    "deit_small":            dict(SMALL, pos="ape"),
+    "deit_small_nope":       dict(SMALL, pos="none"),
+    "deit_small_sincos":     dict(SMALL, pos="sincos"),
+    "deit_small_rpe":        dict(SMALL, pos="rpe"),
+    "deit_small_rope":       dict(SMALL, pos="rope"),
+    "deit_small_rope_mixed": dict(SMALL, pos="rope", rope_mode="mixed"),
+    "deit_small_alibi":      dict(SMALL, pos="alibi"),
+    "deit_small_lookhere":   dict(SMALL, pos="lookhere"),
+    "deit_small_pape":       dict(SMALL, pos="pape"),
+    "deit_small_convffn":    dict(SMALL, pos="convffn"),
+    "deit_small_convembed":  dict(SMALL, pos="convembed"),
+    "deit_small_convproj":   dict(SMALL, pos="convproj"),
+    "cpvt_s":                dict(SMALL, pos="peg"),
+    "cpvt_s_gap":            dict(SMALL, pos="peg", **GAP),
+    "cpvt_s_plus":           dict(SMALL, pos="peg", **PLUS),
+    "cpvt_s_gap_plus":       dict(SMALL, pos="peg", **GAP, **PLUS),
+    "cpvt_s_ape":            dict(SMALL, pos="ape+peg"),
+    "cpvt_s_repcpe":         dict(SMALL, pos="repcpe"),
+    "cpvt_s_alibi":          dict(SMALL, pos="alibi+peg"),
+    "cpvt_s_rope_mixed":     dict(SMALL, pos="rope+peg", rope_mode="mixed"),
+    "cpvt_s_lookhere":       dict(SMALL, pos="lookhere+peg"),
 
+    # DeiT-B / CPVT-B: dim 768, 12 heads
+    "deit_base":             dict(BASE, pos="ape"),
+    "deit_base_nope":        dict(BASE, pos="none"),
+    "deit_base_sincos":      dict(BASE, pos="sincos"),
+    "deit_base_rpe":         dict(BASE, pos="rpe"),
+    "deit_base_rope":        dict(BASE, pos="rope"),
+    "deit_base_rope_mixed":  dict(BASE, pos="rope", rope_mode="mixed"),
+    "deit_base_alibi":       dict(BASE, pos="alibi"),
+    "deit_base_lookhere":    dict(BASE, pos="lookhere"),
+    "deit_base_pape":        dict(BASE, pos="pape"),
+    "deit_base_convffn":     dict(BASE, pos="convffn"),
+    "deit_base_convembed":   dict(BASE, pos="convembed"),
+    "deit_base_convproj":    dict(BASE, pos="convproj"),
+    "cpvt_b":                dict(BASE, pos="peg"),
+    "cpvt_b_gap":            dict(BASE, pos="peg", **GAP),
+    "cpvt_b_plus":           dict(BASE, pos="peg", **PLUS),
+    "cpvt_b_gap_plus":       dict(BASE, pos="peg", **GAP, **PLUS),
+    "cpvt_b_ape":            dict(BASE, pos="ape+peg"),
+    "cpvt_b_repcpe":         dict(BASE, pos="repcpe"),
+    "cpvt_b_alibi":          dict(BASE, pos="alibi+peg"),
+    "cpvt_b_rope_mixed":     dict(BASE, pos="rope+peg", rope_mode="mixed"),
+    "cpvt_b_lookhere":       dict(BASE, pos="lookhere+peg"),
 
-for _deit, _cpvt, _size in (("tiny", "ti", TINY), ("small", "s", SMALL), ("base", "b", BASE), ("micro", "micro", MICRO)):
-    _register(f"deit_{_deit}", dict(_size, pos="ape"))
-    _register(f"deit_{_deit}_nope", dict(_size, pos="none"))
-    _register(f"deit_{_deit}_sincos", dict(_size, pos="sincos"))
-    _register(f"deit_{_deit}_rpe", dict(_size, pos="rpe"))
-    _register(f"deit_{_deit}_rope", dict(_size, pos="rope"))
-    _register(f"deit_{_deit}_rope_mixed", dict(_size, pos="rope", rope_mode="mixed"))
-    _register(f"deit_{_deit}_alibi", dict(_size, pos="alibi"))
-    _register(f"deit_{_deit}_lookhere", dict(_size, pos="lookhere"))
-    _register(f"deit_{_deit}_pape", dict(_size, pos="pape"))
-    _register(f"deit_{_deit}_convffn", dict(_size, pos="convffn"))
-    _register(f"deit_{_deit}_convembed", dict(_size, pos="convembed"))
-    _register(f"deit_{_deit}_convproj", dict(_size, pos="convproj"))
-    _register(f"cpvt_{_cpvt}", dict(_size, pos="peg"))
-    _register(f"cpvt_{_cpvt}_gap", dict(_size, pos="peg", **GAP))
-    _register(f"cpvt_{_cpvt}_plus", dict(_size, pos="peg", **PLUS))
-    _register(f"cpvt_{_cpvt}_gap_plus", dict(_size, pos="peg", **GAP, **PLUS))
-    _register(f"cpvt_{_cpvt}_ape", dict(_size, pos="ape+peg"))
-    _register(f"cpvt_{_cpvt}_repcpe", dict(_size, pos="repcpe"))
-    # a PEG beside a relative scheme: the PEG's zero-padding code plus a bias or rotation that exists at any grid
-    _register(f"cpvt_{_cpvt}_alibi", dict(_size, pos="alibi+peg"))
-    _register(f"cpvt_{_cpvt}_rope_mixed", dict(_size, pos="rope+peg", rope_mode="mixed"))
-    _register(f"cpvt_{_cpvt}_lookhere", dict(_size, pos="lookhere+peg"))
+    # micro (ours): 32 px, patch 4, dim 128, depth 8, 4 heads, 10 classes
+    "deit_micro":            dict(MICRO, pos="ape"),
+    "deit_micro_nope":       dict(MICRO, pos="none"),
+    "deit_micro_sincos":     dict(MICRO, pos="sincos"),
+    "deit_micro_rpe":        dict(MICRO, pos="rpe"),
+    "deit_micro_rope":       dict(MICRO, pos="rope"),
+    "deit_micro_rope_mixed": dict(MICRO, pos="rope", rope_mode="mixed"),
+    "deit_micro_alibi":      dict(MICRO, pos="alibi"),
+    "deit_micro_lookhere":   dict(MICRO, pos="lookhere"),
+    "deit_micro_pape":       dict(MICRO, pos="pape"),
+    "deit_micro_convffn":    dict(MICRO, pos="convffn"),
+    "deit_micro_convembed":  dict(MICRO, pos="convembed"),
+    "deit_micro_convproj":   dict(MICRO, pos="convproj"),
+    "cpvt_micro":            dict(MICRO, pos="peg"),
+    "cpvt_micro_gap":        dict(MICRO, pos="peg", **GAP),
+    "cpvt_micro_plus":       dict(MICRO, pos="peg", **PLUS),
+    "cpvt_micro_gap_plus":   dict(MICRO, pos="peg", **GAP, **PLUS),
+    "cpvt_micro_ape":        dict(MICRO, pos="ape+peg"),
+    "cpvt_micro_repcpe":     dict(MICRO, pos="repcpe"),
+    "cpvt_micro_alibi":      dict(MICRO, pos="alibi+peg"),
+    "cpvt_micro_rope_mixed": dict(MICRO, pos="rope+peg", rope_mode="mixed"),
+    "cpvt_micro_lookhere":   dict(MICRO, pos="lookhere+peg"),
+}
 
 
 # -- pyramids: Twins (one PEG per stage) and CvT (conv embedding + conv projection, no PE) --------------------------
@@ -106,5 +177,18 @@ PYRAMIDS = {
     "cvt_21": dict(CVT, depths=(1, 4, 16)),
     "cvt_micro": dict(CVT, **{**MICRO_PYRAMID, "stage_pos_options": None}, depths=(1, 1, 2)),
 }
+
+
+def _register(name: str, args: dict, cls: type) -> None:
+    def variant() -> dict:
+        return dict(args)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f"{name}: {args}"
+    register_model(cls)(variant)
+
+
+for _name, _args in VIT_MODELS.items():
+    _register(_name, _args, VisionTransformer)
 for _name, _args in PYRAMIDS.items():
     _register(_name, _args, PyramidTransformer)
