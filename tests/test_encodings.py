@@ -1,5 +1,6 @@
 """One test per encoding for the property that defines it."""
 
+import functools
 import math
 
 import pytest
@@ -7,7 +8,19 @@ import torch
 
 import cpvt
 from cpvt.layers import Attention
-from cpvt.pos import PEG, BlockPosition, Grid, LearnedAPE, ModelShape, RelPosBias, SinCos2D, resample_abs_pos_embed
+from cpvt.pos import (
+    ENCODINGS,
+    PEG,
+    BlockPosition,
+    Grid,
+    LearnedAPE,
+    ModelShape,
+    RelPosBias,
+    SinCos2D,
+    build_position_encodings,
+    encoding_options,
+    resample_abs_pos_embed,
+)
 from cpvt.pos.rpe import relative_index
 
 SHAPE = ModelShape(dim=16, depth=4, num_heads=2, num_prefix=1, grid=(4, 4))
@@ -292,13 +305,6 @@ def test_split_dilation_separates_the_border_signal_from_the_content_taps(monkey
         assert torch.allclose(pegs[mode].between(x8, Grid(8, 8, 1), 0)[0], outs[mode], atol=1e-5)
 
 
-def test_peg_fixed_grid_modes_are_checked():
-    with pytest.raises(ValueError, match="peg_fixed_grid"):
-        PEG(shape(grid=(4, 4)), fixed_grid="stretch")
-    assert PEG(shape(grid=(4, 4)), fixed_grid=True).fixed_grid == "resample"
-    assert PEG(shape(grid=(4, 4))).fixed_grid is None
-
-
 def test_whole_model_with_circular_peg_and_gap_is_shift_invariant():
     """No class token, no APE, circular PEG: circular whole-patch shifts of the image
     leave the GAP logits unchanged; zero padding or an APE breaks that."""
@@ -414,3 +420,92 @@ def test_grid_caches_filled_under_inference_mode_still_train(name):
         model.eval()(x)
     model.train()(x).sum().backward()  # raised "Inference tensors cannot be saved for backward" for RPE and PaPE
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# -- test-time grid fixes: declared per scheme, checked and routed by the base class --------------------
+FIX_SHAPE = shape(mlp_hidden=32)  # ConvFFN needs the MLP's width
+WITH_FIXES = [name for name, cls in ENCODINGS.items() if cls.GRID_FIXES]
+FIX_MODELS = {"peg": "cpvt_micro", "convffn": "deit_micro_convffn", "rope": "deit_micro_rope",
+              "sincos": "deit_micro_sincos", "pape": "deit_micro_pape"}  # a micro model of each scheme with fixes
+
+
+@functools.cache
+def fixed_grid_logits(model: str, size: tuple[int, int], fix=None) -> torch.Tensor:
+    """Logits of a 2-block ``model`` (same weights for every ``fix``) built with ``<scheme>_fixed_grid=fix``."""
+    scheme = next(n for n, m in FIX_MODELS.items() if m == model)
+    torch.manual_seed(0)
+    net = cpvt.create_model(model, depth=2, **{f"{scheme}_fixed_grid": fix}).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return net(torch.randn(2, 3, *size))
+
+
+def test_each_scheme_declares_its_fixes_and_takes_the_option_exactly_then():
+    assert {n: ENCODINGS[n].GRID_FIXES for n in WITH_FIXES} == {
+        "sincos": ("interpolate",), "rope": ("interpolate",), "pape": ("interpolate",), "convffn": ("dilate",),
+        "peg": ("resample", "dilate", "dilate_smooth", "dilate_border", "dilate_content")}
+    assert set(FIX_MODELS) == set(WITH_FIXES)  # the whole-model test below covers every scheme with fixes
+    for name, cls in ENCODINGS.items():
+        options = encoding_options(name)
+        assert (f"{name}_fixed_grid" in options) == bool(cls.GRID_FIXES)
+        assert options.get(f"{name}_fixed_grid") is None  # off by default
+        assert cls.AUTO_FIX is None or cls.AUTO_FIX in cls.GRID_FIXES
+    assert {n: c.AUTO_FIX for n, c in ENCODINGS.items() if c.AUTO_FIX} == {
+        "peg": "dilate", "convffn": "dilate", "rope": "interpolate", "sincos": "interpolate", "pape": "interpolate"}
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+def test_an_unsupported_fix_is_refused_with_an_error_naming_the_option(name):
+    cls = ENCODINGS[name]
+    others = sorted({f for c in ENCODINGS.values() for f in c.GRID_FIXES} - set(cls.GRID_FIXES))  # another scheme's
+    bad = ["stretch", "Dilate", 1, 0, 2.0, ("dilate",)] + others + ([] if "resample" in cls.GRID_FIXES else [True])
+    for value in bad:
+        with pytest.raises(ValueError, match=f"^{name}_fixed_grid") as err:
+            cls.check_grid_fix(value)
+        assert str(err.value).endswith(f"got {value!r}")
+        assert str(cls.GRID_FIXES) in str(err.value) or not cls.GRID_FIXES  # it lists what the option takes
+    if cls.GRID_FIXES:  # the same error through the user's option
+        with pytest.raises(ValueError, match=rf"^{name}_fixed_grid must be None \(no fix\) or one of .*; got 'stretch'$"):
+            build_position_encodings(name, FIX_SHAPE, **{f"{name}_fixed_grid": "stretch"})
+
+
+@pytest.mark.parametrize("name", WITH_FIXES)
+def test_every_declared_fix_is_accepted_and_applies_only_off_the_training_grid(name, monkeypatch):
+    for fix in ENCODINGS[name].GRID_FIXES:
+        (enc,) = build_position_encodings(name, FIX_SHAPE, **{f"{name}_fixed_grid": fix})
+        assert enc.fixed_grid == fix and enc.train_grid == (4, 4)
+        assert enc.grid_fix_for(Grid(4, 4, 1)) is None  # the training grid: the trained scheme, untouched
+        assert [enc.grid_fix_for(Grid(h, w, 1)) for h, w in ((8, 8), (4, 6), (3, 4))] == [fix] * 3
+        with monkeypatch.context() as m:  # exporting: the sizes are symbolic, so the general path serves every grid
+            m.setattr("cpvt.pos.base.is_exporting", lambda: True)
+            assert enc.grid_fix_for(Grid(4, 4, 1)) == fix
+    (plain,) = build_position_encodings(name, FIX_SHAPE)
+    assert plain.fixed_grid is None and plain.grid_fix_for(Grid(8, 8, 1)) is None
+
+
+@pytest.mark.parametrize("name,fix", [(n, f) for n in WITH_FIXES for f in ENCODINGS[n].GRID_FIXES])
+def test_every_fix_is_the_plain_model_at_the_training_size_and_acts_above_it(name, fix):
+    """Whole models: on the training grid (32x32 images, 8x8 tokens) each fix gives exactly the plain model's
+    logits; at 48x64 (non-square) it changes them, so the option reaches the scheme."""
+    model = FIX_MODELS[name]
+    assert torch.equal(fixed_grid_logits(model, (32, 32), fix), fixed_grid_logits(model, (32, 32)))
+    assert not torch.allclose(fixed_grid_logits(model, (48, 64), fix), fixed_grid_logits(model, (48, 64)))
+
+
+def test_the_legacy_boolean_spellings_still_work():
+    """``peg_fixed_grid=True`` is ``"resample"`` (the option's first form), False is off, for every scheme."""
+    assert PEG(shape(), fixed_grid=True).fixed_grid == "resample"
+    assert PEG(shape(), fixed_grid=False).fixed_grid is None and PEG(shape()).fixed_grid is None
+    assert torch.equal(fixed_grid_logits("cpvt_micro", (48, 64), True), fixed_grid_logits("cpvt_micro", (48, 64), "resample"))
+    assert torch.equal(fixed_grid_logits("cpvt_micro", (48, 64), False), fixed_grid_logits("cpvt_micro", (48, 64)))
+    for name in WITH_FIXES:
+        assert build_position_encodings(name, FIX_SHAPE, **{f"{name}_fixed_grid": False})[0].fixed_grid is None
+
+
+def test_the_training_grid_is_recorded_once_by_the_base_class():
+    for name in ENCODINGS:
+        (enc,) = build_position_encodings(name, shape(grid=(4, 6), mlp_hidden=32))
+        assert enc.train_grid == (4, 6), name
+        assert not {"ref", "base_grid"} & set(vars(enc)), name  # no scheme keeps a copy of its own
+    # a pyramid builds each stage's schemes for that stage's grid
+    assert [e.train_grid for e in cpvt.create_model("twins_pcpvt_micro").position_encodings()] == [(16, 16), (8, 8), (4, 4)]

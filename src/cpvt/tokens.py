@@ -8,9 +8,9 @@ neither), so each can use it without an upward import:
 * :class:`BlockPosition`: what the encodings hand one transformer block;
 * :func:`grid_positions`, :func:`rotate_pairs`: token coordinates and the
   pairwise rotation RoPE applies to queries and keys;
-* :data:`POSITION_GRID_MODES`, :func:`check_position_grid_mode`,
-  :func:`grid_step`: the ``fixed_grid="interpolate"`` option of the encodings
-  that compute from coordinates (sin-cos, RoPE, PaPE);
+* :func:`grid_step`, :func:`grid_dilation`: the geometry of the test-time grid
+  fixes (``fixed_grid="interpolate"`` of sin-cos, RoPE and PaPE; ``"dilate"``
+  of the PEG and ConvFFN), which :class:`cpvt.pos.PositionEncoding` routes;
 * :func:`map_patches`: split off the prefix, run a convolution over the patch
   map, put the prefix back (PEG, RepCPE, ConvFFN, conv projection);
 * :func:`check_image`, :func:`check_odd_kernel`: the input and kernel checks;
@@ -79,24 +79,12 @@ class BlockPosition:
     content_bias: Callable[[Tensor], Tensor] | None = None  # normed x (B, T, C) -> logit bias (B, heads, T, T)
 
 
-POSITION_GRID_MODES = (None, "interpolate")
-"""``fixed_grid`` values of the coordinate encodings: None, token indices on every grid;
-``"interpolate"``, indices scaled per axis by the training grid over the grid, so a larger
-grid spans the coordinate range seen in training (an inference-time option of this library)."""
-
-
-def check_position_grid_mode(option: str, mode: str | None) -> str | None:
-    """``mode`` if it is one of :data:`POSITION_GRID_MODES`, else a ValueError naming ``option``."""
-    if mode not in POSITION_GRID_MODES:
-        raise ValueError(f"{option} must be one of {POSITION_GRID_MODES}, got {mode!r}")
-    return mode
-
-
-def grid_step(mode: str | None, ref: tuple[int, int], h: int, w: int) -> tuple[float, float] | None:
-    """Per-axis coordinate step for an ``h x w`` grid under a ``fixed_grid`` mode and the
-    training grid ``ref``: None for token indices, ``(ref_h / h, ref_w / w)`` for
-    ``"interpolate"`` (exactly 1.0 on the training grid, so it reproduces the training positions)."""
-    return None if mode is None else (ref[0] / h, ref[1] / w)
+def grid_step(ref: tuple[int, int], h, w) -> tuple[float, float]:
+    """Per-axis coordinate step of the ``fixed_grid="interpolate"`` fix on an ``h x w`` grid, for the
+    training grid ``ref``: ``(ref_h / h, ref_w / w)``, so a larger grid spans the coordinates seen in
+    training (position interpolation, Chen et al. 2023, arXiv 2306.15595). Exactly 1.0 on the training
+    grid, which reproduces the training positions (and symbolic while a model is exported)."""
+    return ref[0] / h, ref[1] / w
 
 
 def grid_dilation(ref: tuple[int, int], h, w) -> tuple:

@@ -52,7 +52,7 @@ class ALiBi2D(PositionEncoding):
     slot = "alibi"
 
     def __init__(self, shape: ModelShape, learned: bool = False):
-        super().__init__()
+        super().__init__(shape)
         self.learned = learned
         slopes = alibi_slopes(shape.num_heads)
         if learned:

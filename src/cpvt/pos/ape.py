@@ -51,15 +51,14 @@ class LearnedAPE(PositionEncoding):
     flat_param = "table"
 
     def __init__(self, shape: ModelShape):
-        super().__init__()
-        self.base_grid = tuple(shape.grid)
+        super().__init__(shape)
         self.num_prefix = shape.num_prefix
         n = shape.num_prefix + shape.grid[0] * shape.grid[1]
         self.table = nn.Parameter(torch.zeros(1, n, shape.dim))
         nn.init.trunc_normal_(self.table, std=0.02)
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
-        return x + resample_abs_pos_embed(self.table, (grid.h, grid.w), self.base_grid, self.num_prefix)
+        return x + resample_abs_pos_embed(self.table, (grid.h, grid.w), self.train_grid, self.num_prefix)
 
     def extra_repr(self) -> str:
-        return f"grid={self.base_grid}, num_prefix={self.num_prefix}"
+        return f"grid={self.train_grid}, num_prefix={self.num_prefix}"

@@ -28,6 +28,34 @@ Nothing here knows the input resolution in advance: every hook receives a
 :class:`Grid` and must work for any ``H x W``. (:class:`Grid` and
 :class:`BlockPosition` live in :mod:`cpvt.tokens`, below both this package and
 :mod:`cpvt.layers`; they are re-exported here.)
+
+Test-time geometry
+------------------
+What a scheme learned is tied to the grid it was trained on (the model's default
+grid, ``ModelShape.grid``): a PEG's zero-padding code counts distances in tokens,
+RoPE's rotations and sin-cos coordinates grow with the token index. On a larger
+grid some schemes can keep the training grid's geometry without retraining: a
+*grid fix*, chosen per scheme by its ``<scheme>_fixed_grid`` option. One
+vocabulary serves them all:
+
+=================  ===================================================  ====================
+fix                what runs on a grid other than the training grid      schemes
+=================  ===================================================  ====================
+``"dilate"``       kernels dilated by the grid's ratio to the training   PEG, ConvFFN
+                   grid, per axis, rounded half up
+``"dilate_*"``     analyses of ``"dilate"`` (smoothed, border or         PEG
+                   content taps only)
+``"resample"``     tokens resampled to the training grid and back        PEG
+``"interpolate"``  coordinates scaled by training grid / grid, per       RoPE, sin-cos, PaPE
+                   axis (position interpolation)
+=================  ===================================================  ====================
+
+The base class records the training grid (:attr:`PositionEncoding.train_grid`),
+checks the option against the fixes the scheme declares
+(:attr:`PositionEncoding.GRID_FIXES`) in :meth:`PositionEncoding.check_grid_fix`,
+and tells a hook what to do on a grid with :meth:`PositionEncoding.grid_fix_for`:
+None on the training grid, so every fix reproduces the trained model there. None
+of these fixes is from the papers; they are inference-time options of this library.
 """
 
 from __future__ import annotations
@@ -39,6 +67,11 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from ..tokens import BlockPosition, Grid, grid_cached, is_exporting  # noqa: F401 (part of this interface)
+
+LEGACY_GRID_FIXES = {False: None, True: "resample"}
+"""Boolean spellings of a ``fixed_grid`` option: the PEG's option began as a switch for its only
+fix then, resampling (``peg_fixed_grid=True``). A boolean is read through this table before it is
+checked, so ``True`` is accepted wherever ``"resample"`` is, and ``False`` means no fix, as None does."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +104,56 @@ class PositionEncoding(nn.Module):
         flat_param: if set, the module holds a single parameter of this name
             that the model's state dict stores under the module's own name
             (timm keeps the learned table as the bare key ``pos_embed``).
+        GRID_FIXES: the test-time grid fixes the scheme implements (see the
+            module docstring); a scheme that declares any takes a ``fixed_grid``
+            constructor argument (the user's ``<name>_fixed_grid``, default None)
+            and hands it to ``__init__`` here.
+        AUTO_FIX: the scheme's best fix as measured by the reproduction suite
+            (one of ``GRID_FIXES``), or None where none is known to help: the
+            value a model-wide "best fix for each scheme" switch would pick.
+
+    Every scheme is built from the :class:`ModelShape` of its model, and calls
+    ``super().__init__(shape)`` (``super().__init__(shape, fixed_grid)`` with fixes).
     """
 
     name: ClassVar[str] = ""
     slot: ClassVar[str] = ""
     flat_param: ClassVar[str | None] = None
+    GRID_FIXES: ClassVar[tuple[str, ...]] = ()
+    AUTO_FIX: ClassVar[str | None] = None
+
+    def __init__(self, shape: ModelShape, fixed_grid: bool | str | None = None):
+        super().__init__()
+        self.train_grid: tuple[int, int] = tuple(shape.grid)  # the grid at the model's default (training) size
+        self.fixed_grid = self.check_grid_fix(fixed_grid)
+
+    @classmethod
+    def check_grid_fix(cls, fix: bool | str | None) -> str | None:
+        """The ``fixed_grid`` option normalised: one of :attr:`GRID_FIXES` or None (no fix).
+
+        A boolean is read through :data:`LEGACY_GRID_FIXES` first. Anything else raises a
+        ValueError that names the user's option (``peg_fixed_grid``) and the values it takes.
+        """
+        value = LEGACY_GRID_FIXES[fix] if isinstance(fix, bool) else fix
+        if value is None or (isinstance(value, str) and value in cls.GRID_FIXES):
+            return value
+        option = f"{cls.name}_fixed_grid"
+        if not cls.GRID_FIXES:
+            raise ValueError(f"{option}: {cls.name!r} has no test-time grid fix, got {fix!r}")
+        legacy = ", ".join(f"{k} means {v!r}" for k, v in LEGACY_GRID_FIXES.items() if v is None or v in cls.GRID_FIXES)
+        raise ValueError(f"{option} must be None (no fix) or one of {cls.GRID_FIXES} ({legacy}); got {fix!r}")
+
+    def grid_fix_for(self, grid: Grid) -> str | None:
+        """The fix to apply on ``grid``: None when the option is off or ``grid`` is the training grid
+        (where every fix is the trained scheme itself), else :attr:`fixed_grid`.
+
+        While exporting, the grid's sizes are symbolic and cannot be compared with the training grid:
+        the fix is returned, so the exported graph takes the general path, which on the training grid
+        computes the same numbers (a dilation of 1, a coordinate step of 1).
+        """
+        if self.fixed_grid is None or (not is_exporting() and (grid.h, grid.w) == self.train_grid):
+            return None
+        return self.fixed_grid
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
         """Input hook. x: (B, P+N, C) right after the prefix tokens are prepended."""

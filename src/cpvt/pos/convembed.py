@@ -34,7 +34,7 @@ class ConvEmbed(PositionEncoding):
     slot = "patch_embed"
 
     def __init__(self, shape: ModelShape, kernel_size: int | None = None, padding: int | None = None):
-        super().__init__()
+        super().__init__(shape)
         k = 2 * shape.patch_size - 1 if kernel_size is None else int(kernel_size)
         check_odd_kernel("convembed_kernel_size", k)
         s = shape.patch_size

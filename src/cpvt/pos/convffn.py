@@ -24,11 +24,9 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from ..tokens import Grid, check_odd_kernel, grid_dilation, is_exporting, map_patches
+from ..tokens import Grid, check_odd_kernel, grid_dilation, map_patches
 from .base import ModelShape, PositionEncoding
 from .peg import dilated_depthwise
-
-GRID_MODES = (None, "dilate")
 
 
 class ConvFFN(PositionEncoding):
@@ -45,13 +43,13 @@ class ConvFFN(PositionEncoding):
 
     name = "convffn"
     slot = "conv_ffn"
+    GRID_FIXES = ("dilate",)
+    AUTO_FIX = "dilate"
 
     def __init__(self, shape: ModelShape, kernel_size: int = 3, layers: Sequence[int] | None = None,
                  fixed_grid: str | None = None):
-        super().__init__()
+        super().__init__(shape, fixed_grid)
         check_odd_kernel("convffn_kernel_size", kernel_size)
-        if fixed_grid not in GRID_MODES:
-            raise ValueError(f"convffn_fixed_grid must be one of {GRID_MODES}, got {fixed_grid!r}")
         if not shape.mlp_hidden:
             raise ValueError("ConvFFN needs the model's MLP hidden size (ModelShape.mlp_hidden)")
         if layers is None:
@@ -60,7 +58,6 @@ class ConvFFN(PositionEncoding):
         if not layers or any(not 0 <= i < shape.depth for i in layers):
             raise ValueError(f"convffn_layers {list(layers)} invalid for depth {shape.depth}")
         self.kernel_size, self.layers = kernel_size, layers
-        self.fixed_grid, self.ref = fixed_grid, tuple(shape.grid)
         self.convs = nn.ModuleDict()
         for i in layers:
             conv = nn.Conv2d(shape.mlp_hidden, shape.mlp_hidden, kernel_size, 1, kernel_size // 2, groups=shape.mlp_hidden)
@@ -72,9 +69,9 @@ class ConvFFN(PositionEncoding):
         if str(layer) not in self.convs:
             return None
         conv = self.convs[str(layer)]
-        if self.fixed_grid is None or (not is_exporting() and (grid.h, grid.w) == self.ref):
+        if self.grid_fix_for(grid) is None:  # no fix, or the training grid
             return lambda h: map_patches(h, grid, conv)
-        dilation = grid_dilation(self.ref, grid.h, grid.w)  # exporting: symbolic, so the training grid takes this path too
+        dilation = grid_dilation(self.train_grid, grid.h, grid.w)  # exporting: symbolic, so the training grid takes this path too
         return lambda h: map_patches(h, grid, lambda m: dilated_depthwise(conv, m, dilation))
 
     def no_weight_decay(self) -> set[str]:
@@ -82,4 +79,4 @@ class ConvFFN(PositionEncoding):
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, layers={list(self.layers)}"
-                + (f", fixed_grid={self.fixed_grid!r} at {self.ref}" if self.fixed_grid else ""))
+                + (f", fixed_grid={self.fixed_grid!r} at {self.train_grid}" if self.fixed_grid else ""))

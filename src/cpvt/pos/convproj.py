@@ -51,7 +51,7 @@ class ConvProjection(PositionEncoding):
     slot = "conv_proj"
 
     def __init__(self, shape: ModelShape, kernel_size: int = 3, kv_stride: int = 2):
-        super().__init__()
+        super().__init__(shape)
         check_odd_kernel("convproj_kernel_size", kernel_size)
         if kv_stride < 1:
             raise ValueError(f"convproj_kv_stride must be >= 1, got {kv_stride}")

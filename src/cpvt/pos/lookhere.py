@@ -140,7 +140,7 @@ class LookHere(PositionEncoding):
 
     def __init__(self, shape: ModelShape, heads: str = "auto", global_slope: float = 2.0,
                  layer_slopes: tuple[float, float] = (1.5, 0.5)):
-        super().__init__()
+        super().__init__(shape)
         if len(layer_slopes) != 2:
             raise ValueError(f"lookhere_layer_slopes takes (first, last), got {layer_slopes!r}")
         self.heads = heads

@@ -17,4 +17,4 @@ class NoPosition(PositionEncoding):
     slot = "pos_embed"
 
     def __init__(self, shape: ModelShape):
-        super().__init__()
+        super().__init__(shape)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..tokens import check_position_grid_mode, grid_cached, grid_positions, grid_step
+from ..tokens import grid_cached, grid_positions, grid_step
 from .base import Grid, ModelShape, PositionEncoding
 
 
@@ -56,10 +56,11 @@ class PaPE(PositionEncoding):
 
     name = "pape"
     slot = "pape"
+    GRID_FIXES = ("interpolate",)
+    AUTO_FIX = "interpolate"
 
     def __init__(self, shape: ModelShape, parabolas: int | None = None, fixed_grid: str | None = None):
-        super().__init__()
-        self.fixed_grid, self.ref = check_position_grid_mode("pape_fixed_grid", fixed_grid), tuple(shape.grid)
+        super().__init__(shape, fixed_grid)
         heads, dim = shape.num_heads, shape.dim
         k = default_parabolas(dim // heads) if parabolas is None else int(parabolas)
         if k < 1:
@@ -80,8 +81,8 @@ class PaPE(PositionEncoding):
     def positions(self, grid: Grid) -> Tensor:
         """(T, 2) (column, row) of every token; prefix tokens at (-1, -1)."""
         def compute() -> Tensor:
-            ys, xs = grid_positions(grid.h, grid.w, self.position.device,
-                                    grid_step(self.fixed_grid, self.ref, grid.h, grid.w))
+            step = None if self.grid_fix_for(grid) is None else grid_step(self.train_grid, grid.h, grid.w)
+            ys, xs = grid_positions(grid.h, grid.w, self.position.device, step)
             prefix = torch.full((grid.num_prefix, 2), -1.0, device=self.position.device)
             return torch.cat([prefix, torch.stack([xs, ys], dim=1)])
 

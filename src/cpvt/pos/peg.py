@@ -28,7 +28,9 @@ Every knob the paper ablates is a constructor argument:
 * ``qk_only``: ``F(x)`` is added only to the input of the next attention's query
   and key projections; the residual stream and the values stay un-encoded;
 * ``fixed_grid`` (not in the paper; inference-time variants measured by the
-  reproduction suite) keeps the training grid's geometry on any other grid:
+  reproduction suite) keeps the training grid's geometry on any other grid.
+  The values are :attr:`PEG.GRID_FIXES`, checked and routed by the base class
+  (:mod:`cpvt.pos.base`, "Test-time geometry"):
 
   - ``True`` or ``"resample"``: the tokens are resampled (bilinear,
     antialiased) to the model's own grid (the training grid), ``F`` runs
@@ -86,9 +88,6 @@ from .base import ModelShape, PositionEncoding
 
 PADDING_MODES = ("zeros", "circular", "replicate", "reflect")
 KINDS = ("depthwise", "separable")
-# peg_fixed_grid values -> mode; None (the default) and False: the plain PEG on every grid
-GRID_MODES = {None: None, False: None, True: "resample", "resample": "resample", "dilate": "dilate",
-              "dilate_smooth": "dilate_smooth", "dilate_border": "dilate_border", "dilate_content": "dilate_content"}
 ANALYSIS_MODES = ("dilate_smooth",)  # test-time analyses: eager only
 
 
@@ -204,6 +203,8 @@ class PEG(PositionEncoding):
 
     name = "peg"
     slot = "pos_block"
+    GRID_FIXES = ("resample", "dilate", "dilate_smooth", "dilate_border", "dilate_content")
+    AUTO_FIX = "dilate"
 
     def __init__(
         self,
@@ -217,7 +218,7 @@ class PEG(PositionEncoding):
         qk_only: bool = False,
         fixed_grid: bool | str | None = None,
     ):
-        super().__init__()
+        super().__init__(shape, fixed_grid)  # checks fixed_grid against GRID_FIXES; True means "resample"
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
         # A PEG must be read by something: Q/K-only feeds the next attention, and after the last
         # block of a class-token stream only the class token goes on to the head, so a PEG
@@ -238,15 +239,11 @@ class PEG(PositionEncoding):
             raise ValueError(f"peg_padding must be one of {PADDING_MODES}, got {padding!r}")
         if layers < 1:
             raise ValueError(f"peg_layers must be >= 1, got {layers}")
-        if not isinstance(fixed_grid, (bool, str, type(None))) or fixed_grid not in GRID_MODES:
-            raise ValueError(f"peg_fixed_grid must be False, True or one of {[m for m in GRID_MODES if isinstance(m, str)]}, "
-                             f"got {fixed_grid!r}")
-        if fixed_grid in ("dilate_border", "dilate_content") and padding != "zeros":
+        if self.fixed_grid in ("dilate_border", "dilate_content") and padding != "zeros":
             raise ValueError(f"peg_fixed_grid={fixed_grid!r} splits off the zero padding's border signal; "
                              f"it needs peg_padding='zeros', got {padding!r}")
         self.positions, self.kernel_size, self.padding = positions, kernel_size, padding
         self.kind, self.layers, self.frozen, self.qk_only = kind, layers, frozen, qk_only
-        self.fixed_grid, self.ref = GRID_MODES[fixed_grid], tuple(shape.grid)
         for j in range(len(positions)):
             self.add_module(str(j), PosConv(shape.dim, kernel_size, kind, layers, padding))
         if frozen:
@@ -277,16 +274,17 @@ class PEG(PositionEncoding):
 
     def _generator(self, gen: PosConv, grid: Grid):
         """``gen`` as it runs on ``grid``: plain, or keeping the training grid's geometry (``fixed_grid``)."""
-        if self.fixed_grid is None or (not is_exporting() and (grid.h, grid.w) == self.ref):
-            return gen  # exporting: the grid is symbolic, so the general path serves the training grid too
-        if self.fixed_grid == "resample":
+        fix = self.grid_fix_for(grid)  # None on the training grid (while exporting, the general path serves it)
+        if fix is None:
+            return gen
+        if fix == "resample":
             return partial(self._on_ref_grid, gen)
-        return partial(gen, dilation=grid_dilation(self.ref, grid.h, grid.w), variant=self.fixed_grid)
+        return partial(gen, dilation=grid_dilation(self.train_grid, grid.h, grid.w), variant=fix)
 
     def _on_ref_grid(self, gen: PosConv, fmap: Tensor) -> Tensor:
         """The generator run on the training grid: the map resampled there, convolved, resampled back."""
         # float32: antialiased resampling has no bfloat16 kernel on the CPU
-        ref = F.interpolate(fmap.float(), size=self.ref, mode="bilinear", align_corners=False,
+        ref = F.interpolate(fmap.float(), size=self.train_grid, mode="bilinear", align_corners=False,
                             antialias=True).to(fmap.dtype)
         return F.interpolate(gen(ref), size=fmap.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -294,5 +292,5 @@ class PEG(PositionEncoding):
         return (
             f"positions={list(self.positions)}, kernel_size={self.kernel_size}, kind={self.kind!r}, "
             f"layers={self.layers}, padding={self.padding!r}, frozen={self.frozen}, qk_only={self.qk_only}"
-            + (f", fixed_grid={self.fixed_grid!r} at {self.ref}" if self.fixed_grid else "")
+            + (f", fixed_grid={self.fixed_grid!r} at {self.train_grid}" if self.fixed_grid else "")
         )

@@ -64,7 +64,7 @@ class RepCPE(PositionEncoding):
     slot = "rep_cpe"
 
     def __init__(self, shape: ModelShape, positions: Sequence[int] = (0,), kernel_size: int = 7):
-        super().__init__()
+        super().__init__(shape)
         positions = (positions,) if isinstance(positions, int) else tuple(int(p) for p in positions)
         last = shape.last_read_position
         if not positions or any(not -1 <= p <= last for p in positions):

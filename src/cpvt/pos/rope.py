@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..tokens import check_position_grid_mode, grid_cached, grid_positions, grid_step, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
+from ..tokens import grid_cached, grid_positions, grid_step, rotate_pairs  # noqa: F401 (rotate_pairs: applied by the attention layer)
 from .base import Grid, ModelShape, PositionEncoding
 
 MODES = ("axial", "mixed")
@@ -50,13 +50,14 @@ class RoPE2D(PositionEncoding):
 
     name = "rope"
     slot = "rope"
+    GRID_FIXES = ("interpolate",)
+    AUTO_FIX = "interpolate"
 
     def __init__(self, shape: ModelShape, mode: str = "axial", theta: float | None = None,
                  fixed_grid: str | None = None):
-        super().__init__()
+        super().__init__(shape, fixed_grid)
         if mode not in MODES:
             raise ValueError(f"rope_mode must be one of {MODES}, got {mode!r}")
-        self.fixed_grid, self.ref = check_position_grid_mode("rope_fixed_grid", fixed_grid), tuple(shape.grid)
         head_dim = shape.dim // shape.num_heads
         if head_dim % 4:
             raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
@@ -75,7 +76,8 @@ class RoPE2D(PositionEncoding):
 
     def positions(self, grid: Grid) -> tuple[Tensor, Tensor]:
         """Each token's (y, x), (N,) each: grid indices, or with ``fixed_grid``, indices in training-grid units."""
-        return grid_positions(grid.h, grid.w, self.freqs.device, grid_step(self.fixed_grid, self.ref, grid.h, grid.w))
+        step = None if self.grid_fix_for(grid) is None else grid_step(self.train_grid, grid.h, grid.w)
+        return grid_positions(grid.h, grid.w, self.freqs.device, step)
 
     def qk_angles(self, grid: Grid, layer: int) -> Tensor:
         if self.mode == "axial":  # fixed: the same angles for every block, computed once per grid

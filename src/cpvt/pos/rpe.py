@@ -52,7 +52,7 @@ class RelPosBias(PositionEncoding):
     slot = "rel_pos"
 
     def __init__(self, shape: ModelShape, max_offset: int = 8, shared: bool = False):
-        super().__init__()
+        super().__init__(shape)
         if max_offset < 1:
             raise ValueError(f"rpe_max_offset must be >= 1, got {max_offset}")
         self.max_offset, self.shared, self.num_prefix = max_offset, shared, shape.num_prefix

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..tokens import check_position_grid_mode, grid_step
+from ..tokens import grid_step
 from .base import Grid, ModelShape, PositionEncoding, is_exporting
 
 
@@ -62,20 +62,20 @@ class SinCos2D(PositionEncoding):
 
     name = "sincos"
     slot = "pos_embed"
+    GRID_FIXES = ("interpolate",)
+    AUTO_FIX = "interpolate"
 
     def __init__(self, shape: ModelShape, temperature: float = 10000.0, fixed_grid: str | None = None):
-        super().__init__()
-        self.fixed_grid = check_position_grid_mode("sincos_fixed_grid", fixed_grid)
+        super().__init__(shape, fixed_grid)
         self.dim, self.num_prefix, self.temperature = shape.dim, shape.num_prefix, temperature
-        self.base_grid = tuple(shape.grid)
-        self.register_buffer("base_table", sincos_2d(*self.base_grid, self.dim, temperature), persistent=False)
+        self.register_buffer("base_table", sincos_2d(*self.train_grid, self.dim, temperature), persistent=False)
 
     def table(self, grid: Grid) -> Tensor:
         """(N, C) table for the grid's patch tokens (computed, not the stored one, while exporting: the
         exported graph must build the table of whatever grid it is given)."""
-        if not is_exporting() and (grid.h, grid.w) == self.base_grid:
+        if not is_exporting() and (grid.h, grid.w) == self.train_grid:
             return self.base_table
-        step = grid_step(self.fixed_grid, self.base_grid, grid.h, grid.w)
+        step = None if self.grid_fix_for(grid) is None else grid_step(self.train_grid, grid.h, grid.w)
         return sincos_2d(grid.h, grid.w, self.dim, self.temperature, step).to(self.base_table.device)
 
     def add(self, x: Tensor, grid: Grid) -> Tensor:
