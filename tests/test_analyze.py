@@ -68,7 +68,11 @@ def test_spearman_is_rank_correlation():
     two_level = (t >= 5).float()
     expected = torch.corrcoef(torch.stack([torch.tensor([2.0] * 5 + [7.0] * 5), t]))[0, 1]
     assert spearman(two_level, t).item() == pytest.approx(expected.item(), abs=1e-6)
-    assert spearman(two_level, t).item() == pytest.approx(spearman(two_level.flip(0).flip(0), t).item())
+    # ... so the score does not depend on the order the tied values come in: the same pairs, reordered, score the same
+    for order in (torch.arange(9, -1, -1), torch.randperm(10, generator=torch.Generator().manual_seed(0))):
+        assert spearman(two_level[order], t[order]).item() == pytest.approx(expected.item(), abs=1e-6)
+    # and values within 1e-5 (relative) of each other are tied: float noise does not rank them
+    assert spearman(two_level + 1e-7 * t.flip(0), t).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["deit_micro", "cpvt_micro_gap", "deit_micro_rpe"])

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import run_weights, tiny_config
 
 from cpvt.study.reproduce import run_name
-from cpvt.train.config import apply_overrides, resolve_config
 from cpvt.train.engine import train
 from cpvt.train.evaluate import evaluate_runs
 
@@ -15,17 +14,15 @@ pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.fil
 
 
 def tiny(out, **kw):
-    cfg = resolve_config("synthetic", {"out": str(out)})
-    apply_overrides(cfg, {"model": "cpvt_micro", "img_size": 16, "epochs": 1, "batch_size": 32, "train_limit": 128,
-                          "val_limit": 64, "model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2,
-                          "randaug_n": 0, "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.0, **kw})
-    return cfg
+    """conftest's tiny config: one epoch of 4 steps of ``cpvt_micro``, the recipe's warm-up, no augmentation."""
+    return tiny_config(out, **{"model": "cpvt_micro", "epochs": 1, "train_limit": 128, "warmup_epochs": 1,
+                               "randaug_n": 0, "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.0, **kw})
 
 
 def test_compiled_training_matches_eager(tmp_path):
     train(tiny(tmp_path / "eager", amp="off"))
     metrics = train(tiny(tmp_path / "compiled", amp="off", compile=True))
-    a, b = load_file(str(tmp_path / "eager" / "last.safetensors")), load_file(str(tmp_path / "compiled" / "last.safetensors"))
+    a, b = run_weights(tmp_path / "eager"), run_weights(tmp_path / "compiled")
     keys = [k for k in a if "/" not in k]  # the model's weights
     assert keys and max((a[k] - b[k]).abs().max().item() for k in keys) < 1e-3  # fused kernels round differently
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))

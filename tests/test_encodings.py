@@ -52,7 +52,7 @@ def test_sincos_values_match_the_formula():
 def test_sincos_matches_maes_table():
     """MAE's get_2d_sincos_pos_embed (He et al. 2022), written out with numpy: a meshgrid with x first, the
     first half of the channels from grid[0] (the column), each 1D half sin then cos at 1 / 10000^(2i/d)."""
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a dependency of cpvt itself
     dim, size = 16, 5
 
     def one_d(d, pos):

@@ -10,35 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import assert_same_weights, run_weights, tiny_config
 
 from cpvt.checkpoint import CheckpointError, load_checkpoint
 from cpvt.cli import main
 from cpvt.models import model_from_checkpoint
-from cpvt.train.config import TrainConfig, apply_overrides, resolve_config
+from cpvt.train.config import TrainConfig, resolve_config
 from cpvt.train.engine import train
 from cpvt.utils.errors import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
-
-
-def tiny_config(out, **kw) -> TrainConfig:
-    cfg = resolve_config("synthetic", {"out": str(out)})
-    apply_overrides(cfg, {"model": "cpvt_micro_gap", "img_size": 16, "epochs": 2, "batch_size": 32,
-                          "train_limit": 256, "val_limit": 64, "warmup_epochs": 0.5, **TINY, **kw})
-    return cfg
-
-
-def weights(run) -> dict:
-    return load_file(str(Path(run) / "last.safetensors"))
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    model_keys = [k for k in a if "/" not in k]
-    return all(torch.equal(a[k], b[k]) for k in model_keys)
-
-
 # -- config ------------------------------------------------------------------
 def test_recipes_resolve_and_set_overrides_validate():
     cfg = resolve_config("cifar10", {"epochs": 3}, ["lr=0.002", "model.peg_kernel_size=5", "rrc_scale=[0.5,1]"])
@@ -102,10 +83,7 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
     monkeypatch.setattr(engine, "mix_batch", count)
     train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9), resume=True)
     assert calls["n"] == 16 - 11  # the resume ran only the steps after the checkpoint (8 + 3 done), not the run again
-    full, part = weights(tmp_path / "full"), weights(tmp_path / "part")
-    assert same_weights(full, part)
-    ema_keys = [k for k in full if k.startswith("ema/")]
-    assert ema_keys and all(torch.equal(full[k], part[k]) for k in ema_keys)
+    assert_same_weights(tmp_path / "full", tmp_path / "part", ema=True)
     log = (tmp_path / "part" / "log.jsonl").read_text()
     assert "val_top1_ema" in log
 
@@ -223,7 +201,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
     r = subprocess.run(cmd + ["--out", str(run), "--resume"], check=True, env=env, capture_output=True, text=True)
     # and the resume continued from that checkpoint rather than training again from the start
     assert f"resuming {run} from epoch {progress['epoch']} step {progress['step']}" in r.stdout
-    assert same_weights(weights(tmp_path / "ref"), weights(run))
+    assert_same_weights(tmp_path / "ref", run)
     assert not list(run.glob(".*.tmp"))  # no temporary files left behind
 
 
@@ -242,7 +220,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         train(tiny_config(tmp_path, ckpt_every_steps=3))
     progress = load_checkpoint(tmp_path / "last.safetensors").progress
     assert (progress["epoch"], progress["step"]) == (0, 6)
-    assert all(torch.isfinite(v).all() for k, v in weights(tmp_path).items() if "/" not in k)
+    assert all(torch.isfinite(v).all() for k, v in run_weights(tmp_path).items() if "/" not in k)
 
 
 # -- checkpoint safety -----------------------------------------------------------
@@ -344,7 +322,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     r = subprocess.run(torchrun + ["-m", "cpvt", *common, "--out", str(tmp_path / "two")], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = run_weights(tmp_path / "one"), run_weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if "/" not in k)
     assert "on 2 x cpu" in r.stdout
 

@@ -18,40 +18,28 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from conftest import TINY_MODEL, assert_same_weights
+from conftest import tiny_config as plain_tiny_config
+from safetensors.torch import save_file
 
 import cpvt.checkpoint as checkpoint
 import cpvt.train.engine as engine
 from cpvt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpvt.cli import main
 from cpvt.models import create_model
-from cpvt.train.config import apply_overrides, resolve_config
 from cpvt.utils.errors import EXIT_STOPPED, EXIT_WRITE_FAILED, CheckpointWriteError, TrainingStopped
 
-TINY = {"model.depth": 2, "model.embed_dim": 32, "model.num_heads": 2}
 STEPS = 8  # per epoch: train_limit 256 / batch 32
 
 
 def tiny_config(out, **kw):
-    cfg = resolve_config("synthetic", {"out": str(out)})
-    apply_overrides(cfg, {"model": "cpvt_micro_gap", "img_size": 16, "epochs": 2, "batch_size": 32,
-                          "train_limit": 256, "val_limit": 64, "warmup_epochs": 0.5, "ema": True, "ema_decay": 0.9,
-                          **TINY, **kw})
-    return cfg
+    """conftest's tiny config (2 epochs of 8 steps) with an EMA, so every resume check covers the EMA too."""
+    return plain_tiny_config(out, **{"ema": True, "ema_decay": 0.9, **kw})
 
 
 def progress(run) -> tuple[int, int]:
     p = load_checkpoint(Path(run) / "last.safetensors").progress
     return p["epoch"], p["step"]
-
-
-def assert_same_weights_and_ema(a, b) -> None:
-    """Model and EMA tensors of two runs' last checkpoints are bit-identical."""
-    wa, wb = load_file(str(Path(a) / "last.safetensors")), load_file(str(Path(b) / "last.safetensors"))
-    keys = [k for k in wa if "/" not in k or k.startswith("ema/")]
-    assert any(k.startswith("ema/") for k in keys)
-    different = [k for k in keys if not torch.equal(wa[k], wb[k])]
-    assert not different, f"{len(different)} of {len(keys)} tensors differ, e.g. {different[:3]}"
 
 
 def logged_epochs(run) -> list[int]:
@@ -98,7 +86,7 @@ def test_signal_finishes_the_step_writes_the_checkpoint_and_resume_is_exact(tmp_
 
     monkeypatch.setattr(engine, "mix_batch", real)
     engine.train(tiny_config(run, ckpt_every_steps=3), resume=True)
-    assert_same_weights_and_ema(reference, run)
+    assert_same_weights(reference, run, ema=True)
     assert logged_epochs(run) == [1, 2]
 
 
@@ -108,7 +96,7 @@ def test_sigterm_stops_the_cli_with_its_exit_code_and_resume_finishes(tmp_path):
     cmd = [sys.executable, "-m", "cpvt", "train", "--data", "synthetic", "--model", "cpvt_micro_gap", "--img-size",
            "16", "--epochs", "3", "--batch-size", "16", "--recipe", "synthetic", "--out", str(run),
            "--save-every-steps", "2"]
-    cmd += [f"--set={k}={v}" for k, v in {**TINY, "train_limit": 320, "val_limit": 32}.items()]
+    cmd += [f"--set={k}={v}" for k, v in {**TINY_MODEL, "train_limit": 320, "val_limit": 32}.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -144,7 +132,7 @@ def test_checkpoint_keeps_every_rank_rng_state(tmp_path):
     torch.set_rng_state(own)
 
 
-DDP_SETS = {**TINY, "train_limit": 384, "val_limit": 32, "randaug_n": 1, "mixup": 0.8, "cutmix": 1.0,
+DDP_SETS = {**TINY_MODEL, "train_limit": 384, "val_limit": 32, "randaug_n": 1, "mixup": 0.8, "cutmix": 1.0,
             "drop_path": 0.1, "ema": True, "ema_decay": 0.9, "amp": "off"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -180,7 +168,7 @@ def resume_and_compare(run, reference) -> None:
     r = subprocess.run(ddp_cmd(run) + ["--resume"], env=DDP_ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "not bit-identical" not in r.stderr  # every rank found its own RNG state
-    assert_same_weights_and_ema(reference, run)
+    assert_same_weights(reference, run, ema=True)
     assert logged_epochs(run) == [1, 2, 3]
 
 
@@ -286,14 +274,14 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_resume_is_exact(tmp_
     assert progress(run) == (0, 3) and no_temporaries(run) and not (run / "run.lock").exists()
     monkeypatch.undo()
     engine.train(tiny_config(run, ckpt_every_steps=3), resume=True)
-    assert_same_weights_and_ema(reference, run)
+    assert_same_weights(reference, run, ema=True)
 
 
 def test_failed_first_write_exits_74_and_says_nothing_was_kept(tmp_path, monkeypatch, capsys):
     fail_on_save(monkeypatch, "write", errno.ENOSPC, nth=1)
     args = ["train", "--data", "synthetic", "--model", "cpvt_micro_gap", "--img-size", "16", "--epochs", "1",
             "--batch-size", "32", "--recipe", "synthetic", "--out", str(tmp_path)]
-    sets = [f"--set={k}={v}" for k, v in {**TINY, "train_limit": 64, "val_limit": 32}.items()]
+    sets = [f"--set={k}={v}" for k, v in {**TINY_MODEL, "train_limit": 64, "val_limit": 32}.items()]
     assert main(args + sets) == EXIT_WRITE_FAILED
     err = capsys.readouterr().err
     assert "cpvt: error: could not write checkpoint" in err and "(disk full)" in err

@@ -83,8 +83,13 @@ def test_lookhere_head_plans_follow_the_papers_variants():
 def test_lookhere_octants_cover_every_key_once_apart_from_their_edges():
     dirs = head_plan("eighths1-eighths2", 8)[0]
     maps = lookhere_maps(Grid(7, 7), dirs, [1.0] * 8)
-    seen = torch.isfinite(maps[:, 24]).sum(0)  # the centre query, per key: how many octants see it
-    assert (seen >= 1).all()  # together the octants see everything
+    assert len(set(dirs)) == 8
+    seen = torch.isfinite(maps[:, 24]).sum(0).view(7, 7)  # the centre query (3, 3), per key: how many octants see it
+    # inside an octant: that octant alone; on an axis or a diagonal, the edge two octants share; the query itself: all
+    dy, dx = torch.meshgrid(torch.arange(7) - 3, torch.arange(7) - 3, indexing="ij")
+    edge = (dy == 0) | (dx == 0) | (dy.abs() == dx.abs())
+    expected = torch.where(edge, 2, 1).masked_fill((dy == 0) & (dx == 0), 8)
+    assert torch.equal(seen, expected), seen
 
 
 # -- PaPE ---------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import hold_lock
 
 from cpvt.cli import main
 from cpvt.study.report import Results, judge
@@ -20,9 +22,19 @@ def trained_records(out: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke_sweep(tmp_path_factory):
+    """The smoke budget's whole sweep, run once for the module. Tests never write to it: see ``smoke``."""
     out = tmp_path_factory.mktemp("smoke")
     assert main(["reproduce", "all", "--budget", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def smoke(smoke_sweep, tmp_path):
+    """A copy of the smoke sweep that is this test's own to change (records deleted, runs moved, locks taken), so
+    the tests pass alone and in any order."""
+    out = tmp_path / "smoke"
+    shutil.copytree(smoke_sweep, out)
     return out
 
 
@@ -142,46 +154,31 @@ def test_a_variant_of_an_interrupted_retrain_resumes_it_before_testing(smoke: Pa
     assert not calls and variant.exists()
 
 
-def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys):
+def test_a_run_locked_by_another_process_is_left_to_it(smoke: Path, capsys, live_pid: int):
     """Two `cpvt reproduce` processes share a sweep: a run the other one holds is skipped, not trained twice."""
-    import subprocess
-    import sys
-
     from cpvt.train.runlock import LOCK_NAME
 
     victim = trained_records(smoke)[0]
     run = smoke / "runs" / victim.parent.name / victim.stem
     victim.unlink()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (run / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname(),
-                                                 "started": "now"}))
-        capsys.readouterr()
-        assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
-        out = capsys.readouterr().out
-        assert "1 to run" in out and f"skipped: {run} is in use by pid {sleeper.pid}" in out
-        assert not victim.exists()
-    finally:
-        sleeper.kill()
-        (run / LOCK_NAME).unlink()
+    hold_lock(run, live_pid)
+    capsys.readouterr()
+    assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
+    out = capsys.readouterr().out
+    assert "1 to run" in out and f"skipped: {run} is in use by pid {live_pid}" in out
+    assert not victim.exists()
+    (run / LOCK_NAME).unlink()  # the holder is gone
     assert main(["reproduce", "T1,T3,T4", "--budget", "smoke", "--out", str(smoke)]) == 0
     assert victim.exists() and not (run / LOCK_NAME).exists()
 
 
 def test_a_finished_record_is_enough_without_the_run_folder(smoke: Path, capsys):
     """A fresh clone has the committed records but no runs/: nothing is trained again."""
-    import shutil
-
-    moved = smoke.parent / (smoke.name + "-runs")
-    shutil.move(smoke / "runs", moved)
-    try:
-        capsys.readouterr()
-        assert main(["reproduce", "T1,T2", "--budget", "smoke", "--out", str(smoke)]) == 0
-        assert " 0 to run" in capsys.readouterr().out
-        assert not (smoke / "runs").exists()
-    finally:
-        shutil.rmtree(smoke / "runs", ignore_errors=True)
-        shutil.move(moved, smoke / "runs")
+    shutil.rmtree(smoke / "runs")
+    capsys.readouterr()
+    assert main(["reproduce", "T1,T2", "--budget", "smoke", "--out", str(smoke)]) == 0
+    assert " 0 to run" in capsys.readouterr().out
+    assert not (smoke / "runs").exists()
 
 
 def test_rows_option_trains_only_the_named_rows_and_reports_all(smoke: Path, tmp_path: Path, capsys):
@@ -280,8 +277,6 @@ def test_bad_study_entries_fail_clearly():
 
 
 def test_smoke_study_is_reported_beside_its_base(tmp_path: Path, capsys):
-    import shutil
-
     root = tmp_path / "experiments"
     shutil.copytree(experiments_dir(), root)
     with open(root / "budgets.toml", "a") as f:
@@ -379,15 +374,12 @@ def test_data_option_trains_only_the_named_dataset_entries(smoke: Path, capsys):
     assert "no dataset entry named imagenette" in err and "its entries: synthetic" in err
 
 
-def test_the_report_keeps_every_recorded_seed_whatever_seeds_asks(smoke: Path, tmp_path: Path, capsys):
+def test_the_report_keeps_every_recorded_seed_whatever_seeds_asks(smoke: Path, smoke_sweep: Path, capsys):
     """A sweep run one seed at a time (--seeds 1) or with extra seeds still reports every finished seed."""
-    import shutil
-
-    out = tmp_path / "sweep"
-    shutil.copytree(smoke, out)
+    out = smoke
     assert main(["reproduce", "T1", "--budget", "smoke", "--rows", "peg", "--seeds", "2", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("records/*/*.json") if "@" not in p.name) != [
-        p.name for p in trained_records(smoke)]  # seed 1 of the PEG was trained
+        p.name for p in trained_records(smoke_sweep)]  # seed 1 of the PEG was trained
     peg = lambda: next(line for line in (out / "report.md").read_text().splitlines()  # noqa: E731
                        if line.startswith("| PEG at 0 (CPVT) "))
     assert "(2)" in peg()
@@ -400,7 +392,7 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     """A commit made while a run trains must not relabel the run: the first reading is kept."""
     import subprocess
 
-    from cpvt import reproduce as rp
+    from cpvt.study import reproduce as rp
 
     heads = iter(["a" * 40, "b" * 40])
 

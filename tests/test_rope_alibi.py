@@ -11,6 +11,7 @@ from cpvt.models import create_model
 from cpvt.pos import ALiBi2D, Grid, ModelShape, RoPE2D
 from cpvt.pos.alibi import alibi_slopes
 from cpvt.pos.rope import rotate_pairs
+from cpvt.tokens import BlockPosition
 
 SHAPE = ModelShape(dim=64, depth=3, num_heads=2, num_prefix=1, grid=(6, 6))
 
@@ -54,14 +55,58 @@ def test_rope_is_a_rotation_and_leaves_the_class_token_alone():
     assert "rope.freqs" not in create_model("deit_micro_rope").state_dict()  # axial: nothing learned
 
 
-def test_rope_sdpa_path_matches_the_explicit_softmax():
+def explicit_attention(attn, tokens, pos):
+    """softmax(q k^T / sqrt(d) + bias) v through ``attn``'s projections, written out independently of the layer:
+    RoPE turns each channel pair of a patch token's query and key as a complex number, ``(a + ib) e^(i angle)``."""
+    b, t, c = tokens.shape
+    h, d = attn.num_heads, c // attn.num_heads
+    q, k, v = (tokens @ attn.qkv.weight.T + attn.qkv.bias).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
+    if pos.qk_angles is not None:
+        p = pos.grid.num_prefix
+        turn = torch.polar(torch.ones_like(pos.qk_angles), pos.qk_angles)  # (heads or 1, N, d/2)
+
+        def rotate(z):
+            pairs = torch.view_as_complex(z[:, :, p:].reshape(b, h, t - p, d // 2, 2).contiguous())
+            return torch.cat([z[:, :, :p], torch.view_as_real(pairs * turn).flatten(-2)], dim=2)
+
+        q, k = rotate(q), rotate(k)
+    logits = q @ k.transpose(-2, -1) / math.sqrt(d)
+    if pos.attn_bias is not None:
+        logits = logits + pos.attn_bias
+    weights = logits.softmax(-1)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, t, c)), weights
+
+
+@pytest.mark.parametrize("name", ["deit_micro_rope", "deit_micro_rope_mixed", "deit_micro_alibi"])
+def test_rope_sdpa_path_matches_the_explicit_softmax(name):
+    """Every block's attention output (SDPA) is the explicit softmax attention with RoPE on q and k (or ALiBi's
+    bias on the logits); the probabilities ``keep_attn`` stores are the explicit ones, and keeping them does not
+    change the output."""
     torch.manual_seed(0)
-    model = create_model("deit_micro_rope").eval()
-    x = torch.randn(2, 3, 40, 32)
-    out = model(x)
-    for blk in model.blocks:
-        blk.attn.keep_attn = True
-    torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+    model = create_model(name).eval()
+    x = torch.randn(2, 3, 40, 32)  # a non-square 10x8 grid
+    calls = []
+    hooks = [blk.attn.register_forward_hook(lambda m, args, out: calls.append((m, args[0], args[1], out)))
+             for blk in model.blocks]
+    with torch.no_grad():
+        out = model(x)
+        assert len(calls) == len(model.blocks)
+        for attn, tokens, pos, y in calls:
+            assert pos.qk_delta is None and pos.content_bias is None and pos.qkv_tokens is None
+            assert (pos.qk_angles is not None) == ("rope" in name) and (pos.attn_bias is not None) == ("alibi" in name)
+            expected, _ = explicit_attention(attn, tokens, pos)
+            torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+            # the position does matter here: the same attention without it is far off
+            plain, _ = explicit_attention(attn, tokens, BlockPosition(pos.grid))
+            assert (y - plain).abs().max() > 1e-3
+        calls.clear()
+        for blk in model.blocks:
+            blk.attn.keep_attn = True
+        torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+        for attn, tokens, pos, _ in calls:
+            torch.testing.assert_close(attn.last_attn, explicit_attention(attn, tokens, pos)[1], atol=1e-5, rtol=1e-4)
+    for hook in hooks:
+        hook.remove()
 
 
 def test_alibi_bias_is_distance_times_the_configured_slopes():

@@ -10,16 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hold_lock
 
 from cpvt.cli import main
 from cpvt.train.runlock import LOCK_NAME, run_lock
 from cpvt.utils.errors import RunLocked
-
-
-def _hold(folder: Path, pid: int, host: str | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                                "started": "2026-01-01T00:00:00+00:00"}))
 
 
 def _dead_pid() -> int:
@@ -38,20 +33,16 @@ def test_lock_is_held_for_the_body_and_released(tmp_path: Path):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
-def test_a_live_holder_is_refused_by_name(tmp_path: Path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _hold(tmp_path, sleeper.pid)
-        with pytest.raises(RunLocked, match=f"in use by pid {sleeper.pid} on {socket.gethostname()} since 2026"):
-            with run_lock(tmp_path):
-                pass
-        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == sleeper.pid  # untouched
-    finally:
-        sleeper.kill()
+def test_a_live_holder_is_refused_by_name(tmp_path: Path, live_pid: int):
+    hold_lock(tmp_path, live_pid)
+    with pytest.raises(RunLocked, match=f"in use by pid {live_pid} on {socket.gethostname()} since 2026"):
+        with run_lock(tmp_path):
+            pass
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == live_pid  # untouched
 
 
 def test_another_hosts_lock_is_never_taken_over(tmp_path: Path):
-    _hold(tmp_path, _dead_pid(), host="some-other-host")
+    hold_lock(tmp_path, _dead_pid(), host="some-other-host")
     with pytest.raises(RunLocked, match="some-other-host"):
         with run_lock(tmp_path):
             pass
@@ -59,7 +50,7 @@ def test_another_hosts_lock_is_never_taken_over(tmp_path: Path):
 
 def test_a_dead_holder_is_taken_over_with_a_warning(tmp_path: Path):
     pid = _dead_pid()
-    _hold(tmp_path, pid)
+    hold_lock(tmp_path, pid)
     with pytest.warns(UserWarning, match=f"stale lock .* pid {pid} \\(no longer running\\)"):
         with run_lock(tmp_path):
             assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
@@ -73,14 +64,10 @@ def test_an_empty_lock_file_counts_as_stale(tmp_path: Path):
             pass
 
 
-def test_train_refuses_a_run_folder_in_use(tmp_path: Path, capsys):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _hold(tmp_path / "run", sleeper.pid)
-        code = main(["train", "--model", "deit_micro", "--data", "synthetic", "--epochs", "1",
-                     "--out", str(tmp_path / "run"), "--set", "train_limit=8", "--set", "val_limit=8"])
-        assert code == 4
-        assert f"in use by pid {sleeper.pid}" in capsys.readouterr().err
-        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # nothing written
-    finally:
-        sleeper.kill()
+def test_train_refuses_a_run_folder_in_use(tmp_path: Path, capsys, live_pid: int):
+    hold_lock(tmp_path / "run", live_pid)
+    code = main(["train", "--model", "deit_micro", "--data", "synthetic", "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--set", "train_limit=8", "--set", "val_limit=8"])
+    assert code == 4
+    assert f"in use by pid {live_pid}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # nothing written
