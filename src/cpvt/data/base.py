@@ -16,6 +16,9 @@ A source implements :class:`DataSource`:
   every call: seeded, not the first files, so every class is represented).
 * ``splits``: which split names exist (``train``, and ``val`` or ``test``).
 * ``classes``: class names, index = label.
+
+Segmentation sources (:class:`cpvt.data.masks.MaskFolderSource`) hand out a :class:`SegSplit` instead: the
+same uint8 images, whole frames of one size ``(N, 3, H, W)``, with a label map per frame.
 """
 
 from __future__ import annotations
@@ -43,6 +46,39 @@ class Split:
     @property
     def size(self) -> int:
         return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class SegSplit:
+    """A decoded segmentation split: ``images`` uint8 (N, 3, H, W) and ``masks`` (N, H, W), one class index a
+    pixel (either may be a memory map).
+
+    ``masks`` is uint8 when every class index and ``ignore_index`` fit in 0..255 (CamVid, Cityscapes, ADE20K:
+    an eighth of int64's memory), int64 otherwise; training converts a batch with ``.long()`` on the device.
+    A pixel equal to ``ignore_index`` is not scored (void, unlabelled, or outside the frame after
+    augmentation); every other value is in ``0..len(classes) - 1``. Produced by
+    :class:`cpvt.data.masks.MaskFolderSource`.
+    """
+
+    images: Tensor
+    masks: Tensor
+    classes: list[str]
+    ignore_index: int = 255
+    name: str = ""
+    skipped: list[str] = field(default_factory=list)  # image files left out: unreadable, or without a mask
+    notes: list[str] = field(default_factory=list)  # what the split left out and why
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of every frame."""
+        return int(self.masks.shape[-2]), int(self.masks.shape[-1])
 
     @property
     def num_classes(self) -> int:

@@ -4,7 +4,10 @@
 
 * ``"synthetic"``: the built-in generated dataset (no files needed).
 * a name in :data:`NAMED` (``cifar10``, ``imagenette``): an ImageNet-layout
-  folder packed as ``<archive>.tar.gz`` with one top folder. It is used from,
+  folder packed as ``<archive>.tar.gz`` with one top folder; or a name in
+  :data:`SEGMENTATION` (``camvid``): frames with label maps, opened as a
+  :class:`~cpvt.data.masks.MaskFolderSource` that gives
+  :class:`~cpvt.data.base.SegSplit` objects. Either archive is used from,
   in this order,
 
   1. ``<data_root>/<top>/`` if it is already extracted there (has a ``train``,
@@ -43,11 +46,14 @@ from tqdm import tqdm
 
 from .base import DataError, DataSource
 from .folder import SPLIT_NAMES, ImageFolderSource
+from .masks import MaskFolderSource
 
 __all__ = [
+    "CAMVID_CLASSES",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_DATA_ROOT",
     "NAMED",
+    "SEGMENTATION",
     "open_source",
     "resolve_cache_dir",
     "resolve_data_root",
@@ -57,6 +63,19 @@ __all__ = [
 NAMED: dict[str, tuple[str, str]] = {
     "cifar10": ("cifar10-jpeg.tar.gz", "cifar10"),
     "imagenette": ("imagenette-224.tar.gz", "imagenette"),
+}
+#: CamVid's 11 classes (Brostow, Fauqueur and Cipolla 2009, "Semantic object classes in video: a
+#: high-definition ground truth database"), as relabelled for the SegNet tutorial (Badrinarayanan, Kendall
+#: and Cipolla 2017): label i is CAMVID_CLASSES[i]; label 11, Unlabelled (void), is the ignore index.
+CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+                  "Bicyclist"]
+#: Segmentation datasets: name -> (archive file name in the data root, top folder inside the archive,
+#: MaskFolderSource arguments). CamVid is SegNet's split (train 367, val 101, test 233 frames of 480x360):
+#: ``<split>/<name>.jpg`` frames with ``<split>annot/<name>.png`` label maps; its void label stays 11 (the
+#: split's ``ignore_index``), it is not rewritten to 255.
+SEGMENTATION: dict[str, tuple[str, str, dict]] = {
+    "camvid": ("camvid-360x480.tar.gz", "camvid",
+               dict(images="{split}", masks="{split}annot", classes=CAMVID_CLASSES, ignore_index=11)),
 }
 #: The last resort for the data root (see :func:`resolve_data_root` for the full order).
 DEFAULT_DATA_ROOT = Path("~/.cache/cpvt/data")
@@ -102,11 +121,12 @@ def open_source(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     seed: int = 0,
-) -> DataSource:
+) -> DataSource | MaskFolderSource:
     """The :class:`~cpvt.data.base.DataSource` for ``--data``.
 
-    ``data`` is ``synthetic``, a name in :data:`NAMED` (case-insensitive), or a
-    path to an ImageNet-layout folder. Raises :class:`~cpvt.data.base.DataError`
+    ``data`` is ``synthetic``, a name in :data:`NAMED` (case-insensitive), a
+    name in :data:`SEGMENTATION` (a :class:`~cpvt.data.masks.MaskFolderSource`),
+    or a path to an ImageNet-layout folder. Raises :class:`~cpvt.data.base.DataError`
     saying where it looked when a named dataset is missing.
     """
     key = data.strip().lower()
@@ -117,18 +137,22 @@ def open_source(
     cache = resolve_cache_dir(cache_dir)
     if key in NAMED:
         return ImageFolderSource(_named_folder(key, data_root, cache), name=key, cache_dir=cache, workers=workers)
+    if key in SEGMENTATION:
+        folder = _named_folder(key, data_root, cache)
+        return MaskFolderSource(folder, name=key, cache_dir=cache, workers=workers, **SEGMENTATION[key][2])
     path = Path(data).expanduser()
     looks_like_path = os.sep in data or (os.altsep and os.altsep in data) or data.startswith((".", "~"))
     if path.exists() or looks_like_path:
         return ImageFolderSource(path, cache_dir=cache, workers=workers)
     raise DataError(
-        f"unknown dataset '{data}': the named datasets are {', '.join([*NAMED, 'synthetic'])}; "
+        f"unknown dataset '{data}': the named datasets are {', '.join([*NAMED, 'synthetic'])} (classification) "
+        f"and {', '.join(SEGMENTATION)} (segmentation); "
         f"a path to an ImageNet-layout folder (ROOT/train/<class>/<image>) is also accepted"
     )
 
 
 def _named_folder(name: str, data_root, cache: Path) -> Path:
-    archive_name, top = NAMED[name]
+    archive_name, top = NAMED[name] if name in NAMED else SEGMENTATION[name][:2]
     root, origin = resolve_data_root(data_root)
     extracted = root / top
     cached = cache / "datasets" / top
