@@ -372,10 +372,15 @@ def test_several_bad_values_are_named_at_once():
         TrainConfig(epochs=0).validate()
 
 
-@pytest.mark.parametrize("flag, value", [("--epochs", "-1"), ("--batch-size", "0"), ("--img-size", "x")])
-def test_bad_flag_values(tmp_path, capsys, flag, value):
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "-1", "expected a positive whole number, got '-1'"),
+    ("--batch-size", "0", "expected a positive whole number, got '0'"),
+    ("--img-size", "x", "image size must be N or HxW, got 'x'"),
+    ("--img-size", "32x48", "this command takes square sizes (N or NxN), got '32x48'"),
+])
+def test_bad_flag_values(tmp_path, capsys, flag, value, message):
     rc, _, err = cli(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", flag, value)
-    assert rc == 2 and f"argument {flag}: expected a positive whole number, got '{value}'" in err
+    assert rc == 2 and f"argument {flag}: {message}" in err
 
 
 # -- image sizes that are not a whole number of patches ------------------------------------------------------
@@ -405,7 +410,7 @@ def test_size_not_a_multiple_of_the_patch(tiny_run, tmp_path, capsys, command):
 
 def test_bad_sizes_and_counts_on_other_commands(tiny_run, capsys):
     run, data = tiny_run
-    for args, message in [(["eval", run, "--img-sizes", "0"], "expected comma-separated positive sizes"),
+    for args, message in [(["eval", run, "--img-sizes", "0"], "image size must be positive, got '0'"),
                           (["eval", run, "--batch-size", "0"], "expected a positive whole number, got '0'"),
                           (["predict", run, data, "--topk", "-1"], "expected a positive whole number, got '-1'"),
                           (["export", run, "--tol", "nan"], "expected a positive number, got 'nan'"),
