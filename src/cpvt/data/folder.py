@@ -236,7 +236,7 @@ def _visible_dirs(folder: Path) -> list[str]:
         raise DataError(f"cannot list folder {folder}: {e}") from e
 
 
-def _image_files(folder: Path, notes: list[str] | None = None, seen: set[tuple[int, int]] | None = None,
+def image_files(folder: Path, notes: list[str] | None = None, seen: set[tuple[int, int]] | None = None,
                  others: list[str] | None = None) -> list[str]:
     """Image files under ``folder`` (recursive, hidden entries skipped, symbolic links followed), sorted.
 
@@ -287,7 +287,8 @@ def _identity(path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """``text`` as a file-name fragment: runs of anything but letters, digits, ``_ . -`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "data"
 
 
@@ -319,7 +320,7 @@ class ImageFolderSource:
         self.root = self.root.resolve()
         self.name = name or self.root.name
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self.workers = min(_cpu_count(), 8) if workers is None else max(0, int(workers))
+        self.workers = min(cpu_count(), 8) if workers is None else max(0, int(workers))
 
         self.splits = tuple(s for s in SPLIT_NAMES if (self.root / s).is_dir())
         if not self.splits:
@@ -374,7 +375,7 @@ class ImageFolderSource:
                                                                        self._split_classes[name]))} - {None}
         others: list[str] = []
         for c in self._split_classes[name]:
-            found = _image_files(self.root / name / c, notes, seen, others)
+            found = image_files(self.root / name / c, notes, seen, others)
             paths += found
             labels += [index[c]] * len(found)
             if not found:
@@ -449,7 +450,7 @@ class ImageFolderSource:
         kept_labels = [labels[i] for i in keep]
         if len(skipped) > MAX_UNREADABLE_FRACTION * len(paths):
             if stem is not None and isinstance(images, str):
-                _remove(images)
+                remove_quietly(images)
             examples = "; ".join(f"{p} ({reasons[p]})" for p in skipped[:3])
             raise DataError(
                 f"{len(skipped)} of {len(paths)} files in split '{name}' of {self.root} could not be read as "
@@ -467,8 +468,8 @@ class ImageFolderSource:
             "classes": self.classes, "labels": kept_labels, "skipped": skipped,
             "reasons": [reasons[p] for p in skipped],
         }
-        os.replace(images, _with(stem, ".npy"))
-        write_text_atomic(_with(stem, ".json"), json.dumps(meta))
+        os.replace(images, append_suffix(stem, ".npy"))
+        write_text_atomic(append_suffix(stem, ".json"), json.dumps(meta))
         cached = self._load_cache(stem, key, size)
         if cached is None:  # pragma: no cover - would mean the file system lost what was just written
             raise DataError(f"could not read back the cache just written at {stem}.npy")
@@ -508,7 +509,7 @@ class ImageFolderSource:
         try:
             with tqdm(total=n, desc=f"decode {self.name}/{split} {size}px {mode}", unit="img",
                       disable=None, leave=False) as bar:
-                for i, (img, err) in enumerate(_map(task, paths, procs)):
+                for i, (img, err) in enumerate(parallel_map(task, paths, procs)):
                     if img is None:
                         skipped.append(paths[i])
                         reasons[paths[i]] = err
@@ -526,7 +527,7 @@ class ImageFolderSource:
                 out2[:] = out[:good]
                 out2.flush()
                 del out2, out
-                _remove(tmp)
+                remove_quietly(tmp)
                 tmp = tmp2
             else:
                 out.flush()
@@ -534,7 +535,7 @@ class ImageFolderSource:
             return tmp, keep, skipped, reasons
         except BaseException:
             if tmp is not None:
-                _remove(tmp)
+                remove_quietly(tmp)
             raise
 
     # ---------------------------------------------------------------- cache
@@ -551,7 +552,7 @@ class ImageFolderSource:
             except OSError:
                 h.update(os.fsencode(f"\n{os.path.relpath(p, base)}\t?"))
         key = h.hexdigest()
-        parts = [_safe(self.name), split, f"{size}px", mode]
+        parts = [safe_name(self.name), split, f"{size}px", mode]
         if mode == "eval":
             parts.append(f"crop{crop_pct:g}")
         if limit is not None:
@@ -560,7 +561,7 @@ class ImageFolderSource:
         return self.cache_dir / "decoded" / "-".join(parts), key
 
     def _load_cache(self, stem: Path, key: str, size: int):
-        meta_path, npy_path = _with(stem, ".json"), _with(stem, ".npy")
+        meta_path, npy_path = append_suffix(stem, ".json"), append_suffix(stem, ".npy")
         if not (meta_path.is_file() and npy_path.is_file()):
             return None
         try:
@@ -579,7 +580,7 @@ class ImageFolderSource:
                 reasons)
 
 
-def _map(task, items, procs):
+def parallel_map(task, items, procs):
     """``map(task, items)`` in order, over ``procs`` processes (in-process when procs <= 1)."""
     if procs <= 1:
         yield from map(task, items)
@@ -594,19 +595,19 @@ def _map(task, items, procs):
         yield from pool.imap(task, items, chunksize=chunk)
 
 
-def _with(stem: Path, suffix: str) -> Path:
+def append_suffix(stem: Path, suffix: str) -> Path:
     """``stem`` + ``suffix`` (not ``Path.with_suffix``: stems contain dots, e.g. ``crop0.875``)."""
     return stem.parent / (stem.name + suffix)
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the CPUs this process may use (containers, taskset)
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
-def _remove(path) -> None:
+def remove_quietly(path) -> None:
     try:
         os.remove(path)
     except OSError:

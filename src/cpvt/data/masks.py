@@ -75,12 +75,12 @@ from .folder import (
     IMAGE_EXTENSIONS,
     MAX_UNREADABLE_FRACTION,
     SPLIT_NAMES,
-    _cpu_count,
-    _image_files,
-    _map,
-    _remove,
-    _safe,
-    _with,
+    cpu_count,
+    image_files,
+    parallel_map,
+    remove_quietly,
+    safe_name,
+    append_suffix,
     subset,
     to_rgb,
 )
@@ -236,7 +236,7 @@ class MaskFolderSource:
         self.root = self.root.resolve()
         self.name = name or self.root.name
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self.workers = min(_cpu_count(), 8) if workers is None else max(0, int(workers))
+        self.workers = min(cpu_count(), 8) if workers is None else max(0, int(workers))
         for pattern in (images, masks):
             if "{split}" not in pattern:
                 raise ValueError(f"folder patterns need '{{split}}' where the split name goes, got {pattern!r}")
@@ -293,8 +293,8 @@ class MaskFolderSource:
         image_dir, mask_dir = self._folder(self.images, name), self._folder(self.masks, name)
         notes: list[str] = []
         others: list[str] = []
-        images = _image_files(image_dir, notes, others=others) if image_dir.is_dir() else []
-        masks = set(_image_files(mask_dir, notes)) if mask_dir.is_dir() else set()
+        images = image_files(image_dir, notes, others=others) if image_dir.is_dir() else []
+        masks = set(image_files(mask_dir, notes)) if mask_dir.is_dir() else set()
         pairs, lonely, by_mask = [], [], {}
         for img in images:
             rel = Path(os.path.relpath(img, image_dir))
@@ -352,12 +352,12 @@ class MaskFolderSource:
         images, masks, skipped, reasons = self._decode(name, pairs, target, stem)
         if stem is None:
             return self._split(name, torch.from_numpy(images), torch.from_numpy(masks), len(pairs), skipped, reasons)
-        os.replace(images, _with(stem, ".images.npy"))
-        os.replace(masks, _with(stem, ".masks.npy"))
+        os.replace(images, append_suffix(stem, ".images.npy"))
+        os.replace(masks, append_suffix(stem, ".masks.npy"))
         meta = {"version": _CACHE_VERSION, "key": key, "root": str(self.root), "split": name, "size": size,
                 "limit": limit, "classes": self.classes, "ignore_index": self.ignore_index,
                 "skipped": skipped, "reasons": [reasons[p] for p in skipped]}
-        write_text_atomic(_with(stem, ".json"), json.dumps(meta))
+        write_text_atomic(append_suffix(stem, ".json"), json.dumps(meta))
         cached = _load_cache(stem, key)
         if cached is None:  # pragma: no cover - would mean the file system lost what was just written
             raise DataError(f"could not read back the cache just written at {stem}.*")
@@ -376,7 +376,7 @@ class MaskFolderSource:
     def _native_size(self, name: str, pairs) -> tuple[int, int]:
         """The one (H, W) of the split's images, read from their headers; a DataError if they differ."""
         seen: dict[tuple[int, int], str] = {}  # (H, W) -> the first image of that size
-        sizes = _map(_frame_size, [p[0] for p in pairs], min(self.workers, max(1, len(pairs) // 256)))
+        sizes = parallel_map(_frame_size, [p[0] for p in pairs], min(self.workers, max(1, len(pairs) // 256)))
         try:
             for (img, _), hw in zip(pairs, sizes):
                 if hw is not None and seen.setdefault(hw, img) and len(seen) > 1:
@@ -402,7 +402,7 @@ class MaskFolderSource:
         reasons: dict[str, str] = {}
         task = partial(_decode_pair, size=size, num_classes=len(self.classes), ignore_index=self.ignore_index,
                        dtype=self.dtype)
-        results = _map(task, pairs, min(self.workers, max(1, n // 32)))
+        results = parallel_map(task, pairs, min(self.workers, max(1, n // 32)))
         try:
             with tqdm(total=n, desc=f"decode {self.name}/{split} {w}x{h}", unit="pair", disable=None,
                       leave=False) as bar:
@@ -445,7 +445,7 @@ class MaskFolderSource:
                 except OSError:
                     h.update(os.fsencode(f"\n{os.path.relpath(p, self.root)}\t?"))
         key = h.hexdigest()
-        parts = [_safe(self.name), split, "seg", "native" if size is None else f"{size[0]}x{size[1]}"]
+        parts = [safe_name(self.name), split, "seg", "native" if size is None else f"{size[0]}x{size[1]}"]
         if limit is not None:
             parts.append(f"limit{limit}")
         parts.append(key[:16])
@@ -495,7 +495,7 @@ class _Rows:
             out[:] = self.array[:good]
             out.flush()
             del out
-            _remove(self.tmp)
+            remove_quietly(self.tmp)
             self.tmp = tmp2
         else:
             self.array.flush()
@@ -505,12 +505,12 @@ class _Rows:
     def discard(self) -> None:
         self.array = None
         if self.tmp is not None:
-            _remove(self.tmp)
+            remove_quietly(self.tmp)
 
 
 def _load_cache(stem: Path, key: str):
     """(images, masks, skipped, reasons) of a complete cache entry with this key, else None."""
-    paths = [_with(stem, s) for s in (".json", ".images.npy", ".masks.npy")]
+    paths = [append_suffix(stem, s) for s in (".json", ".images.npy", ".masks.npy")]
     if not all(p.is_file() for p in paths):
         return None
     try:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..data.base import printable
-from ..data.folder import _image_files, image_array, load_image
+from ..data.folder import image_files, image_array, load_image
 from ..models import model_from_checkpoint
 from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from ..train.augment import EvalTransform
@@ -113,7 +113,7 @@ def find_images(inputs: list[str | os.PathLike]) -> tuple[list[str], list[dict[s
         if p.is_dir():
             folders = True
             notes: list[str] = []
-            files += _image_files(p, notes)
+            files += image_files(p, notes)
             missing += [{"file": str(p), "reason": note} for note in notes]  # ignored links and folders
         elif p.is_file():
             files.append(str(p))
