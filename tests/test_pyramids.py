@@ -142,10 +142,10 @@ def test_pyramid_stages_and_class_token():
     model = cpvt.create_model("cvt_micro").eval()
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
-        stages = model.forward_intermediates(x)
-    # per stage: the input to block 0 and each block's output; grids 16x24, 8x12, 4x6 (+ class token last)
-    widths = [s.shape[1:] for s in stages]
-    assert widths == [(384, 32)] * 2 + [(96, 64)] * 2 + [(25, 128)] * 3
+        final, maps = model.forward_intermediates(x, output_fmt="NLC")
+    # one map per stage, the class token (last stage) dropped: grids 16x24, 8x12, 4x6
+    assert [m.shape[1:] for m in maps] == [(384, 32), (96, 64), (24, 128)]
+    assert final.shape[1:] == (25, 128)  # forward_features keeps the class token
     assert model.num_prefix == 1 and model.stages[-1].cls_token is not None and model.stages[0].cls_token is None
     twins = cpvt.create_model("twins_pcpvt_micro")
     assert twins.num_prefix == 0 and all(s.cls_token is None for s in twins.stages)

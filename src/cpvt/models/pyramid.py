@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, PositionEncoding, build_position_encodings
 from .base import ClassifierAPI, EncodingSlots, init_linear, pair, run_blocks
+from .features import Indices, check_output_fmt, feature_take_indices, token_map
 
 
 def _per_stage(value: Any, n: int, name: str) -> tuple:
@@ -135,6 +136,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()
+        self.feature_info = []  # what forward_intermediates returns for each stage (timm's feature_info)
         chans, stride, start = in_chans, 1, 0
         for i in range(n):
             stride *= patch_sizes[i]
@@ -148,6 +150,7 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
                 attn_scale=embed_dims[i] ** -0.5 if attn_scale == "dim" else None, sr_ratio=sr_ratios[i],
                 window=windows[i], pos=pos, pos_drop_rate=pos_drop_rate, pos_options={**pos_options, **stage_opts[i]},
             ))
+            self.feature_info.append(dict(module=f"stages.{i}", num_chs=embed_dims[i], reduction=stride, index=i))
             chans, start = embed_dims[i], start + depths[i]
         self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
@@ -169,22 +172,62 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
         """Every stage's encodings, stage by stage."""
         return [enc for stage in self.stages for enc in stage.position_encodings()]
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The token stream before each stage's first block and after every block, stage by stage (un-normed)."""
-        return list(self._stages(x))
-
-    def _stages(self, x: Tensor):
-        for stage in self.stages:
-            x, grid = stage.embed(x)
-            for tokens in run_blocks(x, grid, stage.position_encodings(), stage.pos_drop, stage.blocks):
-                yield tokens
-            x = grid.to_map(tokens[:, grid.num_prefix :])  # the next stage embeds this one's patch-token map
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> the last stage's normed tokens (B, P + H/s * W/s, D_last)."""
         check_image(x, self.in_chans, self.patch_size)
-        *_, last = self._stages(x)
+        *_, (last, _) = self._stage_outputs(x)
         return self.norm(last)
+
+    def forward_intermediates(self, x: Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """Images (B, C, H, W) -> ``(forward_features(x), maps)``, or the ``maps`` alone (timm's contract,
+        :mod:`cpvt.models.features`).
+
+        ``indices`` picks stages: ``None`` every stage, an int ``n`` the last ``n``, a list those stages
+        (negative from the end); out of range is a ValueError. Map ``i`` is stage ``i``'s output, the map
+        stage ``i + 1`` embeds: (B, C_i, H / r_i, W / r_i) with ``r_i`` the product of the strides so far
+        (``output_fmt="NLC"``: (B, H / r_i * W / r_i, C_i)); a class token (CvT's, last stage) is dropped.
+        ``norm=True`` applies the final norm to the last stage's map only, as timm's Twins does: that norm
+        is sized for the last stage and trained on its tokens alone; the other maps are returned as is.
+        ``intermediates_only=True`` returns the list and stops after the last stage it needs.
+        """
+        check_output_fmt(output_fmt)
+        check_image(x, self.in_chans, self.patch_size)
+        take, last = feature_take_indices(len(self.stages), indices)
+        final = len(self.stages) - 1
+        maps = []
+        for i, (tokens, grid) in enumerate(self._stage_outputs(x)):
+            if i in take:
+                maps.append(token_map(self.norm(tokens) if norm and i == final else tokens, grid, output_fmt))
+            if intermediates_only and i == last:
+                return maps
+        return self.norm(tokens), maps
+
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep only what the maps at ``indices`` need (timm's method): stages after the last index go
+        (and with the last stage the final norm, which only fits it), the final norm with ``prune_norm``,
+        the classifier with ``prune_head``. Returns the absolute indices."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        if last < len(self.stages) - 1:
+            self.stages = self.stages[: last + 1]
+            self.feature_info = self.feature_info[: last + 1]
+            self.patch_size = self.feature_info[-1]["reduction"]  # the total stride of what is left
+            prune_norm = True
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def _stage_outputs(self, x: Tensor):
+        """Images -> each stage's output tokens (B, P + N_i, C_i) and their grid, stage by stage."""
+        for stage in self.stages:
+            x, grid = stage.embed(x)
+            *_, tokens = run_blocks(x, grid, stage.position_encodings(), stage.pos_drop, stage.blocks)
+            yield tokens, grid
+            x = grid.to_map(tokens[:, grid.num_prefix :])  # the next stage embeds this one's patch-token map
 
     def no_weight_decay(self) -> set[str]:
         """Class tokens and position generators (as in Twins)."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint
 from ..pos import all_encoding_options
+from .features import FeatureGetter, Indices
 from .pretrained import check_pretrained_cfg, default_pretrained_cfg, pretrained_cfg_from_config
 
 _REGISTRY: dict[str, tuple[type[nn.Module], Callable[[], dict[str, Any]]]] = {}
@@ -104,7 +105,8 @@ def _check_types(name: str, overrides: dict[str, Any], defaults: dict[str, Any])
         raise ValueError(f"model {name!r}: bad option(s) " + "; ".join(bad))
 
 
-def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None, features_only: bool = False,
+                 out_indices: Indices = None, **overrides: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("cpvt_ti", num_classes=10, peg_kernel_size=5)``.
 
     ``pretrained``: a cpvt checkpoint (a path or a loaded :class:`~cpvt.checkpoint.Checkpoint`) or run folder
@@ -114,7 +116,15 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     mis-shaped tensor is a :class:`~cpvt.checkpoint.CheckpointError` naming it. A cpvt
     checkpoint's stored options (``num_classes``, ``peg_kernel_size``, ...) are the
     defaults under ``overrides``; one saved from another model is refused.
+
+    ``features_only=True`` (timm's option): the model wrapped in a
+    :class:`~cpvt.models.features.FeatureGetter`, whose forward returns a list of NCHW feature maps, the
+    ``out_indices`` blocks (ViT) or stages (pyramid) (an int ``n``: the last ``n``; default: timm's, the
+    last 3 blocks of a ViT (all of them if it has fewer), every stage of a pyramid). Its head is removed
+    and ``pretrained=`` may be a classification checkpoint of the same model: the head's keys are ignored.
     """
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature maps: pass it with features_only=True")
     cls, _ = _lookup(name)
     ckpt = None
     if pretrained:  # None or False (timm's spelling): random initialisation
@@ -131,11 +141,19 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     except TypeError as e:  # an option of a kind the constructor cannot use: one clear line, not a traceback
         raise ValueError(f"cannot build model {name!r} with {overrides}: {e}") from None
     model.model_name, model.model_args = name, args
-    model.pretrained_cfg = default_pretrained_cfg(model)
+    model.pretrained_cfg = default_pretrained_cfg(model) if ckpt is None else stored_pretrained_cfg(ckpt, model)
+    if features_only:
+        model = FeatureGetter(model, default_out_indices(model) if out_indices is None else out_indices)
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(pretrained))
-        model.pretrained_cfg = stored_pretrained_cfg(ckpt, model)
     return model
+
+
+def default_out_indices(model: nn.Module) -> int:
+    """timm's default ``out_indices`` for a ``features_only`` model: the last 3 blocks of a ViT (its
+    ``vision_transformer`` / ``deit`` default; all blocks of a shallower one), every stage of a pyramid
+    (its Twins / PVT-v2 default)."""
+    return min(3, len(model.blocks)) if hasattr(model, "blocks") else len(model.stages)
 
 
 def stored_pretrained_cfg(ckpt: Checkpoint, model: nn.Module) -> dict[str, Any]:
@@ -149,7 +167,12 @@ def stored_pretrained_cfg(ckpt: Checkpoint, model: nn.Module) -> dict[str, Any]:
 
 
 def load_strict(model: nn.Module, weights: dict[str, Any], source: str) -> None:
-    """``model.load_state_dict(weights, strict=True)``, its failure one CheckpointError that names the tensors."""
+    """``model.load_state_dict(weights, strict=True)``, its failure one CheckpointError that names the tensors.
+
+    A features model (:class:`~cpvt.models.features.FeatureGetter`) ignores the keys of the parts it pruned
+    (the head, ...), so a classification checkpoint of the same model loads into it."""
+    if isinstance(model, FeatureGetter):
+        weights = model.without_pruned(weights)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

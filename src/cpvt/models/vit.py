@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..layers import Block, PatchEmbed, check_image
 from ..pos import Grid, ModelShape, build_position_encodings
 from .base import ClassifierAPI, EncodingSlots, init_linear, pair, run_blocks
+from .features import Indices, check_output_fmt, feature_take_indices, token_map
 
 
 class VisionTransformer(ClassifierAPI, EncodingSlots, nn.Module):
@@ -89,6 +90,10 @@ class VisionTransformer(ClassifierAPI, EncodingSlots, nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, r) for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # what forward_intermediates returns for each block (timm's feature_info; "blocks.{i}" names the block
+        # whose output, after the between-block hooks that follow it, map i is)
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size, index=i)
+                             for i in range(depth)]
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -100,20 +105,55 @@ class VisionTransformer(ClassifierAPI, EncodingSlots, nn.Module):
     # -- the model API --------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> normed tokens (B, P + H/p * W/p, D)."""
-        *_, last = self._stages(x)
+        x, grid = self._embed(x)
+        *_, last = run_blocks(x, grid, self.position_encodings(), self.pos_drop, self.blocks)
         return self.norm(last)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The token stream at every stage, ``depth + 1`` tensors (B, P + N, D), un-normed.
+    def forward_intermediates(self, x: Tensor, indices: Indices = None, norm: bool = False,
+                              output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """Images (B, C, H, W) -> ``(forward_features(x), maps)``, or the ``maps`` alone (timm's contract,
+        :mod:`cpvt.models.features`).
 
-        Entry 0 is the input to block 0 (patch embedding, added encodings, a PEG at
-        -1); entry ``i + 1`` is the output of block ``i`` (and of a PEG after it).
+        ``indices`` picks blocks: ``None`` every block, an int ``n`` the last ``n``, a list those blocks
+        (negative from the end); out of range is a ValueError. Map ``i`` is block ``i``'s output *after*
+        the position encodings' between-block hook that follows it (CPVT's PEG after block 0): the token
+        stream block ``i + 1`` reads, which is what the rest of the network sees. It equals timm's (the
+        bare block output) wherever no encoding acts between blocks. The class token is dropped; the
+        patch tokens come as (B, D, H/p, W/p) (``output_fmt="NCHW"``) or (B, H/p * W/p, D) (``"NLC"``),
+        un-normed unless ``norm=True``, which applies the final norm to each map (as timm does).
+        ``intermediates_only=True`` returns the list and stops after the last block it needs.
         """
-        return list(self._stages(x))
+        check_output_fmt(output_fmt)
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, grid = self._embed(x)
+        stream = run_blocks(x, grid, self.position_encodings(), self.pos_drop, self.blocks)
+        next(stream)  # the input to block 0: no block's output
+        maps = []
+        for i, tokens in enumerate(stream):
+            if i in take:
+                maps.append(token_map(self.norm(tokens) if norm else tokens, grid, output_fmt))
+            if intermediates_only and i == last:
+                return maps
+        return self.norm(tokens), maps
 
-    def _stages(self, x: Tensor):
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep only what the maps at ``indices`` need (timm's method): blocks after the last index go,
+        the final norm with ``prune_norm``, the classifier with ``prune_head``. Returns the absolute
+        indices; the encodings stay whole (their between-block hooks still run after the kept blocks)."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        self.feature_info = self.feature_info[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def _embed(self, x: Tensor) -> tuple[Tensor, Grid]:
+        """Images -> patch tokens with the class token prepended (B, P + N, D), and their grid."""
         x, grid = self.patch_embed(x)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
-        yield from run_blocks(x, Grid(grid.h, grid.w, self.num_prefix), self.position_encodings(), self.pos_drop,
-                              self.blocks)
+        return x, Grid(grid.h, grid.w, self.num_prefix)

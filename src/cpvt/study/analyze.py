@@ -151,18 +151,27 @@ def normalise(images: Tensor, subject: Subject) -> Tensor:
 @torch.no_grad()
 def stage_maps(model: nn.Module, x: Tensor, batch: int = 64, pre_logits: bool = False) -> tuple[list[Tensor], Tensor]:
     """Patch-token maps (B, D, H, W) at every stage (input to block 0, then after each block), and the
-    logits (``pre_logits``: the pooled features the head reads), from one pass per batch."""
+    logits (``pre_logits``: the pooled features the head reads), from one pass per batch.
+
+    The maps after each block are :meth:`forward_intermediates`'s (the stream the next block reads, class
+    token dropped); the input to block 0, which that API (timm's contract) does not return, is what block 0
+    receives, read by a forward pre-hook."""
     h, w = model.grid_for(tuple(x.shape[-2:]))
     grid = Grid(h, w, model.num_prefix)
     out: list[list[Tensor]] = []
     logits = []
-    for i in range(0, len(x), batch):
-        stages = model.forward_intermediates(x[i : i + batch])
-        logits.append(model.forward_head(model.norm(stages[-1]), pre_logits=pre_logits))
-        for j, t in enumerate(stages):
-            if len(out) <= j:
-                out.append([])
-            out[j].append(grid.to_map(grid.split(t.float())[1]))
+    block_inputs: list[Tensor] = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _, args: block_inputs.append(args[0]))
+    try:
+        for i in range(0, len(x), batch):
+            final, maps = model.forward_intermediates(x[i : i + batch])
+            logits.append(model.forward_head(final, pre_logits=pre_logits))
+            for j, t in enumerate([grid.to_map(grid.split(block_inputs.pop())[1]), *maps]):
+                if len(out) <= j:
+                    out.append([])
+                out[j].append(t.float())
+    finally:
+        hook.remove()
     return [torch.cat(o) for o in out], torch.cat(logits)
 
 
