@@ -22,6 +22,7 @@ from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_c
 from ..pos import all_encoding_options
 from .features import FeatureGetter, Indices
 from .pretrained import check_pretrained_cfg, default_pretrained_cfg, pretrained_cfg_from_config
+from .segmentation import TASKS, SegmentationModel
 
 _REGISTRY: dict[str, tuple[type[nn.Module], Callable[[], dict[str, Any]]]] = {}
 
@@ -117,6 +118,10 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     checkpoint's stored options (``num_classes``, ``peg_kernel_size``, ...) are the
     defaults under ``overrides``; one saved from another model is refused.
 
+    ``task="segmentation"``: the backbone with a light segmentation head
+    (:class:`~cpvt.models.segmentation.SegmentationModel`, logits (B, num_classes, H, W)); the task is
+    stored in ``model_args``, so its checkpoints rebuild it.
+
     ``features_only=True`` (timm's option): the model wrapped in a
     :class:`~cpvt.models.features.FeatureGetter`, whose forward returns a list of NCHW feature maps, the
     ``out_indices`` blocks (ViT) or stages (pyramid) (an int ``n``: the last ``n``; default: timm's, the
@@ -135,6 +140,11 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
             raise CheckpointError(f"{pretrained} holds a {saved!r} model, not {name!r}: "
                                   f"create_model({saved!r}, pretrained=...) or cpvt.load_run({str(pretrained)!r})")
         overrides = {**ckpt.meta.get("model_args", {}), **overrides}
+    task = overrides.pop("task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != "classification" and features_only:
+        raise ValueError("features_only=True gives a backbone's feature maps; it takes no task")
     args = model_args(name, **overrides)
     try:
         model = cls(**args)
@@ -144,6 +154,10 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     model.pretrained_cfg = default_pretrained_cfg(model) if ckpt is None else stored_pretrained_cfg(ckpt, model)
     if features_only:
         model = FeatureGetter(model, default_out_indices(model) if out_indices is None else out_indices)
+    elif task == "segmentation":  # the backbone's feature maps and a light head (cpvt.models.segmentation)
+        seg = SegmentationModel(model, model.num_classes)
+        seg.model_name, seg.model_args, seg.pretrained_cfg = name, {**args, "task": task}, model.pretrained_cfg
+        model = seg
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(pretrained))
     return model
