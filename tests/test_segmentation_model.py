@@ -74,3 +74,13 @@ def test_bad_tasks_are_refused():
         cpvt.create_model("cpvt_micro", task="detection")
     with pytest.raises(ValueError, match="takes no task"):
         cpvt.create_model("cpvt_micro", task="segmentation", features_only=True)
+
+
+@pytest.mark.parametrize("name", ["cpvt_micro", pytest.param("twins_svt_micro", marks=pytest.mark.slow)])
+def test_a_segmentation_model_exports_with_dynamic_height_and_width(name, tmp_path):
+    from conftest import assert_export_matches
+
+    torch.manual_seed(0)
+    model = cpvt.create_model(name, task="segmentation", num_classes=5, **({"depth": 2} if "cpvt" in name else {}))
+    rows = assert_export_matches(model.eval(), tmp_path / "seg.onnx", [(32, 32), (48, 64), (64, 64)])
+    assert rows[1]["size"] == "48x64"  # non-square, per-pixel logits checked in onnxruntime
