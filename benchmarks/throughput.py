@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import cpvt
 from cpvt.models.info import count_flops
 from cpvt.train.allocator import keep_freed_memory
-from cpvt.train.engine import cpu_has_native_bf16
+from cpvt.train.precision import cpu_has_native_bf16
 from cpvt.utils.table import format_table
 
 MODES = ("infer fp32", "infer bf16", "train fp32", "train bf16")

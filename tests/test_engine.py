@@ -57,9 +57,9 @@ def test_train_writes_config_log_checkpoints_and_metrics(tmp_path):
 
 def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "full", ckpt_every_steps=3, ema=True, ema_decay=0.9))
-    import cpvt.train.engine as engine
+    import cpvt.train.tasks as tasks
 
-    calls, real = {"n": 0}, engine.mix_batch
+    calls, real = {"n": 0}, tasks.mix_batch
 
     def crash_on_the_12th_step(*args, **kwargs):
         calls["n"] += 1
@@ -67,7 +67,7 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "mix_batch", crash_on_the_12th_step)
+    monkeypatch.setattr(tasks, "mix_batch", crash_on_the_12th_step)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9))
     assert calls["n"] == 12  # the crash hit step 12 of 16 (2 epochs of 8): the run was unfinished
@@ -80,7 +80,7 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "mix_batch", count)
+    monkeypatch.setattr(tasks, "mix_batch", count)
     train(tiny_config(tmp_path / "part", ckpt_every_steps=3, ema=True, ema_decay=0.9), resume=True)
     assert calls["n"] == 16 - 11  # the resume ran only the steps after the checkpoint (8 + 3 done), not the run again
     assert_same_weights(tmp_path / "full", tmp_path / "part", ema=True)
@@ -89,18 +89,18 @@ def test_crash_mid_epoch_then_resume_gives_identical_weights(tmp_path, monkeypat
 
 
 def test_resuming_a_finished_run_trains_nothing_and_keeps_its_metrics(tmp_path, monkeypatch):
-    import cpvt.train.engine as engine
+    import cpvt.train.tasks as tasks
 
     first = train(tiny_config(tmp_path, epochs=1))
     stamp = (tmp_path / "last.safetensors").stat().st_mtime_ns
     calls = {"n": 0}
-    real = engine.mix_batch
+    real = tasks.mix_batch
 
     def count(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "mix_batch", count)
+    monkeypatch.setattr(tasks, "mix_batch", count)
     again = train(tiny_config(tmp_path, epochs=1), resume=True)
     assert calls["n"] == 0 and (tmp_path / "last.safetensors").stat().st_mtime_ns == stamp
     assert again == first  # the last epoch's numbers (train loss, top-1 ...), not only the summary
@@ -136,15 +136,15 @@ def test_step_sizes_are_a_function_of_seed_and_epoch():
 
 
 def test_mixed_resolution_training_feeds_every_size_and_evaluates_at_img_size(tmp_path, monkeypatch, capsys):
-    import cpvt.train.engine as engine
+    import cpvt.train.tasks as tasks
 
-    seen, real = [], engine.mix_batch
+    seen, real = [], tasks.mix_batch
 
     def record(x, *args, **kwargs):
         seen.append(tuple(x.shape[-2:]))
         return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "mix_batch", record)
+    monkeypatch.setattr(tasks, "mix_batch", record)
     train(tiny_config(tmp_path, train_sizes=[16, 24, 32]))
     assert set(seen) == {(16, 16), (24, 24), (32, 32)}
     assert "steps of 32 at 16/24/32px" in capsys.readouterr().out
@@ -206,16 +206,16 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import cpvt.train.engine as engine
+    import cpvt.train.tasks as tasks
 
-    calls, real = {"n": 0}, engine.mix_batch
+    calls, real = {"n": 0}, tasks.mix_batch
 
     def poison_the_7th_batch(x, *args, **kwargs):
         calls["n"] += 1
         x, target = real(x, *args, **kwargs)
         return (x * float("nan"), target) if calls["n"] == 7 else (x, target)
 
-    monkeypatch.setattr(engine, "mix_batch", poison_the_7th_batch)
+    monkeypatch.setattr(tasks, "mix_batch", poison_the_7th_batch)
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1 step 7.*last good checkpoint is kept"):
         train(tiny_config(tmp_path, ckpt_every_steps=3))
     progress = load_checkpoint(tmp_path / "last.safetensors").progress

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 import cpvt.checkpoint as checkpoint
 import cpvt.train.engine as engine
+import cpvt.train.tasks as tasks
 from cpvt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cpvt.cli import main
 from cpvt.models import create_model
@@ -65,7 +66,7 @@ def reference(tmp_path_factory):
 ], ids=["SIGTERM-mid-epoch", "SIGINT-last-step"])
 def test_signal_finishes_the_step_writes_the_checkpoint_and_resume_is_exact(tmp_path, monkeypatch, reference, sig,
                                                                            at_call, stopped_at):
-    calls, real = {"n": 0}, engine.mix_batch
+    calls, real = {"n": 0}, tasks.mix_batch
 
     def signal_during_a_step(*args, **kwargs):
         calls["n"] += 1
@@ -73,7 +74,7 @@ def test_signal_finishes_the_step_writes_the_checkpoint_and_resume_is_exact(tmp_
             os.kill(os.getpid(), sig)  # delivered here, in the middle of the step
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "mix_batch", signal_during_a_step)
+    monkeypatch.setattr(tasks, "mix_batch", signal_during_a_step)
     run = tmp_path / "run"
     # what the process had before (a background job's SIGINT is ignored, not Python's default handler)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -84,7 +85,7 @@ def test_signal_finishes_the_step_writes_the_checkpoint_and_resume_is_exact(tmp_
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
     assert not (run / "run.lock").exists() and not (run / "metrics.json").exists() and no_temporaries(run)
 
-    monkeypatch.setattr(engine, "mix_batch", real)
+    monkeypatch.setattr(tasks, "mix_batch", real)
     engine.train(tiny_config(run, ckpt_every_steps=3), resume=True)
     assert_same_weights(reference, run, ema=True)
     assert logged_epochs(run) == [1, 2]

@@ -12,7 +12,8 @@ from conftest import lr_trace
 from cpvt.data.base import Split
 from cpvt.train.augment import EvalTransform, mix_batch
 from cpvt.train.config import TrainConfig, apply_overrides
-from cpvt.train.engine import build_scheduler, evaluate, param_groups
+from cpvt.train.engine import build_scheduler, param_groups
+from cpvt.train.tasks import evaluate
 
 
 # -- a model learns ------------------------------------------------------------------------------------------------

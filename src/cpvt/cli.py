@@ -18,8 +18,10 @@ flags such as ``--epochs`` are short spellings of config keys, listed in one
 table (:data:`TRAIN_FLAGS`, printed by ``cpvt train -h``).
 
 Sizes are written one way everywhere: ``N`` or ``HxW`` (lists comma-separated,
-``224,384,256x320``). Commands whose pipeline is square (training, evaluation
-on a dataset, prediction, analysis) say so when given ``HxW`` with H != W.
+``224,384,256x320``). Commands whose pipeline is square (classification training
+and evaluation, prediction, analysis) say so when given ``HxW`` with H != W;
+``cpvt eval`` of a segmentation run takes ``HxW`` (a segmentation run trains
+at ``--set img_size=[H,W]``, its recipe's or its mask folder's frame size).
 
 Exit codes are the named constants of :mod:`cpvt.utils.errors` (``EXIT_*``):
 0 done; 1 nothing to do or an unexpected error; 2 bad input; 3 training
@@ -179,28 +181,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import folder_defaults, resolve_config
     from .train.engine import train
 
+    from .train.config import mask_folder_defaults
+    from .data.named import is_mask_folder
+
     flags = {key: getattr(args, key) for key, _ in TRAIN_FLAGS.values()}
-    recipe, picked = args.recipe or _default_recipe(args.data), {}
+    recipe, picked, notes = args.recipe or _default_recipe(args.data), {}, []
     if args.recipe is None and _is_folder(args.data):  # fit the recipe to the images (each choice printed)
-        recipe, picked, notes = folder_defaults(args.data, flags, args.set)
-        for note in notes:
-            print(f"note: {printable(note)}", flush=True)
+        defaults = mask_folder_defaults if is_mask_folder(args.data) else folder_defaults
+        recipe, picked, notes = defaults(args.data, flags, args.set)
+    for note in notes:
+        print(f"note: {printable(note)}", flush=True)
     cfg = resolve_config(recipe, {**picked, **{k: v for k, v in flags.items() if v is not None}}, args.set)
     train(cfg, resume=args.resume)
     return EXIT_OK
 
 
 def _default_recipe(data: str | None) -> str:
-    """The recipe that fits a named dataset: cifar10, imagenette, synthetic; DeiT's otherwise (a folder's
-    is picked from its images by :func:`cpvt.train.config.folder_defaults`)."""
-    return data if data in ("cifar10", "imagenette", "synthetic") else "deit"
+    """The recipe that fits a named dataset: cifar10, imagenette, synthetic, camvid (segmentation); DeiT's
+    otherwise (a folder's is picked from its images by :func:`cpvt.train.config.folder_defaults`, a mask
+    folder's by :func:`cpvt.train.config.mask_folder_defaults`)."""
+    return data if data in ("cifar10", "imagenette", "synthetic", "camvid") else "deit"
 
 
 def _is_folder(data: str | None) -> bool:
-    """Whether ``--data`` names an image folder rather than a built-in dataset (as ``open_source`` reads it)."""
-    from .data.named import NAMED
+    """Whether ``--data`` names a folder (images by class, or frames with label maps: images/ and masks/)
+    rather than a built-in dataset (as ``open_source`` reads it)."""
+    from .data.named import NAMED, SEGMENTATION
 
-    return data is not None and data != "synthetic" and data not in NAMED
+    return data is not None and data != "synthetic" and data not in NAMED and data not in SEGMENTATION
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -353,8 +361,10 @@ def _model_commands(sub) -> None:
 #: ``--set`` of the same key wins). flag -> (config key, argparse options). The one table of such aliases.
 TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--model": ("model", dict(help="registry name (see `cpvt models`)")),
-    "--data": ("data", dict(help="cifar10 | imagenette | synthetic | path to an ImageNet-layout folder")),
-    "--img-size": ("img_size", dict(type=square_size, metavar="N")),
+    "--data": ("data", dict(help="cifar10 | imagenette | synthetic | camvid | path to an ImageNet-layout folder or "
+                                 "a mask folder (images/ and masks/: segmentation)")),
+    "--img-size": ("img_size", dict(type=square_size, metavar="N", help="square training input; a segmentation "
+                                     "run's [height, width]: --set img_size=[H,W]")),
     "--epochs": ("epochs", dict(type=positive_int)),
     "--batch-size": ("batch_size", dict(type=positive_int, help="global batch size (over all processes)")),
     "--out": ("out", dict(help="run folder (config, log, checkpoints, metrics)")),
@@ -386,10 +396,11 @@ def _training_commands(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="top-1/top-5 of runs at several resolutions, no fine-tuning")
+    s = sub.add_parser("eval", help="top-1 (mIoU for segmentation runs) at several resolutions, no fine-tuning")
     s.add_argument("runs", nargs="+", help="run folders or checkpoint files (several: curves overlaid)")
     s.add_argument("--data", help="dataset (default: the one each run was trained on)")
-    s.add_argument("--img-sizes", type=square_size_list, help="comma-separated, e.g. 96,128,160,224 (default: training size)")
+    s.add_argument("--img-sizes", type=parse_size_list, help="comma-separated, e.g. 96,128,160,224; HxW for "
+                   "segmentation runs, e.g. 120x160,240x320 (default: training size)")
     s.add_argument("--crop-pct", type=float, help="eval resize = size / crop_pct (default: the run's, 0.875)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default="auto")

@@ -115,6 +115,15 @@ def _has_splits(folder: Path) -> bool:
     return folder.is_dir() and any((folder / s).is_dir() for s in SPLIT_NAMES)
 
 
+def is_mask_folder(data: str | os.PathLike | None) -> bool:
+    """Whether ``data`` is a folder in :class:`~cpvt.data.masks.MaskFolderSource`'s default layout:
+    ``images/`` and ``masks/`` subfolders (an ImageNet-layout folder has split folders, ``train/`` ...)."""
+    if data is None:
+        return False
+    path = Path(data).expanduser()
+    return (path / "images").is_dir() and (path / "masks").is_dir()
+
+
 def open_source(
     data: str,
     data_root: str | os.PathLike | None = None,
@@ -126,7 +135,8 @@ def open_source(
 
     ``data`` is ``synthetic``, a name in :data:`NAMED` (case-insensitive), a
     name in :data:`SEGMENTATION` (a :class:`~cpvt.data.masks.MaskFolderSource`),
-    or a path to an ImageNet-layout folder. Raises :class:`~cpvt.data.base.DataError`
+    a path to a folder of frames and label maps in :class:`~cpvt.data.masks.MaskFolderSource`'s default layout
+    (:func:`is_mask_folder`), or a path to an ImageNet-layout folder. Raises :class:`~cpvt.data.base.DataError`
     saying where it looked when a named dataset is missing.
     """
     key = data.strip().lower()
@@ -141,6 +151,8 @@ def open_source(
         folder = _named_folder(key, data_root, cache)
         return MaskFolderSource(folder, name=key, cache_dir=cache, workers=workers, **SEGMENTATION[key][2])
     path = Path(data).expanduser()
+    if is_mask_folder(path):
+        return MaskFolderSource(path, cache_dir=cache, workers=workers)
     looks_like_path = os.sep in data or (os.altsep and os.altsep in data) or data.startswith((".", "~"))
     if path.exists() or looks_like_path:
         return ImageFolderSource(path, cache_dir=cache, workers=workers)

@@ -41,7 +41,8 @@ from ..models import model_args as registry_args
 from ..models.info import count_flops, count_params
 from ..pos import all_encoding_options
 from ..train.config import TrainConfig, apply_overrides, override_pairs, resolve_config
-from ..train.engine import autocast_dtype, train
+from ..train.engine import train
+from ..train.precision import autocast_dtype
 from ..train.evaluate import evaluate_runs
 from ..train.runlock import run_lock
 from ..utils.errors import RunLocked

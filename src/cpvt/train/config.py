@@ -1,7 +1,7 @@
 """Training configuration: one dataclass, recipe files for defaults, ``--set`` on top.
 
 Resolution order (later wins): the dataclass defaults (DeiT's ImageNet recipe),
-a recipe file (``--recipe deit|cifar10|imagenette|synthetic|demo|small`` or a path to
+a recipe file (``--recipe deit|cifar10|imagenette|synthetic|demo|small|camvid`` or a path to
 a TOML file; without one, ``cpvt train`` picks it from ``--data``, for an image folder
 from its images, :func:`folder_defaults`), the explicit command-line flags, then
 ``--set key=value``. :meth:`TrainConfig.validate` checks the result against :data:`RULES`.
@@ -33,15 +33,23 @@ class TrainConfig:
     # what to train, on what
     model: str = "deit_tiny"
     model_args: dict[str, Any] = field(default_factory=dict)  # create_model overrides
-    data: str = "synthetic"  # cifar10 | imagenette | synthetic | path to an image folder
+    data: str = "synthetic"  # cifar10 | imagenette | synthetic | camvid | path to an image or mask folder
     data_root: str | None = None
     cache_dir: str | None = None
-    img_size: int | None = None  # None: the model's default
+    # auto: by the data (frames with label maps, a SegSplit source: segmentation; else classification) |
+    # classification | segmentation (cpvt.train.tasks; a task that does not fit the data is an error)
+    task: str = "auto"
+    # the training input: classification N (square); segmentation N or [height, width], the size of the
+    # random crops taken from the (scale-jittered) frames. None: the model's default
+    img_size: int | tuple[int, int] | None = None
     train_sizes: tuple[int, ...] = ()  # mixed-resolution training: each step draws one of these sizes; (): img_size
     train_split: str = "train"
     val_split: str | None = None  # None: "val" if present, else "test"
     train_limit: int | None = None  # use only the first N training images (quick runs)
     val_limit: int | None = None
+    # segmentation only: frames (and label maps, nearest) decoded at [height, width]; None: native size (all
+    # frames of a split must share it). Validation runs on these whole frames.
+    frame_size: tuple[int, int] | None = None
     # schedule and optimiser (AdamW, cosine with linear warm-up, per step)
     epochs: int = 300
     batch_size: int = 1024  # global, over all processes
@@ -73,6 +81,10 @@ class TrainConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = DEFAULT_CROP_PCT  # eval: resize to size / crop_pct, centre-crop size
+    # segmentation only (cpvt.train.augment_masks.JointAugment, with hflip above): the random scale range of a
+    # frame before its img_size crop; crop, rrc_*, pad, randaug_*, reprob, mixup, cutmix, label_smoothing are
+    # classification's
+    seg_scale: tuple[float, float] = (0.5, 2.0)
     # running
     seed: int = 0
     amp: str = "auto"  # auto (bf16 where supported) | bf16 | off
@@ -138,13 +150,23 @@ def _in(lo: float, hi: float, closed_hi: bool = True) -> Callable[[float], bool]
 
 
 _count = (lambda v: v >= 1, "a positive integer")
+
+
+def _pixels(v: Any) -> bool:
+    """A positive whole number of pixels (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+_hw = (lambda v: _numbers(v, 2, _pixels), "[height, width], two positive integers")
 _fraction = (_in(0, 1), "in [0, 1]")
 #: What each value of :class:`TrainConfig` must be (types are checked when a value is set, see
 #: :func:`apply_overrides`; None passes wherever the type allows it): the one place ``validate`` reads.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (bool, "a model name"),
     "data": (bool, "a dataset name or folder"),
-    "img_size": _count,
+    "task": (lambda v: v in ("auto", "classification", "segmentation"), "auto, classification or segmentation"),
+    "img_size": (lambda v: _pixels(v) or _hw[0](v), "a positive integer, or [height, width] (segmentation)"),
+    "frame_size": _hw,
     "train_sizes": (lambda v: all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v),
                     "positive integers (px)"),
     "train_limit": _count,
@@ -176,6 +198,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mean": (lambda v: _numbers(v, 3, lambda x: True), "three numbers (R, G, B)"),
     "std": (lambda v: _numbers(v, 3, lambda x: x > 0), "three positive numbers (R, G, B)"),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "seg_scale": (lambda v: _numbers(v, 2, lambda x: x > 0) and v[0] <= v[1], "two numbers 0 < min <= max"),
     "seed": (lambda v: v >= 0, "at least 0"),
     "amp": (lambda v: v in ("auto", "bf16", "off"), "auto, bf16 or off"),
     "attention": (lambda v: v in ("auto", "default", "math"), "auto, default or math"),
@@ -187,7 +210,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-RECIPES = ("deit", "cifar10", "imagenette", "synthetic", "demo", "small")
+RECIPES = ("deit", "cifar10", "imagenette", "synthetic", "demo", "small", "camvid")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -213,10 +236,10 @@ def _coerce(name: str, value: Any, current: Any, annotation: str) -> Any:
         if "None" not in annotation:
             raise ValueError(f"config key {name!r} cannot be None")
         return None
-    if isinstance(current, tuple) or annotation.startswith("tuple"):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {name!r} expects a list, got {value!r}")
+    if isinstance(value, (list, tuple)) and "tuple" in annotation:  # img_size: a number or [height, width]
         return tuple(value)
+    if annotation.startswith("tuple"):
+        raise ValueError(f"config key {name!r} expects a list, got {value!r}")
     if "float" in annotation and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     expected = {"int": int, "float": float, "str": str, "bool": bool}
@@ -337,6 +360,41 @@ def folder_defaults(data: str, flags: dict[str, Any] | None = None,
             notes.append(f"batch_size {batch} instead of the recipe's {cfg.batch_size}, so that an epoch of "
                          f"{found['images']} images has {found['images'] // batch} steps (--batch-size chooses "
                          f"another; lr is per 512 images and scales with it)")
+    return recipe, values, notes
+
+
+def mask_folder_defaults(data: str, flags: dict[str, Any] | None = None,
+                         sets: list[str | Override] | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    """What ``cpvt train --data FOLDER`` picks for a mask folder (``images/`` and ``masks/``, see
+    :func:`cpvt.data.named.is_mask_folder`) when no ``--recipe`` is given: the ``camvid`` (segmentation)
+    recipe, with ``frame_size`` and ``img_size`` (each unless given) the first training frame's size in whole
+    patches of the model (rather than CamVid's 120x160). Returns (recipe, values, notes), as :func:`folder_defaults`; a value given
+    as a flag or ``--set`` is never replaced."""
+    import torch
+    from PIL import Image
+
+    from ..data.folder import image_files
+    from ..models import create_model
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = set(flags) | {k for k, _ in override_pairs(sets)}
+    recipe = "camvid"
+    notes = [f"{data}: frames with label maps (images/ and masks/): recipe '{recipe}', task segmentation "
+             f"(--recipe chooses another)"]
+    values: dict[str, Any] = {}
+    frames = Path(data).expanduser() / "images" / "train"
+    first = image_files(frames, []) if frames.is_dir() else []
+    keys = [k for k in ("frame_size", "img_size") if k not in explicit]
+    if first and keys:
+        cfg = resolve_config(recipe, flags, sets)
+        with Image.open(first[0]) as im:
+            w, h = im.size
+        with torch.device("meta"):
+            patch = int(create_model(cfg.model, **cfg.model_args).patch_size)
+        size = [max(patch, h // patch * patch), max(patch, w // patch * patch)]
+        values.update({k: size for k in keys})
+        notes.append(f"{' and '.join(keys)} {size[0]}x{size[1]}: the first frame's {h}x{w} px in whole {patch} px "
+                     f"patches of {cfg.model} (--img-size HxW or --set frame_size=[H, W] chooses another)")
     return recipe, values, notes
 
 

@@ -3,8 +3,13 @@
 :func:`train` runs a whole job from a :class:`~cpvt.train.config.TrainConfig`:
 data, model, optimiser (AdamW with weight-decay groups), per-step cosine
 schedule with linear warm-up, bf16 autocast, optional EMA, DDP under
-torchrun, atomic checkpoints and exact resume. :func:`evaluate` measures
-top-1 / top-5 on a decoded split.
+torchrun, atomic checkpoints and exact resume. Classification's
+:func:`~cpvt.train.tasks.evaluate` measures top-1 / top-5 on a decoded split.
+
+One loop for every task: what differs between classification and segmentation
+(splits, model options, batch transform, loss, validation, the metric that
+picks ``best.safetensors``) is the run's :class:`~cpvt.train.tasks.Task`,
+resolved once in :func:`setup` from ``TrainConfig.task`` and the data.
 
 Exact resume: the batch order of every epoch is a permutation seeded by
 ``(seed, epoch)``, so it needs no state beyond the epoch and step; the RNG
@@ -36,51 +41,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from ..data import open_source
 from ..data.base import DataError, Split, printable
 from ..models import create_model
 from ..models.pretrained import pretrained_cfg_from_config
 from ..models.registry import load_strict
 from ..utils.errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
-from .augment import EvalTransform, TrainAugment, mix_batch
-from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_to_main, init_distributed
+from .precision import autocast_dtype
 from .runlock import run_lock
+from .tasks import Task, resolve_task, size_text
 
 
 # -- pieces --------------------------------------------------------------------
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
-
-
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """bf16 where the device computes it natively (``auto``), or as asked.
-
-    On a CPU without bf16 instructions (AVX2 only) bf16 is emulated: training
-    ``deit_micro`` at 64 px ran at 38 img/s in bf16 against 262 img/s in fp32 on
-    one thread of such a machine, so ``auto`` keeps fp32 there.
-    """
-    if amp == "off":
-        return None
-    if amp not in ("auto", "bf16"):
-        raise ValueError(f"amp must be auto, bf16 or off, got {amp!r}")
-    if amp == "auto" and device.type == "cpu" and not cpu_has_native_bf16():
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
-    return torch.bfloat16
-
-
 def attention_context(cfg: TrainConfig, device: torch.device, tokens: int):
     """SDPA backend. ``auto``: the math path on the CPU for short sequences, where
     PyTorch's fused CPU kernel is slower in bf16 (benchmarks/attention_backends.py);
@@ -189,48 +169,6 @@ class BatchOrder:
         return batch[self.info.rank * local : (self.info.rank + 1) * local]
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    device: torch.device,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    batch_size: int = 256,
-    amp: str = "auto",
-    info: DistInfo = DistInfo(),
-    progress: bool = False,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean loss on a decoded split.
-
-    Under DDP each process evaluates a shard and the counts are summed.
-    """
-    was_training = model.training
-    model.eval()
-    transform = EvalTransform(mean, std).to(device)
-    dtype = autocast_dtype(device, amp)
-    idx = torch.arange(info.rank, len(split), info.world_size)
-    stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
-    k = min(5, split.num_classes)
-    batches = range(0, len(idx), batch_size)
-    for start in tqdm(batches, desc=f"eval {split.size}px", leave=False, disable=None if (progress and info.is_main) else True):
-        b = idx[start : start + batch_size]
-        x = transform(split.images[b].to(device))
-        y = split.labels[b].to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x).float()
-        top = logits.topk(k, dim=1).indices
-        stats[0] += (top[:, 0] == y).sum()
-        stats[1] += (top == y[:, None]).any(dim=1).sum()
-        stats[2] += F.cross_entropy(logits, y, reduction="sum")
-        stats[3] += len(b)
-    all_reduce_sum(stats, info)
-    model.train(was_training)
-    n = max(stats[3].item(), 1)
-    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "loss": stats[2].item() / n,
-            "images": int(stats[3].item())}
-
-
 # -- the job -------------------------------------------------------------------
 def _log(info: DistInfo, *args) -> None:
     if info.is_main:
@@ -270,28 +208,22 @@ def step_sizes(sizes: tuple[int, ...], seed: int, epoch: int, steps: int) -> lis
     return [sizes[i] for i in torch.randint(len(sizes), (steps,), generator=gen).tolist()]
 
 
-def load_data(cfg: TrainConfig, info: DistInfo):
-    """Open the source, decode the training and validation splits (rank 0 first,
+def load_data(cfg: TrainConfig, info: DistInfo, task: Task, source):
+    """Decode the training and validation splits of ``source`` as ``task`` needs them (rank 0 first,
     so the others read its disk cache)."""
-    from ..data import open_source
-
-    source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers)
     val_name = cfg.val_split or ("val" if "val" in source.splits else "test")
     for name in (cfg.train_split, val_name):
         if name not in source.splits:
             raise DataError(f"dataset {cfg.data!r} has no split {name!r}; it has {', '.join(source.splits)}")
-    largest = max((cfg.img_size, *cfg.train_sizes))  # crops for the largest training size keep real detail
-    storage = largest if cfg.crop != "rrc" else int(round(largest * cfg.storage_scale))
     if info.enabled and not info.is_main:
         barrier(info)  # wait until rank 0 has filled the decode cache
-    train_split = source.split(cfg.train_split, storage, mode="train", limit=cfg.train_limit)
-    val_split = source.split(val_name, cfg.img_size, mode="eval", crop_pct=cfg.crop_pct, limit=cfg.val_limit)
+    train_split, val_split = task.load_splits(source, val_name)
     if info.enabled and info.is_main:
         barrier(info)
     for split in (train_split, val_split):  # files skipped or links ignored: counted and named, never silent
         for note in split.notes:
             _log(info, f"note: {printable(note)}")
-    return source, train_split, val_split
+    return train_split, val_split
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -362,22 +294,28 @@ class TrainState:
     scheduler: Any
     ema: AveragedModel | None
     order: BatchOrder
-    augment: dict[int, TrainAugment]  # per training size
+    augment: dict[Any, nn.Module]  # per training size: TrainAugment, JointAugment (the task's)
     tokens: dict[int, int]  # tokens per image, per size (picks the attention backend)
     dtype: torch.dtype | None  # autocast dtype, None for fp32
-    train_split: Split
+    train_split: Split  # or a SegSplit (segmentation)
     val_split: Split
     config: dict[str, Any]  # cfg as saved with every checkpoint
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the current epoch (resume mid-epoch)
-    best: float = -1.0  # best validation top-1 so far
+    best: float = -1.0  # best validation metric so far (the task's: top-1, mIoU)
     saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written (or resumed from)
     stop: StopSignal = field(default_factory=lambda: StopSignal(verbose=False))  # installed by _train
     stop_agreed: bool = False  # every process has seen the stop request (checked once per step)
+    task: Task | None = None  # what the run trains (cpvt.train.tasks), resolved once by setup
 
     @property
-    def sizes(self) -> tuple[int, ...]:
+    def sizes(self) -> tuple[Any, ...]:
         return tuple(self.augment)
+
+    @property
+    def best_key(self) -> str:
+        """The progress key of the best validation metric in checkpoints (``best_top1``, ``best_miou``)."""
+        return f"best_{self.task.metric}"
 
 
 def _resume_checkpoint(cfg: TrainConfig, resume: bool, info: DistInfo) -> Checkpoint | None:
@@ -404,20 +342,22 @@ def _resume_checkpoint(cfg: TrainConfig, resume: bool, info: DistInfo) -> Checkp
     return None
 
 
-def _train_sizes(cfg: TrainConfig) -> tuple[int, ...]:
+def _train_sizes(cfg: TrainConfig, task: Task) -> tuple[Any, ...]:
     """The training sizes (mixed resolution) or the one ``img_size``, checked against the model (a clear
     error for a size that is not a whole number of patches, before any data is decoded); fills in a
-    missing ``img_size``."""
+    missing ``img_size`` (the task's rules: :meth:`~cpvt.train.tasks.Task.train_sizes`)."""
     with torch.device("meta"):
         model = create_model(cfg.model, **cfg.model_args)
-    if cfg.img_size is None:
-        cfg.img_size = int(model.img_size[0])
-    sizes = tuple(cfg.train_sizes) or (cfg.img_size,)
-    if any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
-        raise ValueError(f"train_sizes must be positive integers (px), got {list(cfg.train_sizes)}")
-    for s in {cfg.img_size, *sizes}:
-        model.grid_for(s)
-    return sizes
+    return task.train_sizes(model)
+
+
+def _check_eval_sizes(model: nn.Module, task: Task, val_split) -> None:
+    """A validation size the model cannot take is an error before training, not after an epoch."""
+    for s in task.eval_sizes(val_split):
+        try:
+            model.grid_for(s)
+        except ValueError as e:
+            raise ValueError(f"validation runs at {size_text(s)}: {e}") from None
 
 
 def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: torch.device) -> TrainState:
@@ -427,11 +367,13 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     streams under ``seed + rank``) is part of what makes a run reproducible.
     """
     torch.manual_seed(cfg.seed)
-    sizes = _train_sizes(cfg)
-    _, train_split, val_split = load_data(cfg, info)
-    model = create_model(cfg.model, **{"num_classes": train_split.num_classes, "img_size": cfg.img_size,
-                                       "drop_path_rate": cfg.drop_path, **cfg.model_args})
+    source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers)
+    task = resolve_task(cfg, source)
+    sizes = _train_sizes(cfg, task)
+    train_split, val_split = load_data(cfg, info, task, source)
+    model = create_model(cfg.model, **{**task.model_options(train_split), **cfg.model_args})
     model.pretrained_cfg = pretrained_cfg_from_config(model, cfg.to_dict())  # stored in every checkpoint
+    _check_eval_sizes(model, task, val_split)
     tokens = {s: math.prod(model.grid_for(s)) + model.num_prefix for s in {cfg.img_size, *sizes}}  # a clear error now
     model.to(device)
     torch.manual_seed(cfg.seed + info.rank)  # augmentation streams differ per process
@@ -442,27 +384,28 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     for note in schedule_notes(cfg, order.steps):
         _log(info, f"note: {note}")
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
-    progress = {"epoch": 0, "step": 0, "best_top1": -1.0}
+    best_key = f"best_{task.metric}"
+    progress = {"epoch": 0, "step": 0, best_key: -1.0}
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(ckpt.path))
         exact = ckpt.restore_training(optimizer, scheduler, ema, rank=info.rank, device=device)
-        progress = {"best_top1": -1.0, **ckpt.progress}
+        progress = {best_key: -1.0, **ckpt.progress}
         _warn_inexact_resume(ckpt, exact, info)
     # compiled: one module for training and evaluation (its weights are the model's; checkpoints save the model)
     runner = compile_model(model, dynamic=True if len(sizes) > 1 else None) if cfg.compile else model
     ddp = torch.nn.parallel.DistributedDataParallel(runner) if info.enabled else runner
     st = TrainState(cfg, info, device, Path(cfg.out), model, runner, ddp, optimizer, scheduler, ema, order,
-                    {s: TrainAugment(cfg, s).to(device) for s in sizes}, tokens, autocast_dtype(device, cfg.amp),
-                    train_split, val_split, cfg.to_dict(), progress["epoch"], progress["step"], progress["best_top1"],
-                    saved=None if ckpt is None else (progress["epoch"], progress["step"]))
+                    {s: task.augment(s, train_split).to(device) for s in sizes}, tokens,
+                    autocast_dtype(device, cfg.amp), train_split, val_split, cfg.to_dict(), progress["epoch"],
+                    progress["step"], progress[best_key], saved=None if ckpt is None else (progress["epoch"],
+                    progress["step"]), task=task)
     if info.is_main:
         st.out.mkdir(parents=True, exist_ok=True)
         (st.out / "config.json").write_text(json.dumps(st.config, indent=2))
         n_params = sum(p.numel() for p in model.parameters())
-        _log(info, f"{cfg.model} ({n_params:,} params) on {cfg.data}: {len(train_split):,} train / {len(val_split):,} "
-             f"val images at {cfg.img_size}px, {train_split.num_classes} classes; {cfg.epochs} epochs x {order.steps} "
-             f"steps of {cfg.batch_size} at {'/'.join(map(str, sizes))}px on {info.world_size} x {device.type}, "
-             f"amp={st.dtype or 'off'}")
+        _log(info, f"{cfg.model} ({n_params:,} params) on {cfg.data}: {task.describe(train_split, val_split)}; "
+             f"{cfg.epochs} epochs x {order.steps} steps of {cfg.batch_size} at {'/'.join(map(size_text, sizes))}px "
+             f"on {info.world_size} x {device.type}, amp={st.dtype or 'off'}")
     return st
 
 
@@ -517,7 +460,7 @@ def save_last(st: TrainState, epoch: int, step: int) -> None:
     _write_on_main(st, lambda: save_checkpoint(
         st.out / "last.safetensors", st.model, config=st.config, classes=st.train_split.classes,
         optimizer=st.optimizer, scheduler=st.scheduler, ema=st.ema, rng_states=states,
-        progress={"epoch": epoch, "step": step, "best_top1": st.best, "world_size": st.info.world_size}))
+        progress={"epoch": epoch, "step": step, st.best_key: st.best, "world_size": st.info.world_size}))
     st.saved = (epoch, step)
 
 
@@ -536,19 +479,19 @@ def _stop_requested_anywhere(st: TrainState) -> bool:
     return all_reduce_sum(flag, st.info).item() > 0
 
 
-def train_step(st: TrainState, idx: Tensor, size: int) -> Tensor:
+def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
     """One optimiser step on the samples ``idx`` at input size ``size``; returns the loss.
 
+    The batch, its targets and the loss are the task's (:mod:`cpvt.train.tasks`).
     Raises :class:`TrainingDiverged` (on every process) if the loss is not finite.
     """
     cfg, device = st.cfg, st.device
-    x = st.augment[size](st.train_split.images[idx].to(device, non_blocking=True))
-    x, target = mix_batch(x, st.train_split.labels[idx].to(device), st.train_split.num_classes, cfg)
+    x, target = st.task.train_batch(st.augment[size], st.train_split, idx, device)
     with attention_context(cfg, device, st.tokens[size]), torch.autocast(
         device.type, dtype=st.dtype or torch.float32, enabled=st.dtype is not None
     ):
         logits = st.ddp(x)
-    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+    loss = st.task.loss(logits.float(), target)
     # one all_reduce per step carries both checks: a non-finite loss anywhere, a stop request anywhere
     flags = torch.tensor([float(not torch.isfinite(loss)), float(st.stop.requested)], device=device)
     bad, stop = all_reduce_sum(flags, st.info).tolist()
@@ -605,19 +548,19 @@ def train_one_epoch(st: TrainState) -> dict[str, Any]:
 
 
 def validate(st: TrainState, record: dict[str, Any]) -> None:
-    """Top-1/top-5 on the validation split (and of the EMA) into ``record``; a new best is saved as best.safetensors."""
-    cfg = st.cfg
-    val = evaluate(st.runner, st.val_split, st.device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp, st.info)
-    record.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+    """The task's validation numbers (top-1/top-5/loss, mIoU/pixel accuracy/loss; and of the EMA) into ``record``
+    as ``val_<key>``; a new best of the task's metric is saved as best.safetensors."""
+    task = st.task
+    val = task.validate(st.runner, st.val_split, st.device, st.info)
+    record.update({f"val_{k}": val[k] for k in task.logged})
     if st.ema is not None:
-        val_ema = evaluate(st.ema.module, st.val_split, st.device, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp,
-                           st.info)
-        record.update(val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
-    if val["top1"] > st.best:
-        st.best = val["top1"]
+        val_ema = task.validate(st.ema.module, st.val_split, st.device, st.info)
+        record.update({f"val_{k}_ema": val_ema[k] for k in task.logged_ema})
+    if val[task.metric] > st.best:
+        st.best = val[task.metric]
         _write_on_main(st, lambda: save_checkpoint(
             st.out / "best.safetensors", st.model, config=st.config, classes=st.train_split.classes,
-            progress={"epoch": st.epoch, "step": 0, "best_top1": st.best}))
+            progress={"epoch": st.epoch, "step": 0, st.best_key: st.best}))
 
 
 def _last_record(log: Path) -> dict[str, Any]:
@@ -648,7 +591,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
             metrics = record
             if st.epoch < cfg.epochs and _stop_requested_anywhere(st):
                 raise _stopped(st)
-    metrics = {**metrics, "best_val_top1": st.best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
+    metrics = {**metrics, f"best_val_{st.task.metric}": st.best, "model": cfg.model, "data": cfg.data, "img_size": cfg.img_size,
                "params": sum(p.numel() for p in st.model.parameters())}
     if info.is_main:
         (st.out / "metrics.json").write_text(json.dumps(metrics, indent=2))

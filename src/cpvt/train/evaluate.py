@@ -5,6 +5,11 @@ resample their table, PEG models generate their encoding for the new grid.
 Images get the standard preprocessing: resize the shorter side to
 ``size / crop_pct``, centre-crop ``size`` (synthetic scenes are rendered
 natively at each size instead).
+
+Segmentation runs (``model_args["task"] == "segmentation"``) are scored by mIoU
+and pixel accuracy: the validation frames, decoded as the run stored them
+(``frame_size``), are resized whole to each ``H x W`` and the logits scored
+against the stored label maps (:func:`cpvt.train.segment_eval.evaluate_segmentation`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: F401 - re-exported
 from ..data.base import DataError, printable
 from ..models import model_from_checkpoint
+from ..models.base import pair
 from ..utils.table import format_table
-from .engine import compile_model, compiled_graphs, evaluate
+from .engine import compile_model, compiled_graphs
+from .tasks import evaluate
 
 
 def _trained_model(run: str, overrides: dict[str, Any] | None, dev: torch.device):
@@ -43,10 +50,59 @@ def _check_classes(run: str, ckpt, model, name: str, source) -> None:
         )
 
 
+def is_segmentation(ckpt) -> bool:
+    """Whether a checkpoint holds a segmentation model (``create_model(..., task="segmentation")``)."""
+    return (ckpt.meta.get("model_args") or {}).get("task") == "segmentation"
+
+
+def _square_sizes(run: str, sizes: list) -> list[int]:
+    """A classification run's test sizes: ``N`` or ``(N, N)``; ``(H, W)`` with H != W is a clear error."""
+    out = []
+    for s in sizes:
+        h, w = pair(s)
+        if h != w:
+            raise ValueError(f"{run} is a classification run, evaluated at square sizes (N or NxN), got {h}x{w}; "
+                             "HxW sizes are for segmentation runs")
+        out.append(h)
+    return out
+
+
+def _segmentation_row(run, ckpt, model, dev, sizes, name, source, batch_size, amp, limit, compile) -> dict[str, Any]:
+    """mIoU / pixel accuracy of a segmentation run on whole validation frames resized to each size."""
+    from .segment_eval import evaluate_segmentation
+
+    cfg, pre = ckpt.config, model.pretrained_cfg
+    train_size = tuple(pre["input_size"][1:])
+    sizes = [pair(s) for s in sizes or [train_size]]
+    for s in sizes:
+        model.grid_for(s)  # clear error before any decoding
+    split_name = "val" if "val" in source.splits else "test"
+    frame = cfg.get("frame_size")
+    frames = source.split(split_name, size=tuple(frame) if frame else None, limit=limit)
+    for note in frames.notes:
+        print(f"note: {printable(note)}", flush=True)
+    row: dict[str, Any] = {
+        "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
+        "task": "segmentation", "data": name, "split": split_name, "train_size": list(train_size),
+        "frame_size": list(frames.frame_size), "sizes": {},
+    }
+    runner, graphs = model, 0
+    if compile:
+        runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
+    for s in sizes:
+        t0 = time.perf_counter()
+        result = evaluate_segmentation(runner, frames, dev, pre["mean"], pre["std"], size=s, batch_size=batch_size,
+                                       amp=amp or cfg.get("amp", "auto"), progress=True)
+        row["sizes"][f"{s[0]}x{s[1]}"] = {**result, "seconds": time.perf_counter() - t0}
+    if compile:
+        row["compile"] = {"graphs": compiled_graphs() - graphs}
+    return row
+
+
 def evaluate_runs(
     runs: list[str],
     data: str | None = None,
-    img_sizes: list[int] | None = None,
+    img_sizes: list[int | tuple[int, int]] | None = None,
     crop_pct: float | None = None,
     batch_size: int = 256,
     device: str = "auto",
@@ -57,7 +113,8 @@ def evaluate_runs(
     model_overrides: dict[str, Any] | None = None,
     compile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Top-1 / top-5 of every run at every size. ``data`` defaults to the run's own.
+    """Top-1 / top-5 of every run at every size (mIoU / pixel accuracy for a segmentation run, sizes ``(H, W)``;
+    a classification run takes square sizes only). ``data`` defaults to the run's own.
 
     ``amp`` defaults to each run's own training precision (``auto`` for runs saved without one).
     ``model_overrides`` rebuild each trained model with changed options before its
@@ -73,16 +130,23 @@ def evaluate_runs(
     for run in runs:
         ckpt, model = _trained_model(run, model_overrides, dev)
         cfg, pre = ckpt.config, model.pretrained_cfg  # the run's data; what the model expects of its input
+        segmentation = is_segmentation(ckpt)
         train_size = pre["input_size"][1]
         sizes = img_sizes or [train_size]
-        for s in sizes:
-            model.grid_for(s)  # clear error before any decoding
+        if not segmentation:
+            sizes = _square_sizes(run, sizes)
+            for s in sizes:
+                model.grid_for(s)  # clear error before any decoding
         name = data or cfg.get("data")
         key = (name, data_root or cfg.get("data_root"), cache_dir or cfg.get("cache_dir"))
         if key not in sources:
             sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
         source = sources[key]
         _check_classes(run, ckpt, model, name, source)
+        if segmentation:
+            results.append(_segmentation_row(run, ckpt, model, dev, img_sizes, name, source, batch_size, amp, limit,
+                                             compile))
+            continue
         split = "val" if "val" in source.splits else "test"
         pct = crop_pct if crop_pct is not None else pre["crop_pct"]
         row: dict[str, Any] = {
@@ -110,7 +174,25 @@ def evaluate_runs(
     return results
 
 
+def _segmentation_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
+    """mIoU and pixel accuracy (percent) per test size ``HxW``, one row per segmentation run."""
+    sizes = sorted({s for r in results for s in r["sizes"]}, key=lambda s: tuple(map(int, s.split("x"))))
+    headers = ["run", "model", "pos", "train px"] + [f"mIoU @{s}" for s in sizes] + [f"pix acc @{s}" for s in sizes]
+    rows = []
+    for r in results:
+        cells = [round(r["sizes"][s]["miou"], 2) if s in r["sizes"] else "" for s in sizes]
+        cells += [round(r["sizes"][s]["pixel_acc"], 2) if s in r["sizes"] else "" for s in sizes]
+        rows.append([Path(r["run"]).name or r["run"], r["model"], r["pos"], "x".join(map(str, r["train_size"]))] + cells)
+    return format_table(rows, headers, markdown=markdown)
+
+
 def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
+    """Top-1 per test size, one row per classification run; segmentation runs get a table of their own below."""
+    segmentation = [r for r in results if r.get("task") == "segmentation"]
+    results = [r for r in results if r.get("task") != "segmentation"]
+    if segmentation:
+        seg = _segmentation_table(segmentation, markdown)
+        return seg if not results else results_table(results, markdown) + "\n\n" + seg
     sizes = sorted({int(s) for r in results for s in r["sizes"]})
     headers = ["run", "model", "pos", "train px"] + [f"top-1 @{s}" for s in sizes]
     rows = []
@@ -123,8 +205,12 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
 
 
 def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Top-1 against test resolution, one curve per run, training size marked."""
+    """Top-1 against test resolution, one curve per run, training size marked (classification runs)."""
     from ..utils.plotting import pyplot, save
+
+    if any(r.get("task") == "segmentation" for r in results):
+        raise ValueError("--plot draws classification runs (top-1 against square sizes); for segmentation runs "
+                         "use the table or --json")
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
