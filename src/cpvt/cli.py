@@ -4,12 +4,12 @@
     cpvt encodings                        list position encodings and their options
     cpvt info MODEL [--img-size N] [--json] [--set model.key=value ...]
     cpvt train --model M --data D [...]   train (see `cpvt train -h`)
-    cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F]
+    cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F] [--frames F] [--windows W] [--split S]
     cpvt demo                             train 3 micro models and test them at 3 resolutions
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
     cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
     cpvt export RUN_OR_MODEL [--format onnx|pt2] [--out F]   dynamic batch/height/width, verified at 3+ sizes
-    cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F]
+    cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F] [--out DIR]
 
 Every command that builds or loads a model takes overrides one way: ``--set
 KEY=VALUE`` (repeatable), with ``model.KEY`` for a model option; values are
@@ -18,10 +18,14 @@ flags such as ``--epochs`` are short spellings of config keys, listed in one
 table (:data:`TRAIN_FLAGS`, printed by ``cpvt train -h``).
 
 Sizes are written one way everywhere: ``N`` or ``HxW`` (lists comma-separated,
-``224,384,256x320``). Commands whose pipeline is square (classification training
-and evaluation, prediction, analysis) say so when given ``HxW`` with H != W;
-``cpvt eval`` of a segmentation run takes ``HxW`` (a segmentation run trains
-at ``--set img_size=[H,W]``, its recipe's or its mask folder's frame size).
+``224,384,256x320``). Commands whose pipeline is square (classification training,
+evaluation and prediction, analysis) say so when given ``HxW`` with H != W;
+``cpvt eval`` and ``cpvt predict`` of a segmentation run take ``HxW`` (a
+segmentation run trains at ``--set img_size=[H,W]``, its recipe's or its mask
+folder's frame size). ``cpvt eval`` of a segmentation run also takes
+``--frames native|HxW`` (decode test frames at that size: the Scale protocol
+resizes them to each ``--img-sizes`` size), ``--windows HxW,...,none``
+(sliding-window inference: the Canvas protocol) and ``--split``.
 
 Exit codes are the named constants of :mod:`cpvt.utils.errors` (``EXIT_*``):
 0 done; 1 nothing to do or an unexpected error; 2 bad input; 3 training
@@ -211,13 +215,41 @@ def _is_folder(data: str | None) -> bool:
     return data is not None and data != "synthetic" and data not in NAMED and data not in SEGMENTATION
 
 
+def eval_frames(text: str) -> str | tuple[int, int]:
+    """``cpvt eval --frames``: ``native`` or ``HxW`` (``N`` meaning ``NxN``)."""
+    if text.strip().lower() == "native":
+        return "native"
+    size = parse_size(text.strip())
+    return (size, size) if isinstance(size, int) else size
+
+
+def eval_windows(text: str) -> list[tuple[int, int] | None]:
+    """``cpvt eval --window(s)``: comma-separated ``HxW`` windows, ``none`` for the whole frame
+    (``"120x160,240x320,none"`` -> [(120, 160), (240, 320), None])."""
+    out: list[tuple[int, int] | None] = []
+    for t in (t.strip() for t in text.split(",")):
+        if not t:
+            continue
+        if t.lower() in ("none", "full"):
+            out.append(None)
+        else:
+            size = parse_size(t)
+            out.append((size, size) if isinstance(size, int) else size)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected windows like 120x160,240x320,none; got {text!r}")
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"a window is listed twice in {text!r}")
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_runs, plot_results, results_table, write_json
 
     overrides = model_options(args.set, "eval")
     results = evaluate_runs(args.runs, data=args.data, img_sizes=args.img_sizes, crop_pct=args.crop_pct,
                             batch_size=args.batch_size, device=args.device, data_root=args.data_root,
-                            cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides, compile=args.compile)
+                            cache_dir=args.cache_dir, limit=args.limit, model_overrides=overrides, compile=args.compile,
+                            split=args.split, frames=args.frames, windows=args.windows)
     print(results_table(results))
     for r in results:
         if "compile" in r:
@@ -299,7 +331,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy.predict import format_predictions, predict
 
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
-                    batch_size=args.batch_size, overrides=model_options(args.set, "predict"))
+                    batch_size=args.batch_size, overrides=model_options(args.set, "predict"), out_dir=args.out,
+                    alpha=args.alpha)
     print(format_predictions(preds))
     if args.json:
         preds.write_json(args.json)
@@ -385,6 +418,19 @@ stopping and resuming:
 """
 
 
+EVAL_EPILOG = """\
+segmentation runs, two resolution protocols (one table column per size and window):
+  scale:   cpvt eval RUN --frames native --img-sizes 120x160,240x320,360x480
+           frames decoded at their native size, resized whole to each size (real detail at every
+           size), logits scored at the decoded resolution (the same pixels for every size)
+  canvas:  cpvt eval RUN --frames native --img-sizes 360x480 --windows 120x160,240x320,none
+           each frame at 360x480 run as a sliding window of 120x160 crops (1x a 120x160 model's field
+           of view), 240x320 (2x) and the whole frame (3x); overlapping logits averaged
+  --split test scores the test split (default: val if present, else test); classification runs
+  refuse --frames and --window(s).
+"""
+
+
 def _training_commands(sub) -> None:
     """train, eval, demo, reproduce."""
     s = sub.add_parser("train", help="train a model (DeiT recipe by default)", epilog=TRAIN_EPILOG,
@@ -396,7 +442,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="top-1 (mIoU for segmentation runs) at several resolutions, no fine-tuning")
+    s = sub.add_parser("eval", help="top-1 (mIoU for segmentation runs) at several resolutions, no fine-tuning",
+                       epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("runs", nargs="+", help="run folders or checkpoint files (several: curves overlaid)")
     s.add_argument("--data", help="dataset (default: the one each run was trained on)")
     s.add_argument("--img-sizes", type=parse_size_list, help="comma-separated, e.g. 96,128,160,224; HxW for "
@@ -405,10 +452,18 @@ def _training_commands(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--device", default="auto")
     s.add_argument("--limit", type=positive_int, help="evaluate a fixed random subset of this many images")
+    s.add_argument("--split", choices=("val", "test"), help="the split scored (default: val if the data has one, "
+                   "else test)")
+    s.add_argument("--frames", type=eval_frames, metavar="native|HxW", help="segmentation: decode (and score) the "
+                   "test frames at their native size or at HxW, then resize them to each --img-sizes size "
+                   "(default: the run's frame_size)")
+    s.add_argument("--window", "--windows", dest="windows", type=eval_windows, metavar="HxW[,HxW,none]",
+                   help="segmentation: sliding-window inference with HxW crops; several (comma-separated, none = "
+                   "the whole frame) give one column each per size (default: none)")
     s.add_argument("--data-root")
     s.add_argument("--cache-dir")
     s.add_argument("--json", help="write results to this JSON file")
-    s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here")
+    s.add_argument("--plot", help="write an accuracy-vs-resolution plot (PNG) here (classification runs)")
     s.add_argument("--compile", action="store_true", help="torch.compile each model once for all sizes")
     add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=dilate")
     s.set_defaults(fn=cmd_eval)
@@ -481,11 +536,17 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--json", help="write the export report (sizes and differences) here")
     s.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("predict", help="classify images with a trained run (PyTorch or an exported ONNX file)")
+    s = sub.add_parser("predict", help="classify or segment images with a trained run (PyTorch or an exported ONNX "
+                       "file)")
     s.add_argument("run", help="run folder or checkpoint file (gives the classes and preprocessing)")
     s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)")
-    s.add_argument("--img-size", type=square_size, help="input size (default: the run's training size)")
-    s.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
+    s.add_argument("--img-size", type=parse_size, help="input size (default: the run's training size); N for a "
+                   "classification run, N or HxW for a segmentation run (each image is resized whole to it)")
+    s.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5; a segmentation "
+                   "run lists its 3 most frequent classes at most)")
+    s.add_argument("--out", help="segmentation run (required): folder for NAME.png (class index per pixel, at the "
+                   "image's size) and NAME.overlay.png")
+    s.add_argument("--alpha", type=float, default=0.5, help="segmentation: palette weight in the overlays (default 0.5)")
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
     s.add_argument("--batch-size", type=positive_int, default=32)

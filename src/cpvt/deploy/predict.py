@@ -1,4 +1,4 @@
-"""Classify image files with a trained run: in PyTorch, or through an exported ONNX file.
+"""Classify or segment image files with a trained run: in PyTorch, or through an exported ONNX file.
 
     >>> import cpvt
     >>> model, preprocess, classes = cpvt.load_run("runs/c10-cpvt")
@@ -14,28 +14,42 @@ of the patch size works (the point of a PEG).
 :func:`predict` reads files and folders (recursively, by image extension), skips
 and lists every file that cannot be read, and returns the top-k classes and
 probabilities of the rest.
+
+A segmentation run (``model.task == "segmentation"``) goes through the same
+function; only the preprocessing and the per-batch post-processing differ. Each
+image is resized whole (bicubic, no crop) to the run's input size ``(h, w)``
+(``pretrained_cfg["input_size"]``, or ``img_size``), normalised, and its logits
+``(K, h, w)`` upsampled bilinearly to the image's own size before the argmax.
+Written to ``out_dir`` per image: ``NAME.png``, the label map (single channel,
+the class index per pixel, a palette PNG for up to 256 classes, 16-bit
+grayscale above) and ``NAME.overlay.png``, the image blended with
+:func:`seg_palette`. The results list each image's size, files and its most
+frequent classes with their share of pixels.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..data.base import printable
-from ..data.folder import image_files, image_array, load_image
+from ..data.folder import image_array, image_files, load_image, to_rgb
 from ..models import model_from_checkpoint
 from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from ..train.augment import EvalTransform
+from ..utils.table import format_table
 
 
 @dataclass(frozen=True)
@@ -129,9 +143,15 @@ class Predictions:
     results: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     backend: str = "pytorch"
-    img_size: int = 0
+    img_size: int | tuple[int, int] = 0
+    task: str = "classification"
+    out_dir: str | None = None  # segmentation: where the label maps and overlays were written
 
     def to_dict(self) -> dict[str, Any]:
+        if self.task == "segmentation":
+            return {"backend": self.backend, "task": self.task, "img_size": list(self.img_size),
+                    "out_dir": self.out_dir, "segmented": len(self.results), "skipped_count": len(self.skipped),
+                    "results": self.results, "skipped": self.skipped}
         return {"backend": self.backend, "img_size": self.img_size, "classified": len(self.results),
                 "skipped_count": len(self.skipped), "results": self.results, "skipped": self.skipped}
 
@@ -156,17 +176,73 @@ def onnx_runner(path: str | os.PathLike):
     return lambda x: session.run(None, {name: x})[0]
 
 
+def seg_palette(num_classes: int) -> np.ndarray:
+    """A fixed colour per class, uint8 ``(num_classes, 3)``: the PASCAL VOC colour map (class 0 black)."""
+    idx = np.arange(num_classes)
+    colours = np.zeros((num_classes, 3), np.int64)
+    for bit in range(8):
+        for ch in range(3):
+            colours[:, ch] |= ((idx >> (3 * bit + ch)) & 1) << (7 - bit)
+    return colours.astype(np.uint8)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)``: EXIF orientation applied, RGB (transparency over white), its own
+    size. Raises what Pillow raises, a possible decompression bomb included (as :func:`load_image`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return np.ascontiguousarray(np.asarray(to_rgb(im), dtype=np.uint8))
+
+
+def resize_whole(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` -> ``(3, h, w)``, resized whole (bicubic, no crop): the segmentation data's resize."""
+    im = Image.fromarray(rgb)
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def upsampled_labels(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Logits ``(K, h, w)`` -> class indices ``(H, W)``: upsampled bilinearly to ``size`` first, then argmax."""
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return up.argmax(0)
+
+
+def _output_stem(file: str, used: set[str]) -> str:
+    stem = Path(file).stem or "image"
+    name, n = stem, 1
+    while name in used:
+        name, n = f"{stem}-{n}", n + 1
+    used.add(name)
+    return name
+
+
+def _seg_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if img_size is None:
+        h, w = model.pretrained_cfg["input_size"][1:]
+    else:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    size = (int(h), int(w))
+    model.grid_for(size)  # a clear error for a size the model cannot take
+    return size
+
+
 def predict(
     run: str | os.PathLike,
     inputs: list[str | os.PathLike],
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
     topk: int = 5,
     onnx: str | os.PathLike | None = None,
     batch_size: int = 32,
     progress: bool | None = None,
     overrides: dict[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    alpha: float = 0.5,
 ) -> Predictions:
-    """Classify image files and folders with a trained run.
+    """Classify (or segment) image files and folders with a trained run.
 
     ``onnx`` runs that exported file in onnxruntime instead of the PyTorch model
     (the run still gives the classes and preprocessing). Unreadable files are
@@ -174,11 +250,41 @@ def predict(
     input is a folder and stderr is a terminal). ``overrides``: model options the
     run is rebuilt with (``--set model.KEY=VALUE``; not with ``onnx``, whose file
     is fixed).
+
+    A segmentation run needs ``out_dir`` (the label maps and overlays are written
+    there, see the module docstring) and takes ``img_size`` as ``N`` or ``(h, w)``;
+    ``topk`` is then the number of most frequent classes listed per image (at
+    most 3). ``alpha``: the palette's weight in the overlays. A classification run
+    takes a square ``img_size`` and no ``out_dir``.
     """
     if onnx is not None and overrides:
         raise ValueError("--set model options rebuild the PyTorch model; an --onnx file runs as it was exported "
                          "(export it with --set instead)")
-    model, preprocess, classes = load_run(run, img_size, **(overrides or {}))
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--alpha must be within 0..1, got {alpha}")
+    if isinstance(img_size, tuple) and img_size[0] == img_size[1]:
+        img_size = img_size[0]
+    model, preprocess, classes = load_run(run, None if isinstance(img_size, tuple) else img_size,
+                                          **(overrides or {}))
+    task = getattr(model, "task", "classification")
+    if task == "segmentation":
+        if out_dir is None:
+            raise ValueError(f"{run} is a segmentation run: pass --out DIR for its label maps and overlays")
+        size: int | tuple[int, int] = _seg_size(model, img_size)
+        out_path = Path(out_dir)
+        if out_path.exists() and not out_path.is_dir():
+            raise ValueError(f"--out {out_dir} is a file, not a folder")
+        out_path.mkdir(parents=True, exist_ok=True)
+        palette = seg_palette(len(classes))
+        used: set[str] = set()
+    else:
+        if isinstance(img_size, tuple):
+            raise ValueError(f"a classification run predicts at a square size (N or NxN), "
+                             f"got {img_size[0]}x{img_size[1]}")
+        if out_dir is not None:
+            raise ValueError("--out is for a segmentation run's label maps; a classification run prints its "
+                             "predictions (--json writes them)")
+        size = preprocess.img_size
     if onnx is not None:
         forward, backend = onnx_runner(onnx), f"onnxruntime ({Path(onnx).name})"
     else:
@@ -187,24 +293,56 @@ def predict(
                 return model(torch.from_numpy(x)).float().numpy()
         backend = "pytorch"
     files, skipped, folders = find_images(inputs)
-    out = Predictions(skipped=skipped, backend=backend, img_size=preprocess.img_size)
-    k = max(1, min(topk, len(classes)))
+    out = Predictions(skipped=skipped, backend=backend, img_size=size, task=task,
+                      out_dir=str(out_dir) if task == "segmentation" else None)
+    k = max(1, min(topk, len(classes), 3 if task == "segmentation" else len(classes)))
     # tqdm's disable=None: shown only when stderr is a terminal
     disable = {True: False, False: True, None: None if folders else True}[progress]
-    batch: list[tuple[str, np.ndarray]] = []
+    batch: list[tuple[str, np.ndarray, np.ndarray | None]] = []
 
-    def flush() -> None:
-        x = preprocess.normalise(np.stack([a for _, a in batch])).numpy()
-        probs = torch.from_numpy(np.asarray(forward(x), dtype=np.float32)).softmax(dim=-1)
-        top = probs.topk(k, dim=-1)
-        for (file, _), p, i in zip(batch, top.values.tolist(), top.indices.tolist()):
+    def classify(logits: Tensor) -> None:
+        top = logits.softmax(dim=-1).topk(k, dim=-1)
+        for (file, _, _), p, i in zip(batch, top.values.tolist(), top.indices.tolist()):
             out.results.append({"file": file, "top": [{"class": classes[c], "index": c, "prob": q}
                                                       for q, c in zip(p, i)]})
+
+    def segment(logits: Tensor) -> None:
+        if logits.ndim != 4 or logits.shape[1] != len(classes):
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, not (B, {len(classes)}, "
+                             f"H, W) for a {len(classes)}-class segmentation run (an --onnx file of another run?)")
+        for (file, _, rgb), lg in zip(batch, logits):
+            h, w = rgb.shape[:2]
+            labels = upsampled_labels(lg, (h, w)).numpy()
+            stem = _output_stem(file, used)
+            label_file, overlay_file = out_path / f"{stem}.png", out_path / f"{stem}.overlay.png"
+            if len(classes) <= 256:
+                im = Image.fromarray(labels.astype(np.uint8))
+                im.putpalette(palette.ravel().tolist())  # "L" -> "P": the indices kept, shown in colour
+            else:
+                im = Image.fromarray(labels.astype(np.uint16))
+            im.save(label_file)
+            blend = rgb * (1 - alpha) + palette[labels] * alpha
+            Image.fromarray(np.clip(np.rint(blend), 0, 255).astype(np.uint8)).save(overlay_file)
+            counts = np.bincount(labels.ravel(), minlength=len(classes))
+            order = np.argsort(-counts, kind="stable")[:k]
+            out.results.append({"file": file, "height": h, "width": w, "labels": str(label_file),
+                                "overlay": str(overlay_file),
+                                "top": [{"class": classes[c], "index": int(c), "share": float(counts[c] / labels.size)}
+                                        for c in order if counts[c]]})
+
+    def flush() -> None:
+        x = preprocess.normalise(np.stack([a for _, a, _ in batch])).numpy()
+        logits = torch.from_numpy(np.asarray(forward(x), dtype=np.float32))
+        (segment if task == "segmentation" else classify)(logits)
         batch.clear()
 
     for file in tqdm(files, desc="predict", unit="img", disable=disable):
         try:
-            batch.append((file, preprocess.uint8(file)))
+            if task == "segmentation":
+                rgb = read_rgb(file)
+                batch.append((file, resize_whole(rgb, size), rgb))
+            else:
+                batch.append((file, preprocess.uint8(file), None))
         except Exception as e:  # noqa: BLE001 - any failure to decode means "unreadable file"
             reason = str(e).splitlines()[0] if str(e) else ""
             out.skipped.append({"file": file, "reason": f"{type(e).__name__}: {reason}".rstrip(": ")})
@@ -217,7 +355,10 @@ def predict(
 
 
 def format_predictions(preds: Predictions) -> str:
-    """One line per image (its top classes and probabilities), then the skipped files."""
+    """One line per image (its top classes and probabilities), then the skipped files; for a segmentation run a
+    table (file, size, the most frequent classes and their share of pixels)."""
+    if preds.task == "segmentation":
+        return format_segmentation(preds)
     lines = []
     for r in preds.results:
         tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
@@ -226,3 +367,14 @@ def format_predictions(preds: Predictions) -> str:
                  f"skipped {len(preds.skipped)} unreadable")
     lines += [f"  skipped {s['file']}: {s['reason']}" for s in preds.skipped]
     return printable("\n".join(lines))  # file and class names that are not UTF-8 are shown escaped
+
+
+def format_segmentation(preds: Predictions) -> str:
+    rows = [[r["file"], f"{r['height']}x{r['width']}",
+             ", ".join(f"{t['class']} {100 * t['share']:.1f}%" for t in r["top"])] for r in preds.results]
+    h, w = preds.img_size
+    lines = [format_table(rows, ["file", "size (HxW)", "most frequent classes"])] if rows else []
+    lines.append(f"segmented {len(preds.results)} image(s) at {h}x{w} with {preds.backend}; label maps and overlays "
+                 f"in {preds.out_dir}; skipped {len(preds.skipped)} unreadable")
+    lines += [f"  skipped {s['file']}: {s['reason']}" for s in preds.skipped]
+    return printable("\n".join(lines))

@@ -7,9 +7,24 @@ Images get the standard preprocessing: resize the shorter side to
 natively at each size instead).
 
 Segmentation runs (``model_args["task"] == "segmentation"``) are scored by mIoU
-and pixel accuracy: the validation frames, decoded as the run stored them
-(``frame_size``), are resized whole to each ``H x W`` and the logits scored
-against the stored label maps (:func:`cpvt.train.segment_eval.evaluate_segmentation`).
+and pixel accuracy (:func:`cpvt.train.segment_eval.evaluate_segmentation`), under
+two resolution protocols:
+
+* **Scale**: the test frames are decoded once (``frames``: the run's
+  ``frame_size`` by default, ``"native"`` for the files' own size, or ``(h, w)``),
+  resized whole to each test size, and the logits brought back to the decoded
+  resolution and scored against its label maps: every size scores the same pixels.
+  ``frames="native"`` gives a larger test size real detail (decoding at the run's
+  120x160 and resizing up to 240x320 does not).
+* **Canvas**: ``windows=[(h, w), ...]`` runs each resized frame as a sliding window
+  of ``h x w`` crops (overlapping logits averaged); ``None`` in the list is the whole
+  frame. CamVid's canvas protocol: ``frames="native", img_sizes=[(360, 480)],
+  windows=[(120, 160), (240, 320), None]`` (1x, 2x, 3x the field of view of a
+  model trained on 120x160 crops).
+
+Each segmentation row's ``sizes`` maps a column key to that column's results:
+``"HxW"`` for a whole frame, ``"HxW window hxw"`` for a sliding window
+(:func:`column_key`).
 """
 
 from __future__ import annotations
@@ -67,33 +82,74 @@ def _square_sizes(run: str, sizes: list) -> list[int]:
     return out
 
 
-def _segmentation_row(run, ckpt, model, dev, sizes, name, source, batch_size, amp, limit, compile) -> dict[str, Any]:
-    """mIoU / pixel accuracy of a segmentation run on whole validation frames resized to each size."""
+def column_key(size: tuple[int, int], window: tuple[int, int] | None) -> str:
+    """A segmentation result's key in ``row["sizes"]`` and its table column: ``"HxW"`` or ``"HxW window hxw"``."""
+    key = f"{size[0]}x{size[1]}"
+    return key if window is None else f"{key} window {window[0]}x{window[1]}"
+
+
+def _column_order(key: str) -> tuple:
+    """Sort key of a column: by size, then window (smallest first, the whole frame last)."""
+    size, _, window = key.partition(" window ")
+    h, w = map(int, size.split("x"))
+    return (h, w, tuple(map(int, window.split("x"))) if window else (float("inf"), float("inf")))
+
+
+def _pick_split(run: str, source, split: str | None) -> str:
+    """``split`` if the source has it (a clear error otherwise); by default ``val`` if present, else ``test``."""
+    if split is None:
+        return "val" if "val" in source.splits else "test"
+    if split not in source.splits:
+        raise DataError(f"{run}: the data has no {split!r} split (it has: {', '.join(source.splits)})")
+    return split
+
+
+def _segmentation_row(run, ckpt, model, dev, sizes, name, source, batch_size, amp, limit, compile,
+                      split=None, frames=None, windows=None) -> dict[str, Any]:
+    """mIoU / pixel accuracy of a segmentation run on whole frames resized to each size, per window."""
     from .segment_eval import evaluate_segmentation
 
     cfg, pre = ckpt.config, model.pretrained_cfg
     train_size = tuple(pre["input_size"][1:])
     sizes = [pair(s) for s in sizes or [train_size]]
+    windows = [None if w is None else pair(w) for w in windows or [None]]
     for s in sizes:
-        model.grid_for(s)  # clear error before any decoding
-    split_name = "val" if "val" in source.splits else "test"
-    frame = cfg.get("frame_size")
-    frames = source.split(split_name, size=tuple(frame) if frame else None, limit=limit)
-    for note in frames.notes:
+        model.grid_for(s)  # clear errors before any decoding
+        for w in windows:
+            if w is not None and (w[0] > s[0] or w[1] > s[1]):
+                raise ValueError(f"window {w[0]}x{w[1]} does not fit in the test size {s[0]}x{s[1]}: a sliding "
+                                 "window is at most the frame it slides over")
+    for w in windows:
+        if w is not None:
+            model.grid_for(w)
+    split_name = _pick_split(run, source, split)
+    if frames == "native":
+        decode = None
+    elif frames is not None:
+        decode = pair(frames)
+    else:
+        frame = cfg.get("frame_size")
+        decode = tuple(frame) if frame else None
+    split_frames = source.split(split_name, size=decode, limit=limit)
+    for note in split_frames.notes:
         print(f"note: {printable(note)}", flush=True)
+    scored = list(split_frames.frame_size)
     row: dict[str, Any] = {
         "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
         "task": "segmentation", "data": name, "split": split_name, "train_size": list(train_size),
-        "frame_size": list(frames.frame_size), "sizes": {},
+        "decoded_at": "native" if frames == "native" else ("run" if frames is None else "x".join(map(str, decode))),
+        "frame_size": scored, "sizes": {},
     }
     runner, graphs = model, 0
     if compile:
-        runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
+        runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or windows != [None] or None), compiled_graphs()
     for s in sizes:
-        t0 = time.perf_counter()
-        result = evaluate_segmentation(runner, frames, dev, pre["mean"], pre["std"], size=s, batch_size=batch_size,
-                                       amp=amp or cfg.get("amp", "auto"), progress=True)
-        row["sizes"][f"{s[0]}x{s[1]}"] = {**result, "seconds": time.perf_counter() - t0}
+        for w in windows:
+            t0 = time.perf_counter()
+            result = evaluate_segmentation(runner, split_frames, dev, pre["mean"], pre["std"], size=s, window=w,
+                                           batch_size=batch_size, amp=amp or cfg.get("amp", "auto"), progress=True)
+            row["sizes"][column_key(s, w)] = {**result, "scored_size": scored,
+                                              "seconds": time.perf_counter() - t0}
     if compile:
         row["compile"] = {"graphs": compiled_graphs() - graphs}
     return row
@@ -112,6 +168,9 @@ def evaluate_runs(
     limit: int | None = None,
     model_overrides: dict[str, Any] | None = None,
     compile: bool = False,
+    split: str | None = None,
+    frames: str | tuple[int, int] | None = None,
+    windows: list[tuple[int, int] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Top-1 / top-5 of every run at every size (mIoU / pixel accuracy for a segmentation run, sizes ``(H, W)``;
     a classification run takes square sizes only). ``data`` defaults to the run's own.
@@ -122,6 +181,20 @@ def evaluate_runs(
     ``compile`` runs each model through ``torch.compile`` with symbolic sizes, so
     all sizes share one compilation; each row records the graphs built for it and
     the seconds of its first batch (compilation included).
+
+    ``split``: the split scored (``"val"`` or ``"test"``; default ``val`` if the data has one, else ``test``).
+
+    Segmentation runs only (a classification run given either is a ValueError):
+
+    * ``frames``: the resolution the test frames are decoded (and scored) at: ``None`` the run's
+      ``frame_size``, ``"native"`` the files' own size, or ``(h, w)``. Each ``img_sizes`` size resizes
+      these frames whole (scale protocol); scoring stays at the decoded resolution.
+    * ``windows``: sliding windows ``(h, w)``, ``None`` meaning the whole frame (canvas protocol); every
+      (size, window) pair is one result, keyed ``"HxW"`` or ``"HxW window hxw"`` (:func:`column_key`).
+      A window must fit in every test size; a window equal to the test size is the whole frame.
+
+    Each segmentation result holds ``miou``, ``pixel_acc``, ``iou`` (per class), ``loss``, ``pixels``
+    (labelled pixels scored), ``frames`` (how many), ``size``, ``window``, ``scored_size`` and ``seconds``.
     """
     from ..data import open_source
 
@@ -131,6 +204,9 @@ def evaluate_runs(
         ckpt, model = _trained_model(run, model_overrides, dev)
         cfg, pre = ckpt.config, model.pretrained_cfg  # the run's data; what the model expects of its input
         segmentation = is_segmentation(ckpt)
+        if not segmentation and (frames is not None or windows not in (None, [None])):
+            raise ValueError(f"{run} is a classification run: --frames and --window(s) (frames, windows) are "
+                             "for segmentation runs; a classification run is evaluated at --img-sizes only")
         train_size = pre["input_size"][1]
         sizes = img_sizes or [train_size]
         if not segmentation:
@@ -145,13 +221,13 @@ def evaluate_runs(
         _check_classes(run, ckpt, model, name, source)
         if segmentation:
             results.append(_segmentation_row(run, ckpt, model, dev, img_sizes, name, source, batch_size, amp, limit,
-                                             compile))
+                                             compile, split=split, frames=frames, windows=windows))
             continue
-        split = "val" if "val" in source.splits else "test"
+        split_name = _pick_split(run, source, split)
         pct = crop_pct if crop_pct is not None else pre["crop_pct"]
         row: dict[str, Any] = {
             "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
-            "data": name, "split": split, "train_size": train_size, "crop_pct": pct, "sizes": {},
+            "data": name, "split": split_name, "train_size": train_size, "crop_pct": pct, "sizes": {},
             **({"model_overrides": model_overrides} if model_overrides else {}),
         }
         mean, std = pre["mean"], pre["std"]
@@ -159,10 +235,10 @@ def evaluate_runs(
         if compile:
             runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
         for s in sizes:
-            images = source.split(split, s, mode="eval", crop_pct=pct, limit=limit)
+            images = source.split(split_name, s, mode="eval", crop_pct=pct, limit=limit)
             for note in images.notes:  # skipped files and ignored links: said once, not once per size
-                if (key, split, note) not in noted:
-                    noted.add((key, split, note))
+                if (key, split_name, note) not in noted:
+                    noted.add((key, split_name, note))
                     print(f"note: {printable(note)}", flush=True)
             t0 = time.perf_counter()
             row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size,
@@ -175,8 +251,8 @@ def evaluate_runs(
 
 
 def _segmentation_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
-    """mIoU and pixel accuracy (percent) per test size ``HxW``, one row per segmentation run."""
-    sizes = sorted({s for r in results for s in r["sizes"]}, key=lambda s: tuple(map(int, s.split("x"))))
+    """mIoU and pixel accuracy (percent) per column (test size ``HxW``, and window), one row per segmentation run."""
+    sizes = sorted({s for r in results for s in r["sizes"]}, key=_column_order)
     headers = ["run", "model", "pos", "train px"] + [f"mIoU @{s}" for s in sizes] + [f"pix acc @{s}" for s in sizes]
     rows = []
     for r in results:
