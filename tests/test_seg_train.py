@@ -149,3 +149,23 @@ def test_classification_training_is_bit_identical_to_before_the_task_refactor(tm
         sys.path.remove(str(REPO / "scripts"))
     torch.set_num_threads(1)
     assert fingerprint.train_line(tmp_path) == FINGERPRINT
+
+
+def test_a_run_on_crops_validates_through_windows_of_its_crop(mask_folder, tmp_path):
+    """Canvas training (crops smaller than the frames): validation sees the frames as training did, through
+    windows of the crop, not as whole frames (which would be a larger canvas than the model ever saw)."""
+    from cpvt.data import open_source
+    from cpvt.models import model_from_checkpoint
+    from cpvt.train.segment_eval import evaluate_segmentation
+
+    out = tmp_path / "crops"
+    flags = [f if f != f"img_size=[{H},{W}]" else "img_size=[16,24]" for f in _flags(mask_folder, out)]
+    assert main(["train", *flags, "--epochs", "1", "--set", "seg_scale=[1.0,1.0]"]) == 0
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val_miou"]
+    model = model_from_checkpoint(out / "last.safetensors")
+    split = open_source(str(mask_folder), cache_dir=str(tmp_path / "cache")).split("val")
+    config = json.loads((out / "config.json").read_text())
+    args = (model, split, torch.device("cpu"), config["mean"], config["std"])
+    windowed = evaluate_segmentation(*args, window=(16, 24))["miou"]
+    assert logged == pytest.approx(windowed, abs=1e-6)
+    assert logged != pytest.approx(evaluate_segmentation(*args)["miou"], abs=1e-6)  # not the whole frame

@@ -185,8 +185,9 @@ class ClassificationTask(Task):
 
 class SegmentationTask(Task):
     """A label per pixel: ``img_size`` crops ([height, width]) of scale-jittered, flipped frames
-    (:class:`~cpvt.train.augment_masks.JointAugment`), cross-entropy over the labelled pixels, mIoU on whole
-    validation frames (:func:`cpvt.train.segment_eval.evaluate_segmentation`)."""
+    (:class:`~cpvt.train.augment_masks.JointAugment`), cross-entropy over the labelled pixels, mIoU on the
+    validation frames seen through windows of the training crop (:func:`cpvt.train.segment_eval.evaluate_segmentation`;
+    a crop as large as the frame is the whole frame)."""
 
     name, metric, logged, logged_ema = "segmentation", "miou", ("miou", "pixel_acc", "loss"), ("miou", "pixel_acc")
 
@@ -235,8 +236,10 @@ class SegmentationTask(Task):
         from .segment_eval import evaluate_segmentation  # lazily: written alongside this module
 
         cfg = self.cfg
-        return evaluate_segmentation(model, split, device, cfg.mean, cfg.std, batch_size=cfg.eval_batch_size,
-                                     amp=cfg.amp, info=info)
+        # the training crop as the window: whole frames when crops are whole frames (Scale), the 1x canvas when
+        # the model trains on crops of larger frames (Canvas), so validation sees what training saw
+        return evaluate_segmentation(model, split, device, cfg.mean, cfg.std, window=pair(cfg.img_size),
+                                     batch_size=cfg.eval_batch_size, amp=cfg.amp, info=info)
 
     def describe(self, train_split: SegSplit, val_split: SegSplit) -> str:
         return (f"{len(train_split):,} train / {len(val_split):,} val frames of {size_text(val_split.frame_size)}px, "
