@@ -156,8 +156,8 @@ def resize_and_crop(im: Image.Image, size: int, mode: str = "train", crop_pct: f
     return im
 
 
-def load_image(path: str | os.PathLike, size: int, mode: str = "train", crop_pct: float = 0.875) -> np.ndarray:
-    """Read one image file as uint8 ``(3, size, size)`` with the preprocessing of :class:`ImageFolderSource`.
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An image file, decoded, with its EXIF orientation applied (photos come out upright).
 
     Raises whatever Pillow raises for an unreadable file, including for an image larger than
     ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible decompression bomb: Pillow's warning is made an error).
@@ -166,7 +166,13 @@ def load_image(path: str | os.PathLike, size: int, mode: str = "train", crop_pct
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
             im.load()
-            return image_array(im, size, mode, crop_pct)
+            return ImageOps.exif_transpose(im) or im
+
+
+def load_image(path: str | os.PathLike, size: int, mode: str = "train", crop_pct: float = 0.875) -> np.ndarray:
+    """Read one image file as uint8 ``(3, size, size)`` with the preprocessing of :class:`ImageFolderSource`
+    (raises what :func:`open_image` raises)."""
+    return image_array(open_image(path), size, mode, crop_pct)
 
 
 def image_array(im: Image.Image, size: int, mode: str = "eval", crop_pct: float = 0.875) -> np.ndarray:

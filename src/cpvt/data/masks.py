@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from ..utils.fileio import write_text_atomic
@@ -82,6 +82,7 @@ from .folder import (
     safe_name,
     append_suffix,
     subset,
+    open_image,
     to_rgb,
 )
 
@@ -110,13 +111,12 @@ def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def _open(path: str) -> Image.Image:
-    """``path`` decoded, EXIF orientation applied; a possible decompression bomb is an error, as in folder.py."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im) or im
+def frame_pixels(rgb: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
+    """An RGB frame as uint8 ``(3, h, w)``, resized whole to ``size = (h, w)`` (bicubic, no crop; ``None``: as it
+    is): how segmentation frames are decoded, and how ``cpvt predict`` feeds a segmentation model."""
+    if size is not None and (size[1], size[0]) != rgb.size:
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def load_pair(image: str, mask: str, size: tuple[int, int] | None, num_classes: int, ignore_index: int,
@@ -128,11 +128,11 @@ def load_pair(image: str, mask: str, size: tuple[int, int] | None, num_classes: 
     be read (its message says which of the two).
     """
     try:
-        im = _open(image)
+        im = open_image(image)
     except Exception as e:  # noqa: BLE001 - any failure means "unreadable file"
         raise OSError(_reason(e)) from e
     try:
-        lab = _open(mask)
+        lab = open_image(mask)
     except Exception as e:  # noqa: BLE001
         raise OSError(f"its mask {mask} cannot be read: {_reason(e)}") from e
     if lab.mode not in LABEL_MODES:
@@ -156,12 +156,9 @@ def load_pair(image: str, mask: str, size: tuple[int, int] | None, num_classes: 
         raise DataError(
             f"mask {mask} has label(s) {shown} outside the {num_classes} classes 0..{num_classes - 1} that "
             f"are not the ignore index {ignore_index}; fix the mask, the class list or ignore_index")
-    rgb = to_rgb(im)
-    if size is not None and (size[1], size[0]) != rgb.size:
-        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    if size is not None and (size[1], size[0]) != im.size:
         labels = resize_nearest(labels, size)
-    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))  # (3, h, w)
-    return pixels, np.ascontiguousarray(labels, dtype=dtype)  # (h, w)
+    return frame_pixels(to_rgb(im), size), np.ascontiguousarray(labels, dtype=dtype)  # (3, h, w), (h, w)
 
 
 def _reason(e: BaseException) -> str:

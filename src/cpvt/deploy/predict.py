@@ -31,21 +31,21 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..data.base import printable
-from ..data.folder import image_array, image_files, load_image, to_rgb
+from ..data.folder import image_array, image_files, load_image, open_image, to_rgb
+from ..data.masks import frame_pixels
 from ..models import model_from_checkpoint
 from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from ..train.augment import EvalTransform
@@ -186,25 +186,6 @@ def seg_palette(num_classes: int) -> np.ndarray:
     return colours.astype(np.uint8)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 ``(H, W, 3)``: EXIF orientation applied, RGB (transparency over white), its own
-    size. Raises what Pillow raises, a possible decompression bomb included (as :func:`load_image`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return np.ascontiguousarray(np.asarray(to_rgb(im), dtype=np.uint8))
-
-
-def resize_whole(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``(H, W, 3)`` -> ``(3, h, w)``, resized whole (bicubic, no crop): the segmentation data's resize."""
-    im = Image.fromarray(rgb)
-    if im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-
-
 def upsampled_labels(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Logits ``(K, h, w)`` -> class indices ``(H, W)``: upsampled bilinearly to ``size`` first, then argmax."""
     up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
@@ -339,8 +320,8 @@ def predict(
     for file in tqdm(files, desc="predict", unit="img", disable=disable):
         try:
             if task == "segmentation":
-                rgb = read_rgb(file)
-                batch.append((file, resize_whole(rgb, size), rgb))
+                im = to_rgb(open_image(file))
+                batch.append((file, frame_pixels(im, size), np.asarray(im, dtype=np.uint8)))
             else:
                 batch.append((file, preprocess.uint8(file), None))
         except Exception as e:  # noqa: BLE001 - any failure to decode means "unreadable file"
