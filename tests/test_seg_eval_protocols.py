@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
-from test_seg_train import CLASSES, COLOURS
+from test_seg_train import CLASSES, _frame
 
 from cpvt.cli import main
 from cpvt.train.engine import train
@@ -16,21 +16,6 @@ from cpvt.train.engine import train
 FH, FW = 48, 64  # the folder's frames
 TH, TW = 24, 32  # the run's frame_size (and training size)
 SPLITS = {"train": 6, "val": 3, "test": 2}
-
-
-def _frame(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A 48x64 frame: a box (class 1) and a bar (class 2) on background, a few ignored (255) pixels."""
-    mask = np.zeros((FH, FW), np.uint8)
-    y, x = rng.integers(0, FH - 20), rng.integers(0, FW - 24)
-    mask[y : y + rng.integers(12, 20), x : x + rng.integers(14, 24)] = 1
-    col = rng.integers(0, FW - 8)
-    mask[:, col : col + 7] = 2
-    image = np.zeros((FH, FW, 3), np.uint8)
-    for k, colour in COLOURS.items():
-        image[mask == k] = colour
-    image = np.clip(image.astype(int) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
-    mask[rng.random((FH, FW)) < 0.03] = 255
-    return image, mask
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +29,7 @@ def folder(tmp_path_factory) -> tuple[Path, dict[str, int]]:
         (root / "masks" / split).mkdir(parents=True)
         labelled[split] = 0
         for i in range(n):
-            image, mask = _frame(rng)
+            image, mask = _frame(rng, FH, FW)
             labelled[split] += int((mask != 255).sum())
             Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
             Image.fromarray(mask, mode="L").save(root / "masks" / split / f"{i:03d}.png")

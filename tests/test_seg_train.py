@@ -23,18 +23,20 @@ CLASSES = ["background", "box", "bar"]
 COLOURS = {0: (90, 90, 90), 1: (220, 40, 40), 2: (40, 60, 220)}
 
 
-def _frame(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A 32x48 frame: a box (class 1) and a bar (class 2) on background, a few ignored (255) pixels."""
-    mask = np.zeros((H, W), np.uint8)
-    y, x = rng.integers(0, H - 12), rng.integers(0, W - 16)
-    mask[y : y + rng.integers(8, 12), x : x + rng.integers(10, 16)] = 1
-    col = rng.integers(0, W - 6)
-    mask[:, col : col + 5] = 2
-    image = np.zeros((H, W, 3), np.uint8)
+def _frame(rng: np.random.Generator, h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray]:
+    """An h x w frame: a box (class 1) and a bar (class 2) on background, a few ignored (255) pixels. Sizes scale
+    with the frame (at 32x48: a box of 8-12 x 10-16 px and a bar 5 px wide)."""
+    box_h, box_w, bar = (h // 4, 3 * h // 8), (5 * w // 24, w // 3), round(5 * w / 48)
+    mask = np.zeros((h, w), np.uint8)
+    y, x = rng.integers(0, h - box_h[1]), rng.integers(0, w - box_w[1])
+    mask[y : y + rng.integers(*box_h), x : x + rng.integers(*box_w)] = 1
+    col = rng.integers(0, w - bar - 1)
+    mask[:, col : col + bar] = 2
+    image = np.zeros((h, w, 3), np.uint8)
     for k, colour in COLOURS.items():
         image[mask == k] = colour
     image = np.clip(image.astype(int) + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
-    mask[rng.random((H, W)) < 0.03] = 255  # unlabelled pixels: neither trained on nor scored
+    mask[rng.random((h, w)) < 0.03] = 255  # unlabelled pixels: neither trained on nor scored
     return image, mask
 
 
