@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.pretrained import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from ..models.segmentation import TASKS
 
 
 @dataclass
@@ -164,7 +165,7 @@ _fraction = (_in(0, 1), "in [0, 1]")
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (bool, "a model name"),
     "data": (bool, "a dataset name or folder"),
-    "task": (lambda v: v in ("auto", "classification", "segmentation"), "auto, classification or segmentation"),
+    "task": (lambda v: v in ("auto", *TASKS), f"auto or one of {', '.join(TASKS)}"),
     "img_size": (lambda v: _pixels(v) or _hw[0](v), "a positive integer, or [height, width] (segmentation)"),
     "frame_size": _hw,
     "train_sizes": (lambda v: all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v),

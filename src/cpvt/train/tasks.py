@@ -35,13 +35,13 @@ from tqdm import tqdm
 from ..data.base import DataError, SegSplit, Split
 from ..data.masks import MaskFolderSource
 from ..models.base import pair
+from ..models.segmentation import TASKS
 from .augment import EvalTransform, TrainAugment, mix_batch
 from .augment_masks import JointAugment
 from .config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .precision import autocast_dtype
 
-TASKS = ("classification", "segmentation")
 
 
 @torch.no_grad()
@@ -258,4 +258,4 @@ def resolve_task(cfg: TrainConfig, source) -> Task:
     if name == "segmentation" and not segmentation:
         raise DataError(f"task=segmentation, but {cfg.data!r} is classification data (a label per image): "
                         "segmentation needs frames with label maps (camvid, or a folder with images/ and masks/)")
-    return SegmentationTask(cfg) if name == "segmentation" else ClassificationTask(cfg)
+    return {"classification": ClassificationTask, "segmentation": SegmentationTask}[name](cfg)
