@@ -7,6 +7,8 @@
 #   LANES=2 scripts/sweep.sh ...                      # two runs at a time, 1 thread each
 #   DATA=imagenette scripts/sweep.sh ...              # only these dataset entries (main protocol before studies)
 #   SEEDS=1 scripts/sweep.sh ...                      # at most this many seeds per row (seed 0 of every row first)
+#   OUT=docs/results/cpu/camvid scripts/sweep.sh cpu T6S,T6C   # records and report in a folder of their own
+#                                                     # (a report covers the tables asked for: keep each set apart)
 #
 # With LANES=N, N copies of the row loop run side by side with nproc/N threads
 # each; each run folder is locked by the lane that starts it (cpvt.runlock) and
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 budget=${1:-cpu}
 tables=${2:-T1,T2,T3,T4}
 shift $(( $# < 2 ? $# : 2 ))
-out=docs/results/$budget
+out=${OUT:-docs/results/$budget}
 bin=.venv/bin
 lanes=${LANES:-1}
 rows=("$@")

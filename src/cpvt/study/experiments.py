@@ -28,7 +28,9 @@ class TableSpec:
 
     ``kind`` picks the report section that draws it: ``deltas`` (top-1 of each row
     against ``baseline``, trained runs), ``resolution`` (the runs of another table's
-    rows tested at every size) or ``cost`` (parameters, FLOPs, throughput; nothing
+    rows tested at every size), ``dense`` (segmentation: rows trained and tested at
+    every size in one table, beside rows testing those runs with test-time options;
+    mIoU and per-class IoU) or ``cost`` (parameters, FLOPs, throughput; nothing
     trains). Adding a table is one entry here plus its row files.
     """
 
@@ -38,7 +40,12 @@ class TableSpec:
 
     @property
     def trains(self) -> bool:
-        return self.kind == "deltas"
+        return self.kind in ("deltas", "dense")
+
+    @property
+    def tests_sizes(self) -> bool:
+        """Its numbers come from testing at several sizes (resolution claims are judged on it)."""
+        return self.kind in ("resolution", "dense")
 
 
 TABLES: dict[str, TableSpec] = {
@@ -47,6 +54,10 @@ TABLES: dict[str, TableSpec] = {
     "T3": TableSpec("T3: where the PEG goes", "deltas", "t3_placement/pos0"),
     "T4": TableSpec("T4: what makes a PEG work", "deltas", "t4_peg/kernel3"),
     "T5": TableSpec("T5: cost", "cost"),
+    "T6S": TableSpec("T6S: CamVid segmentation, Scale (whole frames, tested at up to 3x the pixels per object)",
+                     "dense"),
+    "T6C": TableSpec("T6C: CamVid segmentation, Canvas (trained on crops, tested on up to 3x the field of view)",
+                     "dense"),
 }
 TITLES = {name: spec.title for name, spec in TABLES.items()}
 DEIT_SIZES = {"ti": "tiny", "s": "small", "b": "base"}
@@ -75,8 +86,8 @@ class Row:
     model: str | None = None  # may contain {size}
     model_args: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, Any] = field(default_factory=dict)
-    run: str | None = None  # T2: the T1 row whose runs it reads
-    eval_args: dict[str, Any] = field(default_factory=dict)  # T2: model options for testing those runs only
+    run: str | None = None  # a row whose runs this one reads (T2: a T1 row; a dense table: a row of its own table)
+    eval_args: dict[str, Any] = field(default_factory=dict)  # with run: model options for testing those runs only
     order: int = 0  # position in its table
     highlight: bool = False  # T2: drawn thick in the resolution plot
 
@@ -98,12 +109,15 @@ def load_rows(root: Path) -> dict[str, Row]:
         rows[rid] = Row(rid, d["table"], d.get("label", rid), d.get("model"), d.get("model_args", {}), d.get("paper", {}),
                         run=d.get("run"), eval_args=d.get("eval_args", {}), order=int(d.get("order", 0)),
                         highlight=bool(d.get("highlight", False)))
-        if rows[rid].eval_args and d["table"] != "T2":
-            raise ValueError(f"{path}: eval_args (options for testing another row's runs) needs table = \"T2\"")
+        if rows[rid].eval_args and not rows[rid].run:
+            raise ValueError(f"{path}: eval_args (options for testing another row's runs) needs run = \"<row>\"")
     for r in rows.values():
-        if r.table == "T2" and r.run not in rows:
+        if (r.table == "T2" or r.run) and r.run not in rows:
             raise ValueError(f"experiments/{r.id}.toml: run = {r.run!r} is not a row")
-        if r.table != "T2" and not r.model:
+        if r.run and r.model:
+            raise ValueError(f"experiments/{r.id}.toml: a row trains (model = ...) or reads another row's runs "
+                             "(run = ...), not both")
+        if r.table != "T2" and not (r.model or (r.run and TABLES[r.table].kind == "dense")):
             raise ValueError(f"experiments/{r.id}.toml: needs model = ...")
     return dict(sorted(rows.items(), key=lambda kv: (kv[1].table, kv[1].order, kv[0])))
 

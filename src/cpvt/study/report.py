@@ -62,7 +62,7 @@ class Results:
 
     def runs(self, data: str, rid: str) -> dict[int, dict[str, Any]]:
         row = self.rows.get(rid)
-        if row is not None and row.table == "T2" and not row.eval_args:  # a row with eval_args has records of its own
+        if row is not None and row.run and not row.eval_args:  # a row with eval_args has records of its own
             rid = row.run
         return self.by.get((data, rid), {})
 
@@ -70,28 +70,31 @@ class Results:
         return bool(self.runs(data, rid))
 
     def metric(self, data: str, operand: str) -> Stats:
-        """``row`` | ``row:top1`` | ``row:top1@S`` | ``row:drop@S``, per seed."""
+        """``row`` | ``row:top1`` | ``row:top1@S`` | ``row:drop@S``, per seed (a segmentation row: ``miou`` for
+        ``top1``, the metric its records hold)."""
         return Stats(list(self.per_seed(data, operand).values()))
 
     def per_seed(self, data: str, operand: str) -> dict[int, float]:
         """The metric of ``operand`` (see ``metric``) by seed, seeds in order; seeds not tested at that size left out."""
         rid, _, metric = operand.partition(":")
-        metric = metric or "top1"
         runs = self.runs(data, rid)
-        kind, _, scale = metric.partition("@")
+        kind, _, scale = (metric or self.metric_name(data, rid)).partition("@")
         scale = f"{float(scale):g}" if scale else "1"
         vals = {}
         for seed in sorted(runs):
-            s = runs[seed]["scales"]
+            s, own = runs[seed]["scales"], runs[seed].get("metric", "top1")
+            if kind not in (own, "drop"):
+                raise ValueError(f"unknown metric {kind!r} in {operand!r}: {rid}'s records hold {own}; use {own}, "
+                                 f"{own}@S or drop@S")
             if scale not in s:
                 continue
-            if kind == "top1":
-                vals[seed] = s[scale]
-            elif kind == "drop":
-                vals[seed] = s[scale] - s["1"]
-            else:
-                raise ValueError(f"unknown metric {metric!r} in {operand!r}; use top1, top1@S or drop@S")
+            vals[seed] = s[scale] if kind == own else s[scale] - s["1"]
         return vals
+
+    def metric_name(self, data: str, rid: str) -> str:
+        """What a row's records score at each size: ``top1`` (classification) or ``miou`` (segmentation)."""
+        runs = self.runs(data, rid)
+        return runs[min(runs)].get("metric", "top1") if runs else "top1"
 
     def paired_diff(self, data: str, a: str, b: str) -> Stats:
         """Per-seed a - b when both sides have the same 2+ seeds, else the difference of the means."""
@@ -297,7 +300,8 @@ def write_report(root: Path, budget: str, spec: dict[str, Any], tables: list[str
         lines += ["", f"![T5]({png.name})", ""]
     # resolution claims only where the dataset has a T2 (CIFAR-10's 2x was upsampling: dropped, see its note)
     summary = [v for data in res.datasets if data not in studies for c in load_claims(root)
-               if ("T2" in entries.get(data, {}).get("tables", ["T2"]) or "@" not in f"{c['a']}{c['b']}")
+               if (any(TABLES[t].tests_sizes for t in entries.get(data, {}).get("tables", ["T2"]))
+                   or "@" not in f"{c['a']}{c['b']}")
                and (v := judge(c, res, data)) is not None]
     lines += _claims_section(summary)
     (out / "results.json").write_text(json.dumps({"budget": budget, "command": command, "runs": results, "cost": cost,
@@ -341,10 +345,13 @@ def _dataset_section(res: Results, data: str, entry: dict[str, Any], rows: dict[
     sizes = {s: sample["sizes"][s] for s in scales}
     runs = [r for r in results if r["data"] == data]
     lines = [f"## {data}", ""]
+    train_px = "x".join(map(str, sample["train_size"])) if isinstance(sample["train_size"], list) else sample["train_size"]
+    held_out = f"{sample.get('eval_images') or 'all'} held-out " + (
+        f"{sample['split']} frames" if "split" in sample else "images")
     lines += [f"Setup: `{entry.get('recipe')}` recipe with {json.dumps(entry.get('train', {}))}; model overrides "
-              f"{json.dumps(entry.get('model_args', {}))}; trained at {sample['train_size']} px for "
+              f"{json.dumps(entry.get('model_args', {}))}; trained at {train_px} px for "
               f"{sample['epochs']} epochs; tested at {', '.join(f'{px} px' for px in sizes.values())} "
-              f"on {sample.get('eval_images') or 'all'} held-out images. {len(trained(runs))} runs, "
+              f"on {held_out}. {len(trained(runs))} runs, "
               f"{minutes(runs):.0f} min of training and "
               f"evaluation.{_flatness(trained(runs))}", ""]
     if entry.get("note"):
@@ -358,6 +365,9 @@ def _dataset_section(res: Results, data: str, entry: dict[str, Any], rows: dict[
         if spec.kind == "resolution":
             lines += _t2_table(res, data, trows, scales, sizes)
             png = plot_resolution(res, data, trows, scales, sizes, out / f"{stem}.png")
+        elif spec.kind == "dense":
+            lines += dense_tables(res, data, trows, scales, sizes)
+            png = plot_dense(res, data, trows, scales, sizes, out / f"{stem}.png", spec.title)
         else:
             lines += _delta_table(res, data, table, trows, spec.baseline)
             png = plot_deltas(res, data, table, trows, spec.baseline, out / f"{stem}.png", f"{spec.title} — {data}")
@@ -462,7 +472,8 @@ def _flatness(runs: list[dict[str, Any]]) -> str:
     gains = [g for r in runs if (g := last_gain(r.get("curve") or [])) is not None]
     if not gains:
         return ""
-    return (f" Learning curves: the last 10% of epochs added {statistics.mean(gains):+.2f} points of top-1 on "
+    what = "validation mIoU" if any("metric" in r for r in runs) else "top-1"
+    return (f" Learning curves: the last 10% of epochs added {statistics.mean(gains):+.2f} points of {what} on "
             f"average (max {max(gains):+.2f}) over {len(gains)} runs.")
 
 
@@ -534,6 +545,67 @@ def _t2_table(res: Results, data: str, trows: list[Any], scales: list[str], size
             "Peak: the test size with the highest mean top-1. Δ: per-seed top-1 there minus top-1 at 1x, then "
             "mean ± sd. Paper columns: ImageNet, tested at 224, 384, 448 and 512 px after training at 224 "
             "(1x, 1.71x, 2x, 2.29x)."]
+
+
+def _scale_header(sizes: dict[str, Any], s: str) -> str:
+    return f"{sizes[s]} ({s}x)"
+
+
+def dense_tables(res: Results, data: str, trows: list[Any], scales: list[str], sizes: dict[str, Any]) -> list[str]:
+    """A segmentation table: mIoU and pixel accuracy at every test size (mean ± sd over seeds), the change from
+    1x to the largest size, and per-class IoU of the highlighted rows at 1x and at the largest size."""
+    last = scales[-1]
+    shown = [r for r in trows if res.has(data, r.id)]
+    body = [[r.label] + [res.metric(data, f"{r.id}:miou@{s}").fmt() for s in scales]
+            + [res.metric(data, f"{r.id}:drop@{last}").fmt(short=True, signed=True)] for r in shown]
+    miou = format_table(body, ["row"] + [_scale_header(sizes, s) for s in scales] + [f"Δ 1x → {last}x"],
+                        markdown=True)
+    acc = [[r.label] + [Stats([run["pixel_acc"][s] for run in res.runs(data, r.id).values() if s in run["pixel_acc"]])
+                        .fmt() for s in scales] for r in shown]
+    acc_table = format_table(acc, ["row"] + [_scale_header(sizes, s) for s in scales], markdown=True)
+    lines = ["mIoU (%) at each test size, mean ± sd over seeds (Δ: per-seed mIoU at the largest size minus at 1x):",
+             "", miou, "", "Pixel accuracy (%):", "", acc_table, ""]
+    core = [r for r in shown if r.highlight]
+    first = next(iter(res.runs(data, shown[0].id).values()), None) if shown else None
+    if core and first and "iou" in first:
+        classes = first["classes"]
+        body = []
+        for r in core:
+            for s in dict.fromkeys(["1", last]):
+                per = [run["iou"][s] for run in res.runs(data, r.id).values() if s in run["iou"]]
+                body.append([r.label, f"{s}x"] + [f"{statistics.mean(c):.1f}" for c in zip(*per)])
+        lines += [f"Per-class IoU (%), mean over seeds, at 1x and {last}x:", "",
+                  format_table(body, ["row", "size"] + classes, markdown=True), ""]
+    return lines
+
+
+def plot_dense(res: Results, data: str, rows: list[Any], scales: list[str], sizes: dict[str, Any], path: Path,
+               title: str) -> Path:
+    """mIoU against the test scale, one curve per row (mean, seed-sd band); test-time variants dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    shown = [r for r in rows if res.has(data, r.id)]
+    trained_rows = [r for r in shown if not r.run]
+    palette = plt.get_cmap("tab10").colors
+    colour = {r.id: palette[i % len(palette)] for i, r in enumerate(trained_rows)}
+    xs = [float(s) for s in scales]
+    for r in shown:
+        st = [res.metric(data, f"{r.id}:miou@{s}") for s in scales]
+        pts = [(x, t.mean, t.sd or 0.0) for x, t in zip(xs, st) if t.n]
+        if not pts:
+            continue
+        x, m, e = zip(*pts)
+        c = colour.get(r.run or r.id, "grey")
+        ax.plot(x, m, marker="o", ms=3, lw=2.0 if r.highlight else 1.0, color=c, ls="--" if r.run else "-",
+                label=r.label)
+        ax.fill_between(x, [a - b for a, b in zip(m, e)], [a + b for a, b in zip(m, e)], alpha=0.1, color=c)
+    ax.set_xticks(xs, [f"{s}x\n{sizes[s]}".replace(" window ", "\nwindow ") for s in scales], fontsize=7)
+    ax.set_xlabel("test size (multiple of the training size); dashed: a test-time fix of the row of the same colour")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"{title} — {data}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    return save(fig, path)
 
 
 def _t5_table(cost: list[dict[str, Any]], rows: dict[str, Any]) -> list[str]:

@@ -37,6 +37,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..models import create_model, model_from_checkpoint
+from ..models.base import pair
 from ..models import model_args as registry_args
 from ..models.info import count_flops, count_params
 from ..pos import all_encoding_options
@@ -94,12 +95,26 @@ class Job:
     data: str  # the dataset entry's name (its data unless the entry is named)
     dir: Path
     config: Any  # TrainConfig
-    sizes: dict[str, int]  # scale label -> test size in px
+    sizes: dict[str, Any]  # scale label -> its result's key (classification: the test size in px; see test_plan)
     eval_limit: int | None
     record: Path  # the result record, small and committed: <out>/records/<data>/<run name>.json
     members: list[tuple[str, int]] = field(default_factory=list)  # (row id, seed)
-    # T2 rows that test this run with other model options (row id -> options), each with a record of its own
+    # rows that test this run with other model options (row id -> options), each with a record of its own
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)  # evaluate_runs' keyword arguments (test_plan)
+
+    def evaluate(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The final weights tested as the entry says, with these model options: the record's score fields."""
+        [res] = evaluate_runs([str(self.dir / "last.safetensors")], limit=self.eval_limit, model_overrides=overrides,
+                              compile=self.config.compile, **self.test)
+        at = {s: res["sizes"][str(key)] for s, key in self.sizes.items()}
+        first = next(iter(at.values()))
+        if res.get("task") != "segmentation":
+            return {"scales": {s: r["top1"] for s, r in at.items()}, "top5": {s: r["top5"] for s, r in at.items()},
+                    "eval_images": first.get("images")}
+        return {"metric": "miou", "split": res["split"], "classes": res["classes"],
+                "scales": {s: r["miou"] for s, r in at.items()}, "pixel_acc": {s: r["pixel_acc"] for s, r in at.items()},
+                "iou": {s: [round(v, 3) for v in r["iou"]] for s, r in at.items()}, "eval_images": first["frames"]}
 
     def variant_record(self, rid: str) -> Path:
         """``<run name>@<row name>.json`` beside the run's record."""
@@ -139,9 +154,47 @@ def select_rows(rows: dict[str, Row], tables: list[str], names: str | None) -> s
     return picked
 
 
-def _test_sizes(img_size: int, patch: int, scales: list[float]) -> dict[str, int]:
-    grid = img_size // patch
-    return {f"{s:g}": patch * max(1, round(s * grid)) for s in scales}
+def test_plan(entry: dict, budget: dict, cfg, patch: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How a dataset entry tests a run: (scale label -> the key of its result in ``evaluate_runs``'s ``sizes``,
+    the keyword arguments of :func:`cpvt.train.evaluate.evaluate_runs`). Each scale is a multiple of the
+    training size, rounded to whole patches.
+
+    * classification: square test sizes (the key is the size in px);
+    * segmentation (``task = "segmentation"``), Scale: whole frames resized to each size (key ``"HxW"``);
+    * segmentation with ``canvas = [H, W]`` in the entry, Canvas: frames resized to that one size, scored
+      through sliding windows of each scaled size, averaged where they overlap; a window as large as the
+      canvas is the whole frame (key ``"HxW window hxw"`` or ``"HxW"``).
+
+    Entry keys: ``split`` (the split scored; default ``val`` where the data has one), and for segmentation
+    ``frames`` (``"native"`` or ``[H, W]``: the resolution test frames are decoded and scored at; default the
+    run's ``frame_size``).
+    """
+    from ..train.evaluate import column_key
+
+    scales = scales_of(entry, budget)
+    seg = cfg.task == "segmentation"
+    if not seg:
+        if "canvas" in entry or "frames" in entry:
+            raise ValueError(f"dataset entry {entry['name']!r}: canvas and frames are for segmentation runs "
+                             f"(task = \"segmentation\"), not {cfg.task!r}")
+        grid = int(cfg.img_size) // patch
+        sizes = {f"{s:g}": patch * max(1, round(s * grid)) for s in scales}
+        return sizes, {"img_sizes": sorted(set(sizes.values())), "split": entry.get("split")}
+    h, w = pair(cfg.img_size)
+    grown = {f"{s:g}": (patch * max(1, round(s * h / patch)), patch * max(1, round(s * w / patch))) for s in scales}
+    common = {"split": entry.get("split"), "frames": entry.get("frames")}
+    if "canvas" not in entry:
+        return ({k: column_key(v, None) for k, v in grown.items()},
+                {"img_sizes": list(dict.fromkeys(grown.values())), **common})
+    canvas = pair(entry["canvas"])
+    windows = {}
+    for label, (wh, ww) in grown.items():
+        if (wh > canvas[0]) != (ww > canvas[1]) or ((wh > canvas[0]) and (wh, ww) != canvas):
+            raise ValueError(f"dataset entry {entry['name']!r}: the {label}x window {wh}x{ww} does not fit in the "
+                             f"canvas {canvas[0]}x{canvas[1]}")
+        windows[label] = None if (wh, ww) == canvas or (wh >= canvas[0] and ww >= canvas[1]) else (wh, ww)
+    return ({k: column_key(canvas, v) for k, v in windows.items()},
+            {"img_sizes": [canvas], "windows": list(dict.fromkeys(windows.values())), **common})
 
 
 def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_root: str | None = None,
@@ -161,15 +214,15 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
             **{k[len("model."):]: v for k, v in given.items() if k.startswith("model.")}}
     fixed = {k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("="))}
     depth, patch, default_size = _model_shape(model, json.dumps(fixed, sort_keys=True))
-    img_size = int(cfg.img_size or default_size)
-    names = {"depth": depth, "grid": img_size // patch}
+    img_size = pair(cfg.img_size) if isinstance(cfg.img_size, (list, tuple)) else int(cfg.img_size or default_size)
+    names = {"depth": depth, "grid": min(pair(img_size)) // patch}
     cfg.model_args = {k: evaluate_formula(v[1:], **names) if isinstance(v, str) and v.startswith("=") else v
                       for k, v in args.items()}
     defaults = {**all_encoding_options(), **registry_args(model)}
     norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     # an override equal to the model's default is dropped, so rows that mean the same run share it
     cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
-    cfg.img_size, cfg.seed = img_size, seed
+    cfg.img_size, cfg.seed = (list(img_size) if isinstance(img_size, tuple) else img_size), seed
     cfg.out = str(out / "runs" / entry["name"] / run_name(cfg))
     return cfg, patch
 
@@ -222,7 +275,7 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
             if table not in entry.get("tables", []) or table == "T5":
                 continue
             # (the row whose runs are trained, the T2 row testing them with other options or None)
-            table_rows = [(rows[r.run], r if r.eval_args else None) if table == "T2" else (r, None)
+            table_rows = [(rows[r.run], r if r.eval_args else None) if r.run else (r, None)
                           for r in rows.values() if r.table == table]
             if only is not None:  # a T1 row by its name; a T2 test-time row (eval_args) by its own name
                 table_rows = [(r, v) for r, v in table_rows if (v or r).name in only]
@@ -231,9 +284,10 @@ def plan(root: Path, budget_name: str, tables: list[str], out: Path, seeds: int 
                     cfg, patch = row_config(row, entry, budget, seed, out, data_root, cache_dir, sets)
                     job = jobs.get(cfg.out)
                     if job is None:
-                        sizes = _test_sizes(cfg.img_size, patch, scales_of(entry, budget))
+                        sizes, test = test_plan(entry, budget, cfg, patch)
                         record = out / "records" / entry["name"] / f"{Path(cfg.out).name}.json"
-                        job = jobs[cfg.out] = Job(entry["name"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"), record)
+                        job = jobs[cfg.out] = Job(entry["name"], Path(cfg.out), cfg, sizes, entry.get("eval_limit"),
+                                                  record, test=test)
                     if (row.id, seed) not in job.members:
                         job.members.append((row.id, seed))
                     if variant is not None:
@@ -266,6 +320,11 @@ def code_version() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def _size_label(key: Any) -> str:
+    """A test size as printed: ``64px`` (classification) or ``360x480 window 120x160`` (segmentation)."""
+    return f"{key}px" if isinstance(key, int) else str(key)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
@@ -292,13 +351,10 @@ def run_job(job: Job) -> dict[str, Any]:
 def _test_variant(job: Job, rid: str, args: dict[str, Any], result: dict[str, Any]) -> None:
     """The run's final weights tested with ``args`` (e.g. ``peg_fixed_grid = "dilate"``): a record of its own."""
     t0 = time.perf_counter()
-    [res] = evaluate_runs([str(job.dir / "last.safetensors")], img_sizes=sorted(set(job.sizes.values())),
-                          limit=job.eval_limit, model_overrides=args, compile=job.config.compile)
+    scores = job.evaluate(args)
     keep = ("run", "data", "dataset", "model", "model_args", "seed", "train_size", "epochs", "threads", "precision",
-            "sizes", "eval_images", "params", "trainable", "pos_params")
-    record = {**{k: result[k] for k in keep if k in result}, "rows": [rid], "eval_args": args,
-              "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
-              "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
+            "sizes", "params", "trainable", "pos_params")
+    record = {**{k: result[k] for k in keep if k in result}, "rows": [rid], "eval_args": args, **scores,
               "train_s": 0.0, "eval_s": round(time.perf_counter() - t0, 1), "code": code_version()}
     _write_json(job.variant_record(rid), record)
 
@@ -309,13 +365,13 @@ def _train_and_test(job: Job) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     last = job.dir / "last.safetensors"
     t_eval = time.perf_counter()
-    [res] = evaluate_runs([str(last)], img_sizes=sorted(set(job.sizes.values())), limit=job.eval_limit,
-                          compile=job.config.compile)
+    scores = job.evaluate()
     eval_s = time.perf_counter() - t_eval
     model = model_from_checkpoint(load_checkpoint(last))
     log = job.dir / "log.jsonl"
     epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    curve = [[r["epoch"], r["val_top1"]] for r in epochs if "val_top1" in r]
+    val = "val_miou" if "metric" in scores else "val_top1"
+    curve = [[r["epoch"], r[val]] for r in epochs if val in r]
     # a run resumed across sessions trained in several processes: its training time is every epoch's, from the log
     train_s = max(train_s, sum(r.get("epoch_time_s", 0) for r in epochs))
     result = {
@@ -324,11 +380,7 @@ def _train_and_test(job: Job) -> dict[str, Any]:
         "epochs": job.config.epochs, "threads": torch.get_num_threads(),
         "precision": str(autocast_dtype(torch.device("cpu" if not torch.cuda.is_available() else "cuda"), job.config.amp)
                          or torch.float32).removeprefix("torch."), "compiled": bool(job.config.compile), "curve": curve,
-        "sizes": job.sizes,
-        "scales": {s: res["sizes"][str(px)]["top1"] for s, px in job.sizes.items()},
-        "top5": {s: res["sizes"][str(px)]["top5"] for s, px in job.sizes.items()},
-        "eval_images": res["sizes"][str(job.sizes[next(iter(job.sizes))])].get("images"),
-        **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
+        "sizes": job.sizes, **scores, **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
         "eval_s": round(eval_s, 1), "code": code_version(),
     }
     job.record.parent.mkdir(parents=True, exist_ok=True)
@@ -440,8 +492,8 @@ def reproduce(tables: str = "all", budget: str = "cpu", seeds: int | None = None
         spent.append(time.perf_counter() - t)
         for rid in ["", *job.variants]:
             r = json.loads(job.variant_record(rid).read_text()) if rid else res
-            print(f"    top-1 by test size{f' ({rid})' if rid else ''}: "
-                  + ", ".join(f"{job.sizes[s]}px {v:.2f}" for s, v in r["scales"].items()), flush=True)
+            print(f"    {'mIoU' if 'metric' in r else 'top-1'} by test size{f' ({rid})' if rid else ''}: "
+                  + ", ".join(f"{_size_label(job.sizes[s])} {v:.2f}" for s, v in r["scales"].items()), flush=True)
     cost = None
     if "T5" in wanted:
         t5_rows = [r for r in load_rows(root).values() if r.table == "T5"]

@@ -138,7 +138,7 @@ def _segmentation_row(run, ckpt, model, dev, sizes, name, source, batch_size, am
         "run": str(run), "model": ckpt.meta["model_name"], "pos": ckpt.meta["model_args"].get("pos"),
         "task": "segmentation", "data": name, "split": split_name, "train_size": list(train_size),
         "decoded_at": "native" if frames == "native" else ("run" if frames is None else "x".join(map(str, decode))),
-        "frame_size": scored, "sizes": {},
+        "frame_size": scored, "classes": list(split_frames.classes), "sizes": {},
     }
     runner, graphs = model, 0
     if compile:
