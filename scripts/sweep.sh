@@ -24,13 +24,14 @@ budget=${1:-cpu}
 tables=${2:-T1,T2,T3,T4}
 shift $(( $# < 2 ? $# : 2 ))
 out=${OUT:-docs/results/$budget}
+mkdir -p "$out/records"
 bin=.venv/bin
 lanes=${LANES:-1}
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
   mapfile -t rows < <($bin/python - "$tables" <<'PY'
 import sys
-from cpvt.reproduce import experiments_dir, load_rows, parse_tables
+from cpvt.study.experiments import experiments_dir, load_rows, parse_tables
 tables = parse_tables(sys.argv[1])
 names = [r.name for r in load_rows(experiments_dir()).values() if r.table in tables]
 print("\n".join(dict.fromkeys(names)))
