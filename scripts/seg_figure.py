@@ -24,7 +24,7 @@ from cpvt.data import open_source
 from cpvt.deploy.predict import seg_palette
 from cpvt.models import model_from_checkpoint
 from cpvt.models.base import pair
-from cpvt.utils.plotting import pyplot, save
+from cpvt.utils.plotting import pyplot
 
 
 def parse_run(text: str) -> tuple[str, Path, dict]:
@@ -61,7 +61,7 @@ def main() -> None:
 
     def colour(labels: torch.Tensor) -> np.ndarray:
         out = palette[labels.clamp(max=len(split.classes) - 1).numpy()].astype(np.uint8)
-        out[ignore.numpy()] = 0
+        out[ignore.numpy()] = 255  # void (not scored): white
         return out
 
     columns = [("frame", (images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)), ("ground truth", colour(masks))]
@@ -76,7 +76,7 @@ def main() -> None:
         acc = 100 * right.sum().item() / max((~ignore).sum().item(), 1)
         columns.append((f"{label}\n(pixel acc {acc:.1f}% on these)", colour(pred)))
     plt = pyplot()
-    fig, axes = plt.subplots(len(idx), len(columns), figsize=(2.6 * len(columns), 2.1 * len(idx) + 0.4), dpi=110,
+    fig, axes = plt.subplots(len(idx), len(columns), figsize=(2.6 * len(columns), 2.1 * len(idx) + 0.9), dpi=110,
                              squeeze=False)
     for j, (name, arr) in enumerate(columns):
         for i in range(len(idx)):
@@ -84,9 +84,17 @@ def main() -> None:
             axes[i][j].set_xticks([])
             axes[i][j].set_yticks([])
         axes[0][j].set_title(name, fontsize=8)
-    if args.title:
-        fig.suptitle(args.title, fontsize=9)
-    print(save(fig, args.out))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=palette[k] / 255, label=c) for k, c in enumerate(split.classes)]
+    handles.append(Patch(facecolor="white", edgecolor="grey", label="void (not scored)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 12), fontsize=7, frameon=False)
+    fig.suptitle(args.title or "", fontsize=9)
+    fig.tight_layout(rect=(0, 0.4 / (2.1 * len(idx) + 0.9), 1, 1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out)  # not plotting.save: its tight_layout would drop the legend's margin
+    plt.close(fig)
+    print(args.out)
 
 
 if __name__ == "__main__":

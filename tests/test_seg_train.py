@@ -120,8 +120,9 @@ def test_segmentation_resume_mid_run_is_bit_identical(mask_folder, seg_run, tmp_
 
 def test_eval_reports_miou_per_hxw_size(seg_run, capsys):
     assert main(["eval", str(seg_run), "--img-sizes", f"{H}x{W},48x64", "--cache-dir", str(seg_run.parent / "cache"),
-                 "--json", str(seg_run / "eval.json")]) == 0
+                 "--json", str(seg_run / "eval.json"), "--plot", str(seg_run / "eval.png")]) == 0
     out = capsys.readouterr().out
+    assert (seg_run / "eval.png").stat().st_size > 5000  # mIoU per size, drawn
     assert f"mIoU @{H}x{W}" in out and "mIoU @48x64" in out and "pix acc @48x64" in out
     row = json.loads((seg_run / "eval.json").read_text())[0]
     assert row["task"] == "segmentation" and set(row["sizes"]) == {f"{H}x{W}", "48x64"}

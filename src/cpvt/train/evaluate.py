@@ -280,13 +280,40 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     return format_table(rows, headers, markdown=markdown)
 
 
-def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Top-1 against test resolution, one curve per run, training size marked (classification runs)."""
+def _plot_segmentation(results: list[dict[str, Any]], path: str | Path, title: str | None) -> Path:
+    """mIoU per test column (size, then window), one curve per run; the training size's column starred."""
     from ..utils.plotting import pyplot, save
 
-    if any(r.get("task") == "segmentation" for r in results):
-        raise ValueError("--plot draws classification runs (top-1 against square sizes); for segmentation runs "
-                         "use the table or --json")
+    columns = sorted({s for r in results for s in r["sizes"]}, key=_column_order)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(columns) + 2), 4.2), dpi=120)
+    for r in results:
+        xs = [i for i, c in enumerate(columns) if c in r["sizes"]]
+        (line,) = ax.plot(xs, [r["sizes"][columns[i]]["miou"] for i in xs], marker="o",
+                          label=f"{Path(r['run']).name} ({r['pos']})")
+        train = "x".join(map(str, r["train_size"]))
+        if train in r["sizes"]:
+            ax.plot([columns.index(train)], [r["sizes"][train]["miou"]], marker="*", ms=14, color=line.get_color())
+    ax.set_xticks(range(len(columns)), [c.replace(" window ", "\nwindow ") for c in columns], fontsize=8)
+    ax.set_xlabel("test size (HxW), no fine-tuning  (star: training size)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title or "mIoU across test sizes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Top-1 against test resolution, one curve per run, training size marked (classification runs); mIoU per
+    test size and window for segmentation runs. A mix of both is refused (one axis each)."""
+    from ..utils.plotting import pyplot, save
+
+    seg = [r.get("task") == "segmentation" for r in results]
+    if any(seg) and not all(seg):
+        raise ValueError("--plot draws classification runs (top-1) or segmentation runs (mIoU), not both in one "
+                         "figure: evaluate them in two commands")
+    if all(seg) and results:
+        return _plot_segmentation(results, path, title)
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
