@@ -532,7 +532,8 @@ def _deploy_commands(sub) -> None:
                    "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
     s.add_argument("--tol", type=positive_float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
     s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
-    add_set(s, "model.KEY=VALUE", "model option, e.g. model.num_classes=10")
+    add_set(s, "model.KEY=VALUE", "model option: a registry model's (model.num_classes=10) or a run's test-time "
+            "fix (model.fixed_grid=auto, model.peg_fixed_grid=dilate)")
     s.add_argument("--json", help="write the export report (sizes and differences) here")
     s.set_defaults(fn=cmd_export)
 

@@ -48,15 +48,16 @@ class ExportError(ValueError):
 def load_subject(run_or_model: str, overrides: dict[str, Any] | None = None,
                  img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A trained run (folder or checkpoint) or a registry name (random weights, seed 0), in eval mode,
-    and the metadata to store with the export (model, classes, preprocessing)."""
+    and the metadata to store with the export (model, classes, preprocessing). ``overrides``: model options,
+    for a run the test-time ones (``fixed_grid="auto"``); one that changes the weights' shapes is a
+    :class:`~cpvt.checkpoint.CheckpointError` naming them."""
     from ..models import create_model, list_models
 
     if Path(run_or_model).exists():
         from .predict import load_run
 
-        if overrides:
-            raise ValueError("--set applies to registry models; a trained run is exported as it was trained")
-        model, pre, classes = load_run(run_or_model, img_size)
+        # test-time options (model.fixed_grid=auto, model.peg_fixed_grid=dilate), as eval and predict take them
+        model, pre, classes = load_run(run_or_model, img_size, **(overrides or {}))
         meta = {"source": str(run_or_model), "img_size": pre.img_size, "classes": classes}
     elif run_or_model in list_models():
         torch.manual_seed(0)
@@ -68,7 +69,8 @@ def load_subject(run_or_model: str, overrides: dict[str, Any] | None = None,
         raise ValueError(f"{run_or_model!r} is neither a run folder / checkpoint file nor a registry model "
                          "(see `cpvt models`)")
     pre = model.pretrained_cfg  # preprocessing, from the model itself (a run's own or the registry default)
-    meta.update(model=model.model_name, pos=model.model_args.get("pos"), patch_size=model.patch_size,
+    fixes = {m.name: m.fixed_grid for m in model.modules() if getattr(m, "GRID_FIXES", ())}
+    meta.update(model=model.model_name, pos=model.model_args.get("pos"), patch_size=model.patch_size, grid_fixes=fixes,
                 crop_pct=pre["crop_pct"], mean=pre["mean"], std=pre["std"], pretrained_cfg=pre)
     return model, meta
 

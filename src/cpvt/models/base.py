@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..pos import PositionEncoding
-from ..pos.base import add_tensors, rename_flat_params
+from ..pos.base import add_tensors, rename_flat_params, set_fixed_grid
 from ..tokens import BlockPosition, Grid, check_image
 
 
@@ -22,7 +22,23 @@ def pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class ClassifierAPI:
+class FixedGridAPI:
+    """``set_fixed_grid``: the model-wide test-time switch, for every model class (classifier, segmentation
+    model, feature getter)."""
+
+    def set_fixed_grid(self, mode: str = "auto", keep: tuple[str, ...] = ()) -> dict[str, str | None]:
+        """Give every position encoding its measured best test-time grid fix (``"auto"``) or none (``"off"``),
+        keeping the encodings named in ``keep`` as they are; returns {encoding: fix}. Recorded in
+        ``model_args["fixed_grid"]`` so a checkpoint or export of the model rebuilds it. See
+        :func:`cpvt.pos.base.set_fixed_grid`."""
+        chosen = set_fixed_grid(self.modules(), mode, keep)
+        if isinstance(getattr(self, "model_args", None), dict):
+            args = {k: v for k, v in self.model_args.items() if k != "fixed_grid"}
+            self.model_args = {**args, "fixed_grid": mode} if mode != "off" else args
+        return chosen
+
+
+class ClassifierAPI(FixedGridAPI):
     """The model API shared by the single-stage and pyramid models (timm's names).
 
     Needs ``position_encodings()``, ``forward_features``, and the attributes

@@ -27,6 +27,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..tokens import Grid
+from .base import FixedGridAPI
 
 OUTPUT_FORMATS = ("NCHW", "NLC")
 Indices = int | Sequence[int] | None
@@ -96,7 +97,7 @@ class FeatureInfo(list):
         return self.get("module")
 
 
-class FeatureGetter(nn.Module):
+class FeatureGetter(FixedGridAPI, nn.Module):
     """A backbone's ``forward_intermediates`` as a module: forward(images) -> list of maps (timm's
     ``FeatureGetterNet``, what ``create_model(name, features_only=True)`` returns).
 

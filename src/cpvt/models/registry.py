@@ -122,6 +122,11 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
     (:class:`~cpvt.models.segmentation.SegmentationModel`, logits (B, num_classes, H, W)); the task is
     stored in ``model_args``, so its checkpoints rebuild it.
 
+    ``fixed_grid``: the test-time switch for running at sizes other than the training size: ``"off"``
+    (default) runs the model as trained; ``"auto"`` gives each position encoding its measured best fix
+    (:func:`cpvt.pos.base.set_fixed_grid`), except the encodings given their own ``<name>_fixed_grid``.
+    ``model.set_fixed_grid("auto")`` sets it on a model already built.
+
     ``features_only=True`` (timm's option): the model wrapped in a
     :class:`~cpvt.models.features.FeatureGetter`, whose forward returns a list of NCHW feature maps, the
     ``out_indices`` blocks (ViT) or stages (pyramid) (an int ``n``: the last ``n``; default: timm's, the
@@ -140,6 +145,7 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
             raise CheckpointError(f"{pretrained} holds a {saved!r} model, not {name!r}: "
                                   f"create_model({saved!r}, pretrained=...) or cpvt.load_run({str(pretrained)!r})")
         overrides = {**ckpt.meta.get("model_args", {}), **overrides}
+    fixed_grid = overrides.pop("fixed_grid", "off")
     task = overrides.pop("task", "classification")
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -160,6 +166,9 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
         model = seg
     if ckpt is not None:
         load_strict(model, ckpt.weights, source=str(pretrained))
+    # the switch last, so the stored args name it; an encoding's own <name>_fixed_grid wins over it
+    model.set_fixed_grid(fixed_grid, keep=[k.removesuffix("_fixed_grid") for k, v in args.items()
+                                           if k.endswith("_fixed_grid") and v is not None])
     return model
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import FixedGridAPI
 from .features import FeatureGetter
 
 TASKS = ("classification", "segmentation")
@@ -76,7 +77,7 @@ def segmentation_head(backbone: nn.Module, num_classes: int) -> tuple[FeatureGet
     return features, FPNHead(features.feature_info.channels(), num_classes)
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(FixedGridAPI, nn.Module):
     """Images (B, 3, H, W) -> per-pixel logits (B, classes, H, W).
 
     What :func:`~cpvt.models.create_model` builds with ``task="segmentation"``. The backbone's facts the

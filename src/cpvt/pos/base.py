@@ -60,13 +60,16 @@ of these fixes is from the papers; they are inference-time options of this libra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor, nn
 
 from ..tokens import BlockPosition, Grid, grid_cached, is_exporting  # noqa: F401 (part of this interface)
+
+FIXED_GRID_MODES = ("off", "auto")
+"""Values of the model-wide ``fixed_grid`` switch (:func:`set_fixed_grid`)."""
 
 LEGACY_GRID_FIXES = {False: None, True: "resample"}
 """Boolean spellings of a ``fixed_grid`` option: the PEG's option began as a switch for its only
@@ -218,3 +221,25 @@ def rename_flat_params(model: nn.Module, state_dict: dict, prefix: str, *, to_fl
         src, dst = (nested, flat) if to_flat else (flat, nested)
         if src in state_dict:
             state_dict[dst] = state_dict.pop(src)
+
+
+def set_fixed_grid(modules: Iterable[nn.Module], mode: str = "auto", keep: Iterable[str] = ()) -> dict[str, str | None]:
+    """The model-wide test-time switch: set the grid fix of every position encoding among ``modules`` (a
+    model's ``.modules()``) that has fixes. ``"auto"``: each scheme's :attr:`PositionEncoding.AUTO_FIX` (its
+    best fix as measured: dilate for the PEG and ConvFFN, interpolate for RoPE, sin-cos and PaPE);
+    ``"off"``: none, the model as trained. Schemes named in ``keep`` (``"peg"``: an explicit
+    ``peg_fixed_grid``) keep their own setting. Returns {scheme name: its fix}, for the schemes with fixes.
+
+    Nothing changes on the training grid, where every fix computes the trained model.
+    """
+    if mode not in FIXED_GRID_MODES:
+        raise ValueError(f"fixed_grid must be 'off' (run as trained) or 'auto' (each encoding's measured best "
+                         f"test-time fix), got {mode!r}; one encoding's own fix is its <name>_fixed_grid option")
+    keep = set(keep)
+    chosen: dict[str, str | None] = {}
+    for m in modules:
+        if isinstance(m, PositionEncoding) and m.GRID_FIXES:
+            if m.name not in keep:
+                m.fixed_grid = m.AUTO_FIX if mode == "auto" else None
+            chosen[m.name] = m.fixed_grid
+    return chosen
