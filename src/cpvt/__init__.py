@@ -4,6 +4,8 @@
     >>> model = cpvt.create_model("cpvt_ti", num_classes=10)
     >>> cpvt.list_models("cpvt_ti*")
     >>> model, preprocess, classes = cpvt.load_run("runs/c10-cpvt")   # a trained run, ready to classify
+    >>> cpvt.save_pretrained("runs/c10-cpvt", "hub/c10-cpvt")         # Hugging Face Hub layout folder
+    >>> model = cpvt.create_model("cpvt_ti", pretrained="hub/c10-cpvt")  # a Hub folder, or an "owner/name" id
 
 ``import cpvt`` loads the core only (PyTorch, safetensors); ``load_run`` brings in the deployment wing
 (kornia, PIL) at its first use.
@@ -11,7 +13,7 @@
 
 from typing import Any
 
-from .models import VisionTransformer, create_model, list_models, model_args, register_model
+from .models import VisionTransformer, create_model, list_models, model_args, register_model, save_pretrained
 from .pos import build_position_encodings, list_encodings
 from .utils.version import __version__
 
@@ -25,6 +27,7 @@ __all__ = [
     "load_run",
     "model_args",
     "register_model",
+    "save_pretrained",
 ]
 
 

@@ -20,6 +20,20 @@ before anything is used, so a changed byte anywhere (tensor data, header,
 padding), a truncation or an insertion is a :class:`CheckpointError`, never
 silently different weights. Format 1 files (no digest) still load; a file from a
 newer format is refused with a message that says so.
+
+The Hugging Face Hub layout (timm's ``save_for_hf``): a folder holding
+``config.json`` (``architecture``: the model name, ``model_args``,
+``pretrained_cfg``, ``num_classes`` and, when known, ``label_names``) and
+``model.safetensors`` (the weights alone, with safetensors' usual ``{"format":
+"pt"}`` metadata and the same sealed ``sha256`` as above). :func:`save_hub_folder`
+writes one (``cpvt.save_pretrained`` from a model or a run);
+:func:`resolve_checkpoint` and :func:`load_checkpoint` read it like any other
+checkpoint, so ``create_model(name, pretrained=FOLDER)``, ``load_run``, ``cpvt
+eval`` and ``cpvt predict`` take such a folder as they take a run. A string
+that is no local path but reads as a Hub id (``owner/name``) is fetched with
+``huggingface_hub.snapshot_download`` (optional: ``pip install 'cpvt[hub]'``).
+A folder whose ``config.json`` another library wrote (timm's) loads as plain
+weights.
 """
 
 from __future__ import annotations
@@ -38,7 +52,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .utils.errors import CheckpointWriteError, describe_os_error
-from .utils.fileio import atomic_path
+from .utils.fileio import atomic_path, write_text_atomic
+from .utils.version import __version__
 
 FORMAT_VERSION = 2  # 2: whole-file sha256 in the metadata; 1: none
 FORMAT = f"cpvt-checkpoint-{FORMAT_VERSION}"
@@ -47,6 +62,11 @@ _PLACEHOLDER = b"0" * 64
 _DIGEST = re.compile(rb'"sha256"\s*:\s*"([0-9a-f]{64})"')  # the metadata entry in the header's JSON
 _FORMAT = re.compile(r'"cpvt-checkpoint-(\d+)"')
 _CPVT_KEYS = {"model_name", "model_args", "config", "classes", "progress", "optimizer", "scheduler", "pretrained_cfg"}  # besides format
+HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # the Hugging Face Hub layout (module docstring)
+HUB_LIBRARY = "cpvt"  # config.json's "library_name" in a folder cpvt wrote
+# a Hub repository id, owner/name, as a string that is no local path (a checkpoint file's name is not one)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".json")
 
 
 class CheckpointError(ValueError):
@@ -255,24 +275,143 @@ class Checkpoint:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its ``best``, else ``last`` checkpoint) or a checkpoint file."""
+    """A run folder (its ``best``, else ``last`` checkpoint), a Hub layout folder (the folder itself), a
+    checkpoint file, or a string that is no local path but a Hugging Face Hub id (``owner/name``: the folder
+    :func:`hub_snapshot` downloads)."""
     p = Path(path)
     if p.is_dir():
         for name in ("best.safetensors", "last.safetensors"):
             if (p / name).exists():
                 return p / name
-        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors: is it a cpvt run folder?")
+        if _is_hub_folder(p):
+            return p
+        raise CheckpointError(f"{p} holds no best.safetensors or last.safetensors (a cpvt run folder) and no "
+                              f"{HUB_CONFIG} or {HUB_WEIGHTS} (a Hugging Face Hub layout folder)")
     if not p.exists():
+        if isinstance(path, str) and is_hub_id(path):
+            return hub_snapshot(path)
         raise CheckpointError(f"{p} does not exist (expected a run folder or a checkpoint file)")
     return p
 
 
+def _is_hub_folder(folder: Path) -> bool:
+    """Whether ``folder`` is (part of) a Hub layout folder: it holds ``model.safetensors``, or a Hub
+    ``config.json``."""
+    return (folder / HUB_WEIGHTS).exists() or _is_hub_config(folder / HUB_CONFIG)
+
+
+def _is_hub_config(path: Path) -> bool:
+    """Whether ``path`` is a Hub layout ``config.json``: a JSON object naming an ``architecture`` (a run folder's
+    ``config.json`` is its training config, which names none)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architecture" in config
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` reads as a Hugging Face Hub repository id, ``owner/name``: not a checkpoint file's name,
+    and not a path into a local folder (``runs/typo`` is a mistyped run when ``runs/`` exists)."""
+    return (bool(_HUB_ID.fullmatch(text)) and not text.lower().endswith(_FILE_SUFFIXES)
+            and not Path(text).parent.exists())
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of Hub repository ``repo_id``'s ``config.json`` and ``model.safetensors``
+    (``huggingface_hub.snapshot_download``, cached); a CheckpointError naming ``repo_id`` if huggingface_hub is
+    not installed or the download fails."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{repo_id} does not exist as a local path; read as a Hugging Face Hub id it needs "
+                              "huggingface_hub, which is not installed: pip install huggingface_hub "
+                              "(or pip install 'cpvt[hub]')") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[HUB_CONFIG, HUB_WEIGHTS]))
+    except Exception as e:  # noqa: BLE001 - not found, offline, unauthorised: one clear line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{repo_id} does not exist as a local path, and it could not be fetched from the "
+                              f"Hugging Face Hub ({type(e).__name__}: {first})") from None
+
+
+def save_hub_folder(folder: str | Path, model: nn.Module, classes: Sequence[str] | None = None) -> Path:
+    """Write ``model`` as a Hugging Face Hub layout folder: ``model.safetensors`` and ``config.json`` (see the
+    module docstring), each atomically, the weights first. Returns the folder.
+
+    ``model`` must carry ``model_name``, ``model_args`` and ``pretrained_cfg`` (every model from
+    ``create_model`` does); ``classes``: its class names, one per output class. A run folder (its checkpoints
+    or training config) is refused: loading the folder would read the run, and its config would be lost.
+    """
+    folder = Path(folder)
+    for attr in ("model_name", "model_args", "pretrained_cfg"):
+        if not hasattr(model, attr):
+            raise ValueError(f"cannot save {type(model).__name__} to {folder}: it has no {attr} (build it with "
+                             "cpvt.create_model)")
+    if classes is not None and len(classes) != model.num_classes:
+        raise ValueError(f"cannot save {model.model_name} to {folder}: {len(classes)} class names for a "
+                         f"{model.num_classes}-class model")
+    taken = [n for n in ("best.safetensors", "last.safetensors") if (folder / n).exists()]
+    if (folder / HUB_CONFIG).exists() and not _is_hub_config(folder / HUB_CONFIG):
+        taken.append(f"{HUB_CONFIG}, a training config")
+    if taken:
+        raise ValueError(f"{folder} is a run folder (it holds {' and '.join(taken)}): save the Hub layout to a "
+                         "folder of its own")
+    config: dict[str, Any] = {"library_name": HUB_LIBRARY, "architecture": model.model_name,
+                              "num_classes": int(model.num_classes)}
+    if classes is not None:
+        config["label_names"] = [str(c) for c in classes]
+    config.update(model_args=model.model_args, pretrained_cfg=model.pretrained_cfg, cpvt_version=__version__)
+    try:
+        text = json.dumps(config, indent=2) + "\n"
+    except TypeError as e:
+        raise ValueError(f"cannot save {model.model_name} to {folder}: its model_args or pretrained_cfg are not "
+                         f"JSON ({e})") from None
+    _atomic_save(dict(model.state_dict()), {"format": "pt"}, folder / HUB_WEIGHTS)
+    try:
+        write_text_atomic(folder / HUB_CONFIG, text)
+    except OSError as e:
+        raise CheckpointWriteError(f"could not write {folder / HUB_CONFIG}: {e.strerror or e}", e.errno) from e
+    return folder
+
+
+def _load_hub_folder(folder: Path) -> Checkpoint:
+    """A Hub layout folder as a Checkpoint (``path``: the folder): a cpvt folder's config.json gives the model
+    name, options, ``pretrained_cfg`` and classes; another library's gives nothing (plain weights)."""
+    missing = [n for n in (HUB_CONFIG, HUB_WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder / missing[0]} is missing: a Hugging Face Hub layout folder holds "
+                              f"{HUB_CONFIG} and {HUB_WEIGHTS}")
+    try:
+        config = json.loads((folder / HUB_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / HUB_CONFIG} is not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{folder / HUB_CONFIG} holds no JSON object")
+    weights = _load_safetensors(folder / HUB_WEIGHTS, sealed=True)
+    if config.get("library_name") != HUB_LIBRARY:  # timm's or another library's: its options are not ours
+        return Checkpoint(weights.tensors, {}, folder)
+    meta: dict[str, Any] = {"model_name": config.get("architecture"), "model_args": config.get("model_args", {}),
+                            "classes": config.get("label_names", [])}
+    if "pretrained_cfg" in config:
+        meta["pretrained_cfg"] = config["pretrained_cfg"]
+    kinds = (("architecture", meta["model_name"], str), ("model_args", meta["model_args"], dict),
+             ("label_names", meta["classes"], list))
+    bad = [key for key, value, kind in kinds if not isinstance(value, kind)]
+    if bad:
+        raise CheckpointError(f"{folder / HUB_CONFIG} is damaged: {', '.join(bad)} missing or of the wrong kind")
+    return Checkpoint(weights.tensors, meta, folder)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a cpvt checkpoint (safetensors) or a plain weights file (``.pt``/``.pth``
-    state dict, loaded with ``weights_only=True``). Pickles that need code are refused."""
+    """Load a cpvt checkpoint (safetensors), a Hugging Face Hub layout folder (``config.json`` +
+    ``model.safetensors``) or a plain weights file (``.pt``/``.pth`` state dict, loaded with
+    ``weights_only=True``). Pickles that need code are refused."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        return _load_hub_folder(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
@@ -302,8 +441,11 @@ def _format_version(raw: dict[str, str], path: Path) -> int | None:
     return None
 
 
-def _load_safetensors(path: Path) -> Checkpoint:
-    """Check the digest, read the tensors, then interpret the metadata (see the module docstring)."""
+def _load_safetensors(path: Path, sealed: bool = False) -> Checkpoint:
+    """Check the digest, read the tensors, then interpret the metadata (see the module docstring).
+
+    ``sealed``: a Hub layout folder's weights, which cpvt seals without a cpvt format entry: a digest there
+    must match too (in a plain file from elsewhere, a ``sha256`` entry is not ours to judge)."""
     damaged = f"{path} is damaged (changed after it was written: a bad disk, an interrupted copy or an edit)"
     try:
         span = _digest_span(path)
@@ -320,11 +462,11 @@ def _load_safetensors(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     version = _format_version(raw, path)
     if version is not None and version > FORMAT_VERSION:
-        from .utils.version import __version__
-
         raise CheckpointError(f"{path} was written by a newer cpvt (checkpoint format {version}); cpvt {__version__} "
                               f"reads formats 1 to {FORMAT_VERSION}: upgrade cpvt to load it")
     if version is None:  # a plain weights file from elsewhere (timm, Hugging Face): its metadata is not ours
+        if sealed and intact is False:
+            raise CheckpointError(f"{damaged}: its sha256 does not match")
         return Checkpoint(tensors, {}, path)
     if intact is False:
         raise CheckpointError(f"{damaged}: its sha256 does not match; use another copy (best.safetensors, or an "

@@ -8,7 +8,8 @@
     cpvt demo                             train 3 micro models and test them at 3 resolutions
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
     cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
-    cpvt export RUN_OR_MODEL [--format onnx|pt2] [--out F]   dynamic batch/height/width, verified at 3+ sizes
+    cpvt export RUN_OR_MODEL [--format onnx|pt2|hub] [--out F]   dynamic batch/height/width, verified at 3+ sizes
+                                          (hub: a Hugging Face Hub layout folder, config.json + model.safetensors)
     cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F] [--out DIR]
 
 Every command that builds or loads a model takes overrides one way: ``--set
@@ -312,10 +313,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
                     sizes=sizes, tol=args.tol, overrides=model_options(args.set, "export"), verify=not args.no_verify)
     opset = f", opset {report['opset']}" if report["opset"] else ""
-    print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
-          f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
+    if report["format"] == "hub":
+        print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), Hugging Face Hub layout "
+              f"(config.json + model.safetensors); load it with cpvt.create_model({report['model']!r}, "
+              f"pretrained={report['path']!r})")
+    else:
+        print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
+              f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
     if report["verified"]:
-        backend = "onnxruntime" if report["format"] == "onnx" else "torch.export.load"
+        backend = {"onnx": "onnxruntime", "pt2": "torch.export.load", "hub": "reloaded"}[report["format"]]
         rows = [[r["size"], f"{r['max_abs_diff']:.2e}", f"{r['max_abs_logit']:.2f}"] for r in report["verified"]]
         print(format_table(rows, ["size", f"max |{backend} - pytorch|", "max |logit|"]))
         print(f"verified at {len(rows)} sizes: every difference within {report['tolerance']:.0e}")
@@ -522,10 +528,13 @@ def _tool_commands(sub) -> None:
 
 def _deploy_commands(sub) -> None:
     """export, predict."""
-    s = sub.add_parser("export", help="ONNX / torch.export file with dynamic batch, height and width, verified")
+    s = sub.add_parser("export", help="ONNX / torch.export file with dynamic batch, height and width, or a Hugging "
+                       "Face Hub layout folder; verified")
     s.add_argument("run_or_model", help="a run folder or checkpoint, or a registry name (random weights)")
-    s.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="onnx (default) or pt2 (torch.export)")
-    s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>)")
+    s.add_argument("--format", default="onnx", choices=["onnx", "pt2", "hub"], help="onnx (default), pt2 "
+                   "(torch.export) or hub (a folder of config.json + model.safetensors, for the Hugging Face Hub)")
+    s.add_argument("--out", help="file to write (default: RUN/model.<format>, or <model>.<format>; for hub a folder: "
+                   "RUN/hub, or <model>-hub)")
     s.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18; the learned APE needs >= 18)")
     s.add_argument("--img-size", type=square_size, help="size traced at export (default: the model's pretrained_cfg)")
     s.add_argument("--verify-sizes", type=parse_size_list, help="sizes to verify, e.g. 224,384,256x320 "

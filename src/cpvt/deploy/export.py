@@ -2,6 +2,7 @@
 
     cpvt export runs/c10-cpvt                          # -> runs/c10-cpvt/model.onnx, verified at 3 sizes
     cpvt export cpvt_ti --format pt2 --out cpvt_ti.pt2 # torch.export program (random weights)
+    cpvt export runs/c10-cpvt --format hub --out hub/c10-cpvt   # Hugging Face Hub layout folder
 
 The PEG's practical promise is one exported model that serves every input size,
 so both formats keep the batch, height and width symbolic:
@@ -12,6 +13,11 @@ so both formats keep the batch, height and width symbolic:
   18). The file's metadata holds the model name, class names and preprocessing.
 * ``pt2``: ``torch.export.save`` of the same ``ExportedProgram``; load it with
   ``torch.export.load(path).module()``.
+* ``hub``: no tracing; a folder in the Hugging Face Hub layout, ``config.json``
+  (model name, options, ``pretrained_cfg``, class names) and ``model.safetensors``
+  (:func:`cpvt.models.hub.save_pretrained`); load it with
+  ``cpvt.create_model(name, pretrained=folder)`` or ``cpvt.load_run(folder)``,
+  which is also how it is verified.
 
 After writing, :func:`verify_export` runs the file (onnxruntime, or the loaded
 program) at three or more sizes, including non-square ones never used at export,
@@ -35,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "hub")
 DEFAULT_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 
@@ -141,10 +147,15 @@ def export_program(model: nn.Module, img_size: int | None = None, batch: int = 2
 
 def export_model(model: nn.Module, path: str | Path, format: str = "onnx", opset: int = DEFAULT_OPSET,
                  img_size: int | None = None, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``path`` as ONNX or a ``torch.export`` .pt2 program, batch/height/width dynamic."""
+    """Write ``model`` to ``path`` as ONNX or a ``torch.export`` .pt2 program, batch/height/width dynamic, or as
+    a Hugging Face Hub layout folder (``hub``: the class names from ``metadata["classes"]``)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
+    if format == "hub":
+        from ..models.hub import save_pretrained
+
+        return save_pretrained(model, path, classes=(metadata or {}).get("classes"))
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, img_size)
     if format == "pt2":
@@ -206,6 +217,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 # -- verification -------------------------------------------------------------------------------------------------
 def _runner(path: Path, format: str):
+    if format == "hub":  # the folder read back through create_model's pretrained= path
+        from ..models import model_from_checkpoint
+
+        module = model_from_checkpoint(path).eval()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+        return run
     if format == "pt2":
         module = torch.export.load(str(path)).module()
 
@@ -266,13 +286,18 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
            overrides: dict[str, Any] | None = None, verify: bool = True) -> dict[str, Any]:
     """Export a run or registry model and verify it; returns a report (path, sizes and their max |diff|).
 
-    ``out`` defaults to ``RUN/model.<format>`` for a run folder, ``<name>.<format>`` otherwise.
+    ``out`` defaults to ``RUN/model.<format>`` for a run folder, ``<name>.<format>`` otherwise (for ``hub``, a
+    folder: ``RUN/hub``, ``<name>-hub``).
     ``sizes`` default to :func:`default_sizes`; fewer than three are topped up with them.
     """
     model, meta = load_subject(run_or_model, overrides, img_size)
     if out is None:
         src = Path(run_or_model)
-        out = src / f"model.{format}" if src.is_dir() else Path(f"{src.stem if src.exists() else run_or_model}.{format}")
+        stem = src.stem if src.exists() else run_or_model
+        if format == "hub":
+            out = src / "hub" if src.is_dir() else Path(f"{stem}-hub")
+        else:
+            out = src / f"model.{format}" if src.is_dir() else Path(f"{stem}.{format}")
     sizes = list(sizes or [])
     for s in sizes:  # a size the model cannot take is a clear error before anything is written
         model.grid_for(s)
@@ -281,10 +306,10 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
             break
         if s not in sizes:
             sizes.append(s)
-    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format == "onnx" else None)
+    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format != "pt2" else None)
     report = {"path": str(out), "format": format, "model": meta["model"], "pos": meta["pos"],
               "opset": opset if format == "onnx" else None, "export_size": meta["img_size"],
-              "trace_size": trace_size(model, meta["img_size"]), "tolerance": tol,
+              "trace_size": trace_size(model, meta["img_size"]) if format != "hub" else None, "tolerance": tol,
               "verified": []}
     if verify:
         report["verified"] = verify_export(model, out, sizes, format, tol)

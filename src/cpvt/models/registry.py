@@ -112,11 +112,13 @@ def create_model(name: str, *, pretrained: str | Path | Checkpoint | None = None
 
     ``pretrained``: a cpvt checkpoint (a path or a loaded :class:`~cpvt.checkpoint.Checkpoint`) or run folder
     (``best``, else ``last``), a file
-    written by ``cpvt convert``, or a plain state dict (``.pth`` / ``.safetensors``,
+    written by ``cpvt convert``, a Hugging Face Hub layout folder (``config.json`` + ``model.safetensors``,
+    written by :func:`~cpvt.models.hub.save_pretrained`) or a Hub id ``"owner/name"`` (downloaded with
+    ``huggingface_hub``, an optional install), or a plain state dict (``.pth`` / ``.safetensors``,
     e.g. timm's DeiT weights). The weights load strictly: a missing, unexpected or
     mis-shaped tensor is a :class:`~cpvt.checkpoint.CheckpointError` naming it. A cpvt
-    checkpoint's stored options (``num_classes``, ``peg_kernel_size``, ...) are the
-    defaults under ``overrides``; one saved from another model is refused.
+    checkpoint's or Hub folder's stored options (``num_classes``, ``peg_kernel_size``, ``task``,
+    ``fixed_grid``, ...) are the defaults under ``overrides``; one saved from another model is refused.
 
     ``task="segmentation"``: the backbone with a light segmentation head
     (:class:`~cpvt.models.segmentation.SegmentationModel`, logits (B, num_classes, H, W)); the task is

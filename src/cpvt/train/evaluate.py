@@ -214,6 +214,9 @@ def evaluate_runs(
             for s in sizes:
                 model.grid_for(s)  # clear error before any decoding
         name = data or cfg.get("data")
+        if name is None:  # a Hub layout folder (or a converted checkpoint) keeps the model, not its run config
+            raise DataError(f"{run} does not record the data it was trained on (it holds no run config): "
+                            "name it with --data (data=...)")
         key = (name, data_root or cfg.get("data_root"), cache_dir or cfg.get("cache_dir"))
         if key not in sources:
             sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
