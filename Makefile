@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint test-slow test-timm timm-env test-hf reproduce clean
+.PHONY: demo test lint test-slow test-timm timm-env test-hf docs reproduce clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,5 +61,15 @@ $(HF_STAMP): $(STAMP)
 test-hf: $(HF_STAMP)
 	CPVT_REQUIRE=transformers $(BIN)/python -m pytest -q tests/test_pyramids.py -k against_installed_transformers
 
+# The documentation site (docs/ and an API reference from the docstrings) in strict mode: a broken link or
+# reference, or a docstring mkdocstrings cannot read, fails the build. The docs extra is added to .venv.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) $(TIMM_VENV) .pytest_cache
+	rm -rf $(VENV) $(TIMM_VENV) .pytest_cache site

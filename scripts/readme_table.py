@@ -1,6 +1,6 @@
-"""Print the README's resolution headline table from a report's ``results.json``.
+"""Print the resolution headline tables of the README and docs/findings.md from a report's ``results.json``.
 
-The README shows a compact view of the report's T2 tables: for each row, the
+The README (ten rows) and docs/findings.md (every row) show a compact view of the report's T2 tables: for each row, the
 seeds, top-1 at 1x, its own peak, 2x and the largest test size, and the change
 from 1x to 2x. Typing those numbers by hand as seeds land invites mistakes, so
 this script prints them with the report's own statistics (``cpvt.study.report``):
@@ -9,16 +9,16 @@ the same means, standard deviations and peaks as ``report.md``.
     .venv/bin/python scripts/readme_table.py                      # every T2 row with a record
     .venv/bin/python scripts/readme_table.py --rows none,ape,peg   # a selection, in this order
 
-Below the table it prints the compute line the README quotes: how many training
+Below the table it prints the compute line the pages quote: how many training
 runs and test-time variants (records named ``RUN@ROW``) the data entry has, and
 their training plus evaluation time, with the same totals as the report (``cpvt.study.report.minutes``).
 
-    .venv/bin/python scripts/readme_table.py --write README.md     # update the README in place
+    .venv/bin/python scripts/readme_table.py --write README.md docs/findings.md   # update both pages in place
 
 ``--write`` rewrites the table between ``<!-- readme_table rows=a,b,c -->`` and
 ``<!-- /readme_table -->`` (the rows named in the marker, in that order) and the text
-between ``<!-- compute -->`` and ``<!-- /compute -->``, so a fresh clone can refresh
-the README after a sweep with nothing but this command.
+between ``<!-- compute -->`` and ``<!-- /compute -->`` of each file, so a fresh clone can refresh
+the pages after a sweep with nothing but this command.
 """
 
 from __future__ import annotations
@@ -95,16 +95,18 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "docs/results/cpu/results.json")
     p.add_argument("--data", default="imagenette", help="dataset entry (default: imagenette)")
     p.add_argument("--rows", help="comma-separated T2 row names (experiments/t2_resolution/NAME.toml), in order")
-    p.add_argument("--write", type=Path, metavar="README", help="rewrite the marked table and compute line of this file")
+    p.add_argument("--write", type=Path, nargs="+", metavar="PAGE",
+                   help="rewrite the marked table and compute line of these files (README.md docs/findings.md)")
     args = p.parse_args()
     results = json.loads(args.results.read_text())["runs"]
     if args.write:
         if args.rows:
-            p.error("--write takes its rows from the README's marker, not --rows")
-        old = args.write.read_text()
-        new = write(old, results, load_rows(ROOT / "experiments"), args.data)
-        args.write.write_text(new)
-        print(f"{args.write}: {'updated' if new != old else 'already up to date'}")
+            p.error("--write takes its rows from each page's marker, not --rows")
+        for page in args.write:
+            old = page.read_text()
+            new = write(old, results, load_rows(ROOT / "experiments"), args.data)
+            page.write_text(new)
+            print(f"{page}: {'updated' if new != old else 'already up to date'}")
         return
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
     print(headline(results, load_rows(ROOT / "experiments"), args.data, names))

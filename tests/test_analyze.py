@@ -205,3 +205,15 @@ def test_scale_shows_a_dilated_peg_keeping_its_code_at_twice_the_grid(tmp_path: 
 def test_scale_needs_sizes_above_the_training_size(capsys, tmp_path: Path):
     assert main(["analyze", "scale", "cpvt_micro", "--img-sizes", "32", "--out", str(tmp_path)]) == 2
     assert "must be larger than the model's size 32" in capsys.readouterr().err
+
+
+def test_position_probe_splits_a_split_smaller_than_images_in_half(tmp_path: Path, capsys):
+    """A data split with fewer images than --images: the real-image probe fits on one half and scores the other
+    (it used to score an empty half and fail in torch.cat)."""
+    from test_inputs import shapes_folder
+
+    data = shapes_folder(tmp_path / "data", per_class=1, val_per_class=2, size=32, classes=3)  # 6 val images
+    assert main(["analyze", "position", "cpvt_micro", "--data", str(data), "--images", "64",
+                 "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    [result] = json.loads((tmp_path / "a" / "position.json").read_text())["results"].values()
+    assert len(result["real"]["spearman"]) == len(result["constant"]["spearman"])

@@ -3,6 +3,8 @@ aliases of config keys in one table, one size syntax, named exit codes."""
 
 import argparse
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,6 +102,13 @@ def test_exit_codes_are_named_and_distinct():
     assert main(["info", "cpvt_micro", "--set", "model.no_such_option=1"]) == errors.EXIT_BAD_INPUT
     source = open(cli.__file__).read()
     assert "return 0" not in source and "return 2" not in source  # the cli returns names, not numbers
+
+
+def test_experiments_are_found_in_the_repository_from_any_folder(tmp_path, monkeypatch):
+    """Outside the repository (no ./experiments, no CPVT_EXPERIMENTS) the repository's own folder is used."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CPVT_EXPERIMENTS", raising=False)
+    assert rp.experiments_dir() == Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_reproduce_set_changes_the_runs_it_names_and_execution_keys_do_not(tmp_path):

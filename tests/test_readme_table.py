@@ -1,4 +1,5 @@
-"""scripts/readme_table.py: the README headline table comes from the records with the report's statistics."""
+"""scripts/readme_table.py: the headline tables of the README and docs/findings.md come from the records with the
+report's statistics."""
 
 
 import json
@@ -69,10 +70,17 @@ def test_write_regenerates_the_marked_table_and_compute_line_only(script):
         script.write(readme.replace("readme_table rows", "table rows"), results, rows, "d")
 
 
-def test_committed_readme_table_matches_the_committed_results(script):
-    """The README's headline table and compute line are what the script makes from the committed results.json."""
-    readme = script.ROOT / "README.md"
+@pytest.mark.parametrize("page", ["README.md", "docs/findings.md"])
+def test_committed_page_table_matches_the_committed_results(script, page):
+    """The headline table and compute line of the README (ten rows) and docs/findings.md (every row) are what the
+    script makes from the committed results.json."""
     results = json.loads((script.ROOT / "docs/results/cpu/results.json").read_text())["runs"]
-    text = readme.read_text()
+    text = (script.ROOT / page).read_text()
     assert script.write(text, results, load_rows(experiments_dir()), "imagenette") == text, (
-        "README table is stale: run scripts/readme_table.py --write README.md")
+        f"{page} table is stale: run scripts/readme_table.py --write README.md docs/findings.md")
+
+
+def test_readme_table_has_at_most_ten_rows(script):
+    text = (script.ROOT / "README.md").read_text()
+    [(_, names, _, _)] = script.TABLE.findall(text)
+    assert 0 < len(names.split(",")) <= 10, "the README's headline table is at most 10 rows; all of them: docs/findings.md"

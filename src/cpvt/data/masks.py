@@ -204,8 +204,9 @@ class MaskFolderSource:
         cache_dir: where decoded splits are cached (``cache_dir/decoded/``); ``None`` decodes in memory on
             every call.
         workers: decoding processes; default ``min(usable CPUs, 8)``; 0 or 1 decodes in this process.
-        images, masks: the image and mask folders of a split, relative to ``root``, with ``{split}`` where the
-            split name goes (CamVid: ``"{split}"`` and ``"{split}annot"``).
+        images: the image folder of a split, relative to ``root``, with ``{split}`` where the split name goes
+            (CamVid: ``"{split}"``).
+        masks: the mask folder of a split, the same way (CamVid: ``"{split}annot"``).
         mask_suffix: what replaces an image's extension to name its mask.
         classes: class names (index = label); default: read from ``root / classes_file``.
         classes_file: the class list's file name under ``root``, one name a line.

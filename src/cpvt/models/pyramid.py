@@ -80,7 +80,10 @@ class PyramidTransformer(ClassifierAPI, nn.Module):
     Args:
         img_size: default input size; inputs must be multiples of the total stride.
         patch_sizes: each stage's embedding stride (Twins: 4, 2, 2, 2; CvT: 4, 2, 2).
-        embed_dims, depths, num_heads, mlp_ratios: stage shapes.
+        embed_dims: token width per stage.
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        mlp_ratios: MLP hidden width over the stage's width, per stage.
         sr_ratios: key/value sub-sampling stride per stage (1: full keys).
         windows: local window per stage for the even blocks (0: none; Twins-SVT: 7).
         global_pool: ``"avg"`` (mean of the last stage's normed tokens) or ``"token"``

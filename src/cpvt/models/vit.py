@@ -34,7 +34,11 @@ class VisionTransformer(ClassifierAPI, EncodingSlots, nn.Module):
         patch_size: side of the square patches.
         in_chans: input channels.
         num_classes: classifier outputs (0 for no classifier).
-        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer shape.
+        embed_dim: token width.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over ``embed_dim``.
+        qkv_bias: a bias in the q/k/v projection.
         global_pool: ``"token"`` (a class token is prepended and classified) or
             ``"avg"`` (no class token; the mean of the final normed tokens, GAP).
         drop_rate: dropout after the MLP / projection and before the head.

@@ -42,7 +42,16 @@ Every knob the paper ablates is a constructor argument:
     up: 1.5x dilates by 2, 2.5x by 3; the padding grows with it). At 2x each
     tap reaches the tokens that cover the image area its neighbour covered at
     1x, and the border signal reaches twice as many tokens, the same fraction
-    of the grid; no content is blurred.
+    of the grid; no content is blurred. Prior art: dilating a trained
+    network's convolutions by the resolution ratio at inference, without
+    retraining, is ScaleCrafter's re-dilation of a pretrained diffusion UNet
+    (He et al. 2023, arXiv 2310.07702). It rests on the identity behind FCN's
+    filter rarefaction and shift-and-stitch (Long, Shelhamer, Darrell 2015,
+    arXiv 1411.4038) and à-trous / dilated convolution (Chen et al., DeepLab,
+    arXiv 1412.7062; Yu & Koltun, arXiv 1511.07122): on an input upsampled by
+    ``s``, a filter dilated by ``s`` gives the original response upsampled.
+    Applying it to a PEG (or any conditional position encoding) in a ViT is
+    this library's inference-time option; we found no earlier work that does.
 
   - ``"dilate_smooth"``: ``"dilate"``, with each tap reading the tokens that
     cover its 1x neighbour's area instead of one of them: the map is first

@@ -590,8 +590,9 @@ def _run_equivariance(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, li
 
 def _run_position(s: Subject, inp: Inputs) -> tuple[dict[str, Any], Rows, list[str]]:
     half, size, seed = inp.images // 2, inp.size, inp.seed
+    cut = half if len(inp.real) > half else len(inp.real) // 2  # a split of at most --images / 2 images: halve it
     kinds = {
-        "real": (inp.real[:half], inp.real[half:]),
+        "real": (inp.real[:cut], inp.real[cut:]),
         "constant": (image_batch("constant", half, size, seed), image_batch("constant", half, size, seed + 1)),
         "noise": (image_batch("noise", half, size, seed), image_batch("noise", half, size, seed + 1)),
     }

@@ -68,7 +68,7 @@ DEIT_SIZES = {"ti": "tiny", "s": "small", "b": "base"}
 
 def experiments_dir(path: str | Path | None = None) -> Path:
     """``path``, else ``$CPVT_EXPERIMENTS``, else ``./experiments``, else the repository's."""
-    candidates = [path, os.environ.get("CPVT_EXPERIMENTS"), "experiments", Path(__file__).resolve().parents[2] / "experiments"]
+    candidates = [path, os.environ.get("CPVT_EXPERIMENTS"), "experiments", Path(__file__).resolve().parents[3] / "experiments"]
     for c in candidates:
         if c is not None and (Path(c) / "budgets.toml").exists():
             return Path(c)
