@@ -455,7 +455,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--img-sizes", type=parse_size_list, help="comma-separated, e.g. 96,128,160,224; HxW for "
                    "segmentation runs, e.g. 120x160,240x320 (default: training size)")
     s.add_argument("--crop-pct", type=float, help="eval resize = size / crop_pct (default: the run's, 0.875)")
-    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--batch-size", type=positive_int, help="images a forward pass (default: 256; a segmentation "
+                   "run's own eval_batch_size)")
     s.add_argument("--device", default="auto")
     s.add_argument("--limit", type=positive_int, help="evaluate a fixed random subset of this many images")
     s.add_argument("--split", choices=("val", "test"), help="the split scored (default: val if the data has one, "

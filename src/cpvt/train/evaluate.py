@@ -160,7 +160,7 @@ def evaluate_runs(
     data: str | None = None,
     img_sizes: list[int | tuple[int, int]] | None = None,
     crop_pct: float | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     data_root: str | None = None,
     cache_dir: str | None = None,
@@ -175,6 +175,8 @@ def evaluate_runs(
     """Top-1 / top-5 of every run at every size (mIoU / pixel accuracy for a segmentation run, sizes ``(H, W)``;
     a classification run takes square sizes only). ``data`` defaults to the run's own.
 
+    ``batch_size``: frames or images a forward pass; default 256 for classification, the run's
+    ``eval_batch_size`` for segmentation (whole frames with per-pixel logits need far more memory).
     ``amp`` defaults to each run's own training precision (``auto`` for runs saved without one).
     ``model_overrides`` rebuild each trained model with changed options before its
     weights are loaded: inference-time variants such as ``peg_fixed_grid=True``.
@@ -223,7 +225,10 @@ def evaluate_runs(
         source = sources[key]
         _check_classes(run, ckpt, model, name, source)
         if segmentation:
-            results.append(_segmentation_row(run, ckpt, model, dev, img_sizes, name, source, batch_size, amp, limit,
+            # frames of up to 360x480 with per-pixel logits: the run's own eval batch (CamVid's recipe: 16), not
+            # classification's 256 (one batch of 256 whole CamVid frames took over 11 GB)
+            seg_batch = batch_size or int(cfg.get("eval_batch_size") or 16)
+            results.append(_segmentation_row(run, ckpt, model, dev, img_sizes, name, source, seg_batch, amp, limit,
                                              compile, split=split, frames=frames, windows=windows))
             continue
         split_name = _pick_split(run, source, split)
@@ -244,7 +249,7 @@ def evaluate_runs(
                     noted.add((key, split_name, note))
                     print(f"note: {printable(note)}", flush=True)
             t0 = time.perf_counter()
-            row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size,
+            row["sizes"][str(s)] = evaluate(runner, images, dev, mean, std, batch_size or 256,
                                            amp or cfg.get("amp", "auto"), progress=True)
             row["sizes"][str(s)]["seconds"] = time.perf_counter() - t0
         if compile:
