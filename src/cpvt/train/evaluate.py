@@ -288,54 +288,38 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     return format_table(rows, headers, markdown=markdown)
 
 
-def _plot_segmentation(results: list[dict[str, Any]], path: str | Path, title: str | None) -> Path:
-    """mIoU per test column (size, then window), one curve per run; the training size's column starred."""
-    from ..utils.plotting import pyplot, save
-
-    columns = sorted({s for r in results for s in r["sizes"]}, key=_column_order)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(columns) + 2), 4.2), dpi=120)
-    for r in results:
-        xs = [i for i, c in enumerate(columns) if c in r["sizes"]]
-        (line,) = ax.plot(xs, [r["sizes"][columns[i]]["miou"] for i in xs], marker="o",
-                          label=f"{Path(r['run']).name} ({r['pos']})")
-        train = "x".join(map(str, r["train_size"]))
-        if train in r["sizes"]:
-            ax.plot([columns.index(train)], [r["sizes"][train]["miou"]], marker="*", ms=14, color=line.get_color())
-    ax.set_xticks(range(len(columns)), [c.replace(" window ", "\nwindow ") for c in columns], fontsize=8)
-    ax.set_xlabel("test size (HxW), no fine-tuning  (star: training size)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title or "mIoU across test sizes")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save(fig, path)
-
-
 def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Top-1 against test resolution, one curve per run, training size marked (classification runs); mIoU per
-    test size and window for segmentation runs. A mix of both is refused (one axis each)."""
+    """Top-1 against test resolution (classification runs), or mIoU per test size and window (segmentation
+    runs), one curve per run, the training size starred. A mix of both is refused (one axis each)."""
     from ..utils.plotting import pyplot, save
 
     seg = [r.get("task") == "segmentation" for r in results]
     if any(seg) and not all(seg):
         raise ValueError("--plot draws classification runs (top-1) or segmentation runs (mIoU), not both in one "
                          "figure: evaluate them in two commands")
-    if all(seg) and results:
-        return _plot_segmentation(results, path, title)
-
+    segmentation = bool(results) and all(seg)
+    if segmentation:  # categorical x: one column per size and window
+        columns = sorted({s for r in results for s in r["sizes"]}, key=_column_order)
+        x_of, metric = columns.index, "miou"
+        train_key = lambda r: "x".join(map(str, r["train_size"]))  # noqa: E731
+    else:
+        columns = [str(s) for s in sorted({int(s) for r in results for s in r["sizes"]})]
+        x_of, metric, train_key = int, "top1", lambda r: str(r["train_size"])  # noqa: E731
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(columns) + 2) if segmentation else 6.4, 4.2), dpi=120)
     for r in results:
-        sizes = sorted(int(s) for s in r["sizes"])
-        top1 = [r["sizes"][str(s)]["top1"] for s in sizes]
-        label = f"{Path(r['run']).name} ({r['pos']})"
-        (line,) = ax.plot(sizes, top1, marker="o", label=label)
-        if r["train_size"] in sizes:
-            ax.plot([r["train_size"]], [r["sizes"][str(r["train_size"])]["top1"]], marker="*", ms=14,
+        keys = [c for c in columns if c in r["sizes"]]
+        (line,) = ax.plot([x_of(k) for k in keys], [r["sizes"][k][metric] for k in keys], marker="o",
+                          label=f"{Path(r['run']).name} ({r['pos']})")
+        if train_key(r) in r["sizes"]:
+            ax.plot([x_of(train_key(r))], [r["sizes"][train_key(r)][metric]], marker="*", ms=14,
                     color=line.get_color())
-    ax.set_xlabel("test resolution (px), no fine-tuning  (star: training resolution)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "Accuracy across resolutions")
+    if segmentation:
+        ax.set_xticks(range(len(columns)), [c.replace(" window ", "\nwindow ") for c in columns], fontsize=8)
+    ax.set_xlabel("test size (HxW), no fine-tuning  (star: training size)" if segmentation
+                  else "test resolution (px), no fine-tuning  (star: training resolution)")
+    ax.set_ylabel("mIoU (%)" if segmentation else "top-1 accuracy (%)")
+    ax.set_title(title or ("mIoU across test sizes" if segmentation else "Accuracy across resolutions"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path)
