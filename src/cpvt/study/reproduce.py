@@ -189,10 +189,10 @@ def test_plan(entry: dict, budget: dict, cfg, patch: int) -> tuple[dict[str, Any
     canvas = pair(entry["canvas"])
     windows = {}
     for label, (wh, ww) in grown.items():
-        if (wh > canvas[0]) != (ww > canvas[1]) or ((wh > canvas[0]) and (wh, ww) != canvas):
+        if wh > canvas[0] or ww > canvas[1]:
             raise ValueError(f"dataset entry {entry['name']!r}: the {label}x window {wh}x{ww} does not fit in the "
                              f"canvas {canvas[0]}x{canvas[1]}")
-        windows[label] = None if (wh, ww) == canvas or (wh >= canvas[0] and ww >= canvas[1]) else (wh, ww)
+        windows[label] = None if (wh, ww) == canvas else (wh, ww)  # a window of the whole canvas: the frame
     return ({k: column_key(canvas, v) for k, v in windows.items()},
             {"img_sizes": [canvas], "windows": list(dict.fromkeys(windows.values())), **common})
 
