@@ -162,11 +162,12 @@ def grid_cached(cache: dict, key: tuple, compute: Callable[[], Tensor]) -> Tenso
 
     Stored values are ordinary tensors even when first computed under
     ``torch.inference_mode()``, so evaluation before training is safe.
-    While exporting, the grid sizes are symbolic (they cannot be dictionary keys,
-    and a cached tensor would freeze one grid into the graph), so the value is
-    computed afresh, by the same code, and not stored.
+    While exporting or compiling, the grid sizes may be symbolic (a dictionary key
+    would specialise the graph to one grid, and a cached tensor would freeze that
+    grid into it), so the value is computed afresh, by the same code, inside the
+    graph, and not stored: one compiled graph then serves every input size.
     """
-    if is_exporting():
+    if is_exporting() or torch.compiler.is_compiling():
         return compute()
     if key not in cache:
         # A first call under torch.inference_mode() must not store an inference tensor: a later

@@ -9,6 +9,8 @@ their blocks through :func:`run_blocks`, which calls every encoding at its hooks
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -117,28 +119,49 @@ def between_blocks(encodings: list[PositionEncoding], x: Tensor, grid: Grid, aft
 
 
 def block_position(encodings: list[PositionEncoding], grid: Grid, layer: int, qk: Tensor | None) -> BlockPosition:
-    """Collect what the encodings hand block ``layer``: biases and angles add, hidden-token hooks chain."""
+    """Collect what the encodings hand block ``layer``: biases and angles add, hidden-token hooks chain.
+
+    Written as one plain loop, with the hooks combined by module-level functions, so that ``torch.compile``
+    traces it into the caller's graph (comprehension variables captured by closures break the graph).
+    """
     bias = angles = None
+    ffns, projections, contents = [], [], []
     for enc in encodings:
         bias = add_tensors(bias, enc.attn_bias(grid, layer))
         angles = add_tensors(angles, enc.qk_angles(grid, layer))
-    ffns = [f for enc in encodings if (f := enc.ffn_hidden(grid, layer)) is not None]
-
-    def ffn(h: Tensor) -> Tensor:
-        for f in ffns:
-            h = f(h)
-        return h
-
-    projections = [f for enc in encodings if (f := enc.qkv_tokens(grid, layer)) is not None]
+        ffn = enc.ffn_hidden(grid, layer)
+        if ffn is not None:
+            ffns.append(ffn)
+        projection = enc.qkv_tokens(grid, layer)
+        if projection is not None:
+            projections.append(projection)
+        content = enc.content_bias(grid, layer)
+        if content is not None:
+            contents.append(content)
     if len(projections) > 1:
         raise ValueError("only one position encoding may replace the q/k/v projection inputs")
-    contents = [f for enc in encodings if (f := enc.content_bias(grid, layer)) is not None]
+    return BlockPosition(grid, bias, qk, angles, _combine(_chain, ffns), projections[0] if projections else None,
+                         _combine(_total, contents))
 
-    def content(x: Tensor) -> Tensor:
-        return sum(f(x) for f in contents)
 
-    return BlockPosition(grid, bias, qk, angles, ffn if ffns else None, projections[0] if projections else None,
-                         content if contents else None)
+def _combine(how, fns: list):
+    """None for no hook, the hook itself for one, ``how`` over all of them for several."""
+    if not fns:
+        return None
+    return fns[0] if len(fns) == 1 else partial(how, tuple(fns))
+
+
+def _chain(fns: tuple, h: Tensor) -> Tensor:
+    for f in fns:
+        h = f(h)
+    return h
+
+
+def _total(fns: tuple, x: Tensor) -> Tensor:
+    out = fns[0](x)
+    for f in fns[1:]:
+        out = out + f(x)
+    return out
 
 
 def run_blocks(x: Tensor, grid: Grid, encodings: list[PositionEncoding], pos_drop: nn.Module, blocks: nn.ModuleList):
