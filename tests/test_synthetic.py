@@ -183,3 +183,24 @@ def test_training_scenes_are_zoomed_about_the_centre_keeping_the_label():
     assert torch.equal(unzoomed.render("train", idx[:8], 32), render_scene_params(make_scene_params(3, 0, idx[:8]), 32))
     with pytest.raises(ValueError, match="zoom"):
         SyntheticShapes(train_zoom=(2, 1))
+
+
+def test_shape_colors_give_each_shape_its_own_colour_and_keep_the_scenes():
+    from cpvt.data.synthetic import SHAPE_COLOR_JITTER, SHAPE_COLORS, SyntheticShapes
+
+    plain, coloured = SyntheticShapes(), SyntheticShapes(shape_colors=True)
+    a, b = plain.scenes("val", range(200)), coloured.scenes("val", range(200))
+    for key in ("label", "cx", "cy", "r", "dx", "dmask"):  # the same scenes, only the colours differ
+        assert torch.equal(a[key], b[key]), key
+    assert ((b["color"] - SHAPE_COLORS[b["shape"]]).abs() <= SHAPE_COLOR_JITTER + 1e-6).all()
+    assert not ((a["color"] - SHAPE_COLORS[a["shape"]]).abs() <= SHAPE_COLOR_JITTER + 1e-6).all()
+
+
+def test_data_options_reach_the_synthetic_source_and_bad_ones_are_named(tmp_path):
+    from cpvt.data.named import open_source
+
+    assert open_source("synthetic", options={"shape_colors": True}).shape_colors
+    with pytest.raises(ValueError, match="unknown option.*colours.*valid: .*shape_colors"):
+        open_source("synthetic", options={"colours": True})
+    with pytest.raises(ValueError, match="for the built-in 'synthetic' data"):
+        open_source(str(tmp_path), options={"shape_colors": True})

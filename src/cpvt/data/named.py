@@ -35,12 +35,14 @@ so an interrupted extraction never looks complete.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -130,6 +132,7 @@ def open_source(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     seed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> DataSource | MaskFolderSource:
     """The :class:`~cpvt.data.base.DataSource` for ``--data``.
 
@@ -138,12 +141,25 @@ def open_source(
     a path to a folder of frames and label maps in :class:`~cpvt.data.masks.MaskFolderSource`'s default layout
     (:func:`is_mask_folder`), or a path to an ImageNet-layout folder. Raises :class:`~cpvt.data.base.DataError`
     saying where it looked when a named dataset is missing.
+
+    ``options`` (a run's ``data_args``, ``--set data.KEY=VALUE``) go to the built-in synthetic source
+    (:class:`~cpvt.data.synthetic.SyntheticShapes`: ``shape_colors``, ``noise``, ``train_zoom``, ...); the
+    file-backed sources take none.
     """
     key = data.strip().lower()
+    options = dict(options or {})
     if key == "synthetic":
         from .synthetic import SyntheticShapes
 
-        return SyntheticShapes(seed=seed)
+        valid = set(inspect.signature(SyntheticShapes).parameters) - {"seed"}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for data 'synthetic'; "
+                             f"valid: {', '.join(sorted(valid))}")
+        return SyntheticShapes(seed=seed, **options)
+    if options:
+        raise ValueError(f"data options ({', '.join(sorted(options))}) are for the built-in 'synthetic' data; "
+                         f"'{data}' takes none")
     cache = resolve_cache_dir(cache_dir)
     if key in NAMED:
         return ImageFolderSource(_named_folder(key, data_root, cache), name=key, cache_dir=cache, workers=workers)

@@ -35,6 +35,7 @@ class TrainConfig:
     model: str = "deit_tiny"
     model_args: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     data: str = "synthetic"  # cifar10 | imagenette | synthetic | camvid | path to an image or mask folder
+    data_args: dict[str, Any] = field(default_factory=dict)  # the data source's options (synthetic: shape_colors, ...)
     data_root: str | None = None
     cache_dir: str | None = None
     # auto: by the data (frames with label maps, a SegSplit source: segmentation; else classification) |
@@ -251,7 +252,7 @@ def _coerce(name: str, value: Any, current: Any, annotation: str) -> Any:
 
 
 def apply_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """Set fields from a flat dict; ``model.<key>`` goes into ``model_args``.
+    """Set fields from a flat dict; ``model.<key>`` goes into ``model_args``, ``data.<key>`` into ``data_args``.
 
     Unknown keys raise a ValueError that lists the valid ones.
     """
@@ -261,12 +262,16 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
             cfg.model_args[key[len("model.") :]] = value
         elif key == "model_args":
             cfg.model_args.update(value)
+        elif key.startswith("data."):
+            cfg.data_args[key[len("data.") :]] = value
+        elif key == "data_args":
+            cfg.data_args.update(value)
         elif key in fields:
             annotation = str(fields[key].type)
             setattr(cfg, key, _coerce(key, value, getattr(cfg, key), annotation))
         else:
             raise ValueError(
-                f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}, or model.<override>"
+                f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}, model.<override> or data.<option>"
             )
     return cfg
 

@@ -367,7 +367,8 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     streams under ``seed + rank``) is part of what makes a run reproducible.
     """
     torch.manual_seed(cfg.seed)
-    source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers)
+    source = open_source(cfg.data, data_root=cfg.data_root, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                         options=cfg.data_args)
     task = resolve_task(cfg, source)
     sizes = _train_sizes(cfg, task)
     train_split, val_split = load_data(cfg, info, task, source)

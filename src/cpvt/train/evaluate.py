@@ -219,9 +219,10 @@ def evaluate_runs(
         if name is None:  # a Hub layout folder (or a converted checkpoint) keeps the model, not its run config
             raise DataError(f"{run} does not record the data it was trained on (it holds no run config): "
                             "name it with --data (data=...)")
-        key = (name, data_root or cfg.get("data_root"), cache_dir or cfg.get("cache_dir"))
+        options = cfg.get("data_args") or {} if data is None else {}  # another dataset: its own defaults
+        key = (name, data_root or cfg.get("data_root"), cache_dir or cfg.get("cache_dir"), repr(sorted(options.items())))
         if key not in sources:
-            sources[key] = open_source(name, data_root=key[1], cache_dir=key[2])
+            sources[key] = open_source(name, data_root=key[1], cache_dir=key[2], options=options)
         source = sources[key]
         _check_classes(run, ckpt, model, name, source)
         if segmentation:
@@ -282,7 +283,7 @@ def results_table(results: list[dict[str, Any]], markdown: bool = False) -> str:
     rows = []
     for r in results:
         cells = [r["sizes"][str(s)]["top1"] if str(s) in r["sizes"] else "" for s in sizes]
-        rows.append([Path(r["run"]).name or r["run"], r["model"], r["pos"], r["train_size"]] + [
+        rows.append([r.get("label") or Path(r["run"]).name or r["run"], r["model"], r["pos"], r["train_size"]] + [
             round(c, 2) if isinstance(c, float) else c for c in cells
         ])
     return format_table(rows, headers, markdown=markdown)
@@ -310,7 +311,7 @@ def plot_results(results: list[dict[str, Any]], path: str | Path, title: str | N
     for r in results:
         keys = [c for c in columns if c in r["sizes"]]
         (line,) = ax.plot([x_of(k) for k in keys], [r["sizes"][k][metric] for k in keys], marker="o",
-                          label=f"{Path(r['run']).name} ({r['pos']})")
+                          label=f"{r.get('label') or Path(r['run']).name} ({r['pos']})")
         if train_key(r) in r["sizes"]:
             ax.plot([x_of(train_key(r))], [r["sizes"][train_key(r)][metric]], marker="*", ms=14,
                     color=line.get_color())
