@@ -94,3 +94,11 @@ def test_auto_round_trips_through_a_checkpoint_and_the_commands(tiny_run, tmp_pa
     assert main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--set", "model.fixed_grid=auto",
                  "--json", str(tmp_path / "e.json")]) == 0  # parity checked in onnxruntime at 3 sizes
     assert len(json.loads((tmp_path / "e.json").read_text())["verified"]) >= 3
+
+
+def test_predict_and_export_default_to_auto_unless_a_fixed_grid_option_is_given():
+    from cpvt.cli import deploy_options
+
+    assert deploy_options([], "predict") == {"fixed_grid": "auto"}
+    assert deploy_options(["model.fixed_grid=off"], "export") == {"fixed_grid": "off"}
+    assert deploy_options(["model.peg_fixed_grid=None"], "export") == {"peg_fixed_grid": None}  # explicit wins

@@ -306,12 +306,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def deploy_options(sets, command: str) -> dict:
+    """``predict`` and ``export`` run a trained model at the sizes it is given, so they default to
+    ``fixed_grid="auto"``: each encoding's measured best test-time fix (docs/dense.md, "Which fix"), the
+    identity at the training size. Any ``fixed_grid`` or ``*_fixed_grid`` option given wins; ``off`` runs the
+    model as trained."""
+    options = model_options(sets, command)
+    if not any(key == "fixed_grid" or key.endswith("_fixed_grid") for key in options):
+        options["fixed_grid"] = "auto"
+    return options
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export
 
     sizes = [s if isinstance(s, tuple) else (s, s) for s in (args.verify_sizes or [])]
     report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
-                    sizes=sizes, tol=args.tol, overrides=model_options(args.set, "export"), verify=not args.no_verify)
+                    sizes=sizes, tol=args.tol, overrides=deploy_options(args.set, "export"), verify=not args.no_verify)
     opset = f", opset {report['opset']}" if report["opset"] else ""
     if report["format"] == "hub":
         print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), Hugging Face Hub layout "
@@ -337,7 +348,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy.predict import format_predictions, predict
 
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
-                    batch_size=args.batch_size, overrides=model_options(args.set, "predict"), out_dir=args.out,
+                    batch_size=args.batch_size, overrides=(model_options if args.onnx else deploy_options)(args.set, "predict"), out_dir=args.out,
                     alpha=args.alpha)
     print(format_predictions(preds))
     if args.json:
@@ -543,7 +554,7 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--tol", type=positive_float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
     s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
     add_set(s, "model.KEY=VALUE", "model option: a registry model's (model.num_classes=10) or a run's test-time "
-            "fix (model.fixed_grid=auto, model.peg_fixed_grid=dilate)")
+            "fix (default model.fixed_grid=auto; model.fixed_grid=off exports the model as trained)")
     s.add_argument("--json", help="write the export report (sizes and differences) here")
     s.set_defaults(fn=cmd_export)
 
@@ -561,7 +572,8 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
     s.add_argument("--batch-size", type=positive_int, default=32)
-    add_set(s, "model.KEY=VALUE", "rebuild the trained model with this option, e.g. model.peg_fixed_grid=dilate")
+    add_set(s, "model.KEY=VALUE", "rebuild the trained model with this option (default model.fixed_grid=auto, "
+            "each encoding's measured best test-time fix; model.fixed_grid=off runs it as trained)")
     s.set_defaults(fn=cmd_predict)
 
 
