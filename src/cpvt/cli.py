@@ -5,7 +5,7 @@
     cpvt info MODEL [--img-size N] [--json] [--set model.key=value ...]
     cpvt train --model M --data D [...]   train (see `cpvt train -h`)
     cpvt eval RUN [RUN ...] --img-sizes 32,48,64 [--json F] [--plot F] [--frames F] [--windows W] [--split S]
-    cpvt demo                             train 3 micro models and test them at 3 resolutions
+    cpvt demo                             train 3 micro models and test them at 1x-3x
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
     cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
     cpvt export RUN_OR_MODEL [--format onnx|pt2|hub] [--out F]   dynamic batch/height/width, verified at 3+ sizes
@@ -486,7 +486,7 @@ def _training_commands(sub) -> None:
     add_set(s, "model.KEY=VALUE", "rebuild the trained models with this option, e.g. model.peg_fixed_grid=dilate")
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x/1.5x/2x (make demo)")
+    s = sub.add_parser("demo", help="train 3 micro models on synthetic shapes, test at 1x-3x, the PEG also with fixed_grid=auto (make demo)")
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished demo runs")
     add_set(s, "KEY=VALUE", "config override for all three runs; model.KEY for a model option")
