@@ -45,3 +45,20 @@ def test_compiled_evaluation_agrees_and_compiles_once_for_all_sizes(tmp_path):
 
 def test_compile_is_not_part_of_a_runs_identity(tmp_path):
     assert run_name(tiny(tmp_path)) == run_name(tiny(tmp_path, compile=True))
+
+
+@pytest.mark.parametrize("name", ["cpvt_micro", pytest.param("deit_micro_rope", marks=pytest.mark.slow)])
+def test_frozen_compiled_inference_matches_eager_at_two_sizes(name):
+    """``cpvt eval --compile``'s path: inductor with freezing (weights folded in and pre-packed), one
+    dynamic graph for both sizes, logits equal to eager's within fp32 rounding."""
+    from cpvt.models import create_model
+    from cpvt.train.engine import compile_model
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    frozen = compile_model(model, dynamic=True, frozen=True)
+    with torch.inference_mode():
+        for size in (32, 48):
+            x = torch.randn(4, 3, size, size)
+            assert torch.allclose(frozen(x), model(x), atol=1e-4, rtol=1e-4), size

@@ -175,10 +175,14 @@ def _log(info: DistInfo, *args) -> None:
         print(*args, flush=True)
 
 
-def compile_model(model: nn.Module, dynamic: bool | None = None) -> nn.Module:
+def compile_model(model: nn.Module, dynamic: bool | None = None, frozen: bool = False) -> nn.Module:
     """``torch.compile`` with the default mode. ``dynamic=True`` traces sizes symbolically, so evaluating
-    at many resolutions compiles once (``benchmarks/throughput.py`` measures what it buys)."""
-    return torch.compile(model, dynamic=dynamic)
+    at many resolutions compiles once (``benchmarks/throughput.py`` measures what it buys).
+
+    ``frozen=True`` is for inference only (the weights must not change afterwards): inductor's freezing
+    folds the parameters into the graph as constants, so it can fold constant work and pre-pack the weights
+    for its matmul and convolution kernels."""
+    return torch.compile(model, dynamic=dynamic, options={"freezing": True} if frozen else None)
 
 
 def compiled_graphs() -> int:

@@ -142,7 +142,8 @@ def _segmentation_row(run, ckpt, model, dev, sizes, name, source, batch_size, am
     }
     runner, graphs = model, 0
     if compile:
-        runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or windows != [None] or None), compiled_graphs()
+        runner, graphs = (compile_model(model, dynamic=len(sizes) > 1 or windows != [None] or None, frozen=True),
+                          compiled_graphs())
     for s in sizes:
         for w in windows:
             t0 = time.perf_counter()
@@ -242,7 +243,7 @@ def evaluate_runs(
         mean, std = pre["mean"], pre["std"]
         runner, graphs = model, 0
         if compile:
-            runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None), compiled_graphs()
+            runner, graphs = compile_model(model, dynamic=len(sizes) > 1 or None, frozen=True), compiled_graphs()
         for s in sizes:
             images = source.split(split_name, s, mode="eval", crop_pct=pct, limit=limit)
             for note in images.notes:  # skipped files and ignored links: said once, not once per size
