@@ -94,6 +94,7 @@ class SegmentationModel(FixedGridAPI, nn.Module):
         inner = self.backbone.model
         self.patch_size, self.img_size, self.in_chans = inner.patch_size, inner.img_size, inner.in_chans
         self.num_prefix = getattr(inner, "num_prefix", 0)
+        self.embed_dim = inner.embed_dim  # the backbone's token width (the last stage's for a pyramid)
 
     def grid_for(self, img_size: int | tuple[int, int]) -> tuple[int, int]:
         return self.backbone.model.grid_for(img_size)

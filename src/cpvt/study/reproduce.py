@@ -378,7 +378,7 @@ def _train_and_test(job: Job) -> dict[str, Any]:
         "run": job.dir.name, "data": job.data, "dataset": job.config.data, "model": job.config.model, "model_args": job.config.model_args,
         "seed": job.config.seed, "rows": [m[0] for m in job.members], "train_size": job.config.img_size,
         "epochs": job.config.epochs, "threads": torch.get_num_threads(),
-        "precision": str(autocast_dtype(torch.device("cpu" if not torch.cuda.is_available() else "cuda"), job.config.amp)
+        "precision": str(autocast_dtype(torch.device("cpu" if not torch.cuda.is_available() else "cuda"), job.config.amp, model)
                          or torch.float32).removeprefix("torch."), "compiled": bool(job.config.compile), "curve": curve,
         "sizes": job.sizes, **scores, **count_params(model), "train_loss": metrics.get("train_loss"), "train_s": round(train_s, 1),
         "eval_s": round(eval_s, 1), "code": code_version(),

@@ -401,7 +401,7 @@ def setup(cfg: TrainConfig, ckpt: Checkpoint | None, info: DistInfo, device: tor
     ddp = torch.nn.parallel.DistributedDataParallel(runner) if info.enabled else runner
     st = TrainState(cfg, info, device, Path(cfg.out), model, runner, ddp, optimizer, scheduler, ema, order,
                     {s: task.augment(s, train_split).to(device) for s in sizes}, tokens,
-                    autocast_dtype(device, cfg.amp), train_split, val_split, cfg.to_dict(), progress["epoch"],
+                    autocast_dtype(device, cfg.amp, model), train_split, val_split, cfg.to_dict(), progress["epoch"],
                     progress["step"], progress[best_key], saved=None if ckpt is None else (progress["epoch"],
                     progress["step"]), task=task)
     if info.is_main:

@@ -90,7 +90,7 @@ def evaluate_segmentation(
     was_training = model.training
     model.eval()
     transform = EvalTransform(mean, std).to(device)
-    dtype = amp if isinstance(amp, torch.dtype) or amp is None else autocast_dtype(device, amp)
+    dtype = amp if isinstance(amp, torch.dtype) or amp is None else autocast_dtype(device, amp, model)
     stored = tuple(split.images.shape[-2:])
     target_size = _pair(size) if size is not None else stored
     win = _pair(window) if window is not None else None

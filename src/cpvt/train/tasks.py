@@ -63,7 +63,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     transform = EvalTransform(mean, std).to(device)
-    dtype = autocast_dtype(device, amp)
+    dtype = autocast_dtype(device, amp, model)
     idx = torch.arange(info.rank, len(split), info.world_size)
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
     k = min(5, split.num_classes)
