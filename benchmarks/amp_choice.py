@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import cpvt
+from cpvt.train.precision import cpu_description
 from cpvt.utils.table import format_table
 
 CASES = [  # (label, model, overrides, size, batch, mode)
@@ -28,19 +29,6 @@ CASES = [  # (label, model, overrides, size, batch, mode)
     ("CPVT-Ti, 224 px, inference", "cpvt_ti", {}, 224, 16, "infer"),
     ("CPVT-Ti, 224 px, training", "cpvt_ti", {}, 224, 16, "train"),
 ]
-
-
-def cpu_flags() -> tuple[str, set[str]]:
-    model, flags = "unknown", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, flags
 
 
 def step(model, mode, x, y, opt, dtype):
@@ -63,8 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    name, flags = cpu_flags()
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    name, bf16 = cpu_description()
     print(f"CPU: {name}; bf16 instructions: {', '.join(bf16) or 'none (AVX2 only: bf16 is emulated)'}; "
           f"{args.threads} thread(s), torch {torch.__version__}")
     rows, out = [], []

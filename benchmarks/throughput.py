@@ -8,6 +8,11 @@ Every subject is measured in the same process, in interleaved rounds (subject af
 subject, round after round), and each cell is the median over rounds, so a noisy
 machine moves every column alike: read the ratios, not the absolute numbers.
 
+Subjects: timm's DeiT-Ti (when timm imports), cpvt's DeiT-Ti, DeiT-Ti without position and CPVT-Ti, eager;
+unless ``--no-compile``, cpvt's DeiT-Ti and CPVT-Ti compiled, and timm's and cpvt's compiled with inductor's
+freezing (``compiled+frozen``: inference columns only, as ``cpvt eval --compile`` runs). The CPU's model name
+and bf16 instruction sets are printed and stored in the JSON.
+
 Modes (``--modes``): inference and one training step (forward, backward, AdamW),
 each in fp32 and under bf16 autocast. On a CPU without bf16 instructions (AVX2
 only) bf16 is emulated, so there the fp32 columns are the ones to read. The
@@ -23,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +40,8 @@ import torch.nn.functional as F
 import cpvt
 from cpvt.models.info import count_flops
 from cpvt.train.allocator import keep_freed_memory
-from cpvt.train.precision import cpu_has_native_bf16
+from cpvt.train.engine import compile_model
+from cpvt.train.precision import cpu_description, cpu_has_native_bf16
 from cpvt.utils.table import format_table
 
 MODES = ("infer fp32", "infer bf16", "train fp32", "train bf16")
@@ -61,6 +66,11 @@ def subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
     if compiled:
         for name in ("deit_tiny", "cpvt_ti"):
             out[f"cpvt {name} compiled"] = torch.compile(cpvt.create_model(name, img_size=size))
+        # frozen (inference only): weights folded into the graph and pre-packed, as `cpvt eval --compile` runs
+        if t is not None:
+            out["timm deit_tiny compiled+frozen"] = compile_model(timm_model(size), frozen=True)
+        for name in ("deit_tiny", "cpvt_ti"):
+            out[f"cpvt {name} compiled+frozen"] = compile_model(cpvt.create_model(name, img_size=size), frozen=True)
     return out
 
 
@@ -105,7 +115,8 @@ def measure(args) -> dict:
         x = torch.randn(args.batch, 3, size, size)
         flops = {name: count_flops(cpvt.create_model(name.split()[1], img_size=size), size) / 1e9
                  for name in models if name.startswith("cpvt")}
-        calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in args.modes}
+        calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in args.modes
+                 if not (name.endswith("frozen") and mode.startswith("train"))}  # frozen weights cannot train
         for fn in calls.values():  # warm-up: compilation, allocator, first-call costs
             fn()
             fn()
@@ -167,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     args.memory = args.memory or args.memory_only
     res = {"sizes": {}, "limit_gflops": {}} if args.memory_only else measure(args)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    cpu_name, bf16_sets = cpu_description()
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name, "bf16_instructions": bf16_sets,
            "batch": args.batch, "rounds": args.rounds, "iters": args.iters, "native_bf16": cpu_has_native_bf16(),
            "keep_freed_memory": malloc}
-    print(f"\ntorch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
+    print(f"\nCPU: {cpu_name}; bf16 instructions: {', '.join(bf16_sets) or 'none (AVX2 only: bf16 emulated)'}")
+    print(f"torch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
           f"rounds; matmul limit "
           f"{', '.join(f'{k} {v:.0f}' for k, v in res['limit_gflops'].items())} GFLOP/s; "
           f"native bf16: {env['native_bf16']}; keep_freed_memory: {malloc}\n")
@@ -181,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             row = [name]
             for mode in args.modes:
+                if f"{name}|{mode}" not in cells:  # a frozen model in a training mode
+                    row.append("-")
+                    continue
                 c = cells[f"{name}|{mode}"]
                 base = cells[f"{ref}|{mode}"]["img_per_s"]
                 limit = res["limit_gflops"]["bf16" if mode.endswith("bf16") else "fp32"]

@@ -33,6 +33,22 @@ def model_width(model: torch.nn.Module | None) -> int | None:
     return None
 
 
+def cpu_description() -> tuple[str, list[str]]:
+    """This CPU's model name and its bf16 instruction sets (of avx512_bf16, amx_bf16), from /proc/cpuinfo
+    (``("unknown", [])`` where there is none): what benchmarks print beside their tables."""
+    name, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and name == "unknown":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return name, [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
 def autocast_dtype(device: torch.device, amp: str, model: torch.nn.Module | None = None) -> torch.dtype | None:
     """bf16 where it is faster (``auto``), or as asked.
 
