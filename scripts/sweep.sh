@@ -88,6 +88,8 @@ else
   # final report over the same rows and data (without --data it would go on to train the rows' other datasets).
   # It also finishes any run a lane left (for example one stopped by hand): at the lanes' thread count, since a
   # record made with N threads comes back bit for bit only with N.
-  OMP_NUM_THREADS=$threads $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")" ${DATA:+--data "$DATA"}
+  # SEEDS too: without it the final pass would go on to train every seed the lanes were told to leave, in one lane.
+  OMP_NUM_THREADS=$threads $bin/cpvt reproduce "$tables" --budget "$budget" --out "$out" --rows "$(IFS=,; echo "${rows[*]}")" \
+    ${DATA:+--data "$DATA"} ${SEEDS:+--seeds "$SEEDS"}
   exit $status
 fi
