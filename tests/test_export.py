@@ -417,3 +417,18 @@ def test_preprocess_matches_the_folder_loader(tmp_path):
     Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(tmp_path / "i.png")
     pre = Preprocess(24, crop_pct=0.9)
     assert np.array_equal(pre.uint8(tmp_path / "i.png"), load_image(tmp_path / "i.png", 24, "eval", 0.9))
+
+
+@pytest.mark.slow  # inductor compiles the model (about a minute on 2 cores)
+def test_predict_compiled_and_frozen_gives_the_eager_predictions(run, images):
+    eager = predict(run, [images], topk=3, batch_size=2)
+    frozen = predict(run, [images], topk=3, batch_size=2, compile=True)
+    assert frozen.backend == "pytorch, compiled and frozen"
+    for a, b in zip(eager.results, frozen.results, strict=True):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["prob"] for t in a["top"]] == pytest.approx([t["prob"] for t in b["top"]], abs=1e-4)
+
+
+def test_predict_compile_is_for_the_pytorch_model(run, images, tmp_path):
+    with pytest.raises(ValueError, match="--compile is for the PyTorch model"):
+        predict(run, [images], onnx=tmp_path / "model.onnx", compile=True)

@@ -347,9 +347,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .deploy.predict import format_predictions, predict
 
+    overrides = (model_options if args.onnx else deploy_options)(args.set, "predict")
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
-                    batch_size=args.batch_size, overrides=(model_options if args.onnx else deploy_options)(args.set, "predict"), out_dir=args.out,
-                    alpha=args.alpha)
+                    batch_size=args.batch_size, overrides=overrides, out_dir=args.out, alpha=args.alpha,
+                    compile=args.compile)
     print(format_predictions(preds))
     if args.json:
         preds.write_json(args.json)
@@ -572,6 +573,8 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
     s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--compile", action="store_true", help="torch.compile the model, frozen for inference (weights "
+                   "folded in and pre-packed), one graph for every size")
     add_set(s, "model.KEY=VALUE", "rebuild the trained model with this option (default model.fixed_grid=auto, "
             "each encoding's measured best test-time fix; model.fixed_grid=off runs it as trained)")
     s.set_defaults(fn=cmd_predict)

@@ -222,6 +222,7 @@ def predict(
     overrides: dict[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     alpha: float = 0.5,
+    compile: bool = False,
 ) -> Predictions:
     """Classify (or segment) image files and folders with a trained run.
 
@@ -230,7 +231,8 @@ def predict(
     skipped and listed, never raised. ``progress``: a tqdm bar (default: when an
     input is a folder and stderr is a terminal). ``overrides``: model options the
     run is rebuilt with (``--set model.KEY=VALUE``; not with ``onnx``, whose file
-    is fixed).
+    is fixed). ``compile``: run the PyTorch model through ``torch.compile`` with inductor's freezing (weights
+    folded in and pre-packed), one dynamic graph for every image size.
 
     A segmentation run needs ``out_dir`` (the label maps and overlays are written
     there, see the module docstring) and takes ``img_size`` as ``N`` or ``(h, w)``;
@@ -241,6 +243,8 @@ def predict(
     if onnx is not None and overrides:
         raise ValueError("--set model options rebuild the PyTorch model; an --onnx file runs as it was exported "
                          "(export it with --set instead)")
+    if onnx is not None and compile:
+        raise ValueError("--compile is for the PyTorch model; an --onnx file runs in onnxruntime")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be within 0..1, got {alpha}")
     if isinstance(img_size, tuple) and img_size[0] == img_size[1]:
@@ -269,10 +273,17 @@ def predict(
     if onnx is not None:
         forward, backend = onnx_runner(onnx), f"onnxruntime ({Path(onnx).name})"
     else:
+        if compile:  # one frozen graph (weights folded in and pre-packed) for every image size
+            from ..train.engine import compile_model
+
+            runner = compile_model(model, dynamic=True, frozen=True)
+        else:
+            runner = model
+
         def forward(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model(torch.from_numpy(x)).float().numpy()
-        backend = "pytorch"
+                return runner(torch.from_numpy(x)).float().numpy()
+        backend = "pytorch, compiled and frozen" if compile else "pytorch"
     files, skipped, folders = find_images(inputs)
     out = Predictions(skipped=skipped, backend=backend, img_size=size, task=task,
                       out_dir=str(out_dir) if task == "segmentation" else None)
