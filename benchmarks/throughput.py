@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import cpvt
 from cpvt.models.info import count_flops
 from cpvt.train.allocator import keep_freed_memory
-from cpvt.train.engine import compile_model
+from cpvt.utils.compiling import compile_model
 from cpvt.train.precision import cpu_description, cpu_has_native_bf16
 from cpvt.utils.table import format_table
 

@@ -52,7 +52,7 @@ def test_frozen_compiled_inference_matches_eager_at_two_sizes(name):
     """``cpvt eval --compile``'s path: inductor with freezing (weights folded in and pre-packed), one
     dynamic graph for both sizes, logits equal to eager's within fp32 rounding."""
     from cpvt.models import create_model
-    from cpvt.train.engine import compile_model
+    from cpvt.utils.compiling import compile_model
 
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -274,7 +274,7 @@ def predict(
         forward, backend = onnx_runner(onnx), f"onnxruntime ({Path(onnx).name})"
     else:
         if compile:  # one frozen graph (weights folded in and pre-packed) for every image size
-            from ..train.engine import compile_model
+            from ..utils.compiling import compile_model
 
             runner = compile_model(model, dynamic=True, frozen=True)
         else:

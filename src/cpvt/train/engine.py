@@ -55,6 +55,7 @@ from ..models.registry import load_strict
 from ..utils.errors import CheckpointWriteError, TrainingDiverged, TrainingStopped
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_to_main, init_distributed
+from ..utils.compiling import compile_model
 from .precision import autocast_dtype
 from .runlock import run_lock
 from .tasks import Task, resolve_task, size_text
@@ -173,23 +174,6 @@ class BatchOrder:
 def _log(info: DistInfo, *args) -> None:
     if info.is_main:
         print(*args, flush=True)
-
-
-def compile_model(model: nn.Module, dynamic: bool | None = None, frozen: bool = False) -> nn.Module:
-    """``torch.compile`` with the default mode. ``dynamic=True`` traces sizes symbolically, so evaluating
-    at many resolutions compiles once (``benchmarks/throughput.py`` measures what it buys).
-
-    ``frozen=True`` is for inference only (the weights must not change afterwards): inductor's freezing
-    folds the parameters into the graph as constants, so it can fold constant work and pre-pack the weights
-    for its matmul and convolution kernels."""
-    return torch.compile(model, dynamic=dynamic, options={"freezing": True} if frozen else None)
-
-
-def compiled_graphs() -> int:
-    """How many graphs torch.compile has built in this process (a recompile adds one)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 def _config_diff(a: dict, b: dict, ignore=("epochs", "out", "compile", "ckpt_every_steps")) -> list[str]:

@@ -41,7 +41,7 @@ from ..data.base import DataError, printable
 from ..models import model_from_checkpoint
 from ..models.base import pair
 from ..utils.table import format_table
-from .engine import compile_model, compiled_graphs
+from ..utils.compiling import compile_model, compiled_graphs
 from .tasks import evaluate
 
 
