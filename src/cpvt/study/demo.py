@@ -62,14 +62,18 @@ def run_demo(out: str = "runs/demo", fresh: bool = False, sets: list[str] | None
     results = [results[0], fixed[0], *results[1:]]
     for r in results:
         r.setdefault("label", Path(r["run"]).name)
-    print(f"\nTop-1 (%) on {len(_val_indices(cfg))} held-out scenes; trained at {cfg.img_size} px, tested at "
+    from ..data.named import open_source
+
+    source = open_source(cfg.data, options=cfg.data_args)  # the scenes the runs were validated on
+    held_out = range(min(source.sizes["val"], cfg.val_limit or source.sizes["val"]))
+    print(f"\nTop-1 (%) on {len(held_out)} held-out scenes; trained at {cfg.img_size} px, tested at "
           f"{' / '.join(map(str, sizes))} px with no fine-tuning:\n")
     print(results_table(results))
     write_json(results, root / "resolution.json")
     plot = plot_results(results, root / "resolution.png", title=f"cpvt demo: trained at {cfg.img_size} px")
     acc = {r["label"]: [r["sizes"][str(s)]["top1"] for s in sizes] for r in results}
-    print("\n" + reading(acc, sizes, sample_ceiling=_half_guess_score(cfg)))
-    scenes = draw_scenes(cfg, runs, sizes, root / "scenes.png")
+    print("\n" + reading(acc, sizes, sample_ceiling=_half_guess_score(source.labels("val", held_out))))
+    scenes = draw_scenes(cfg, source, runs, sizes, root / "scenes.png")
     print(f"\nPlots: {plot}, {scenes}   JSON: {root / 'resolution.json'}   ({time.perf_counter() - t0:.0f} s in all)")
     return results
 
@@ -126,34 +130,21 @@ def reading(acc: dict[str, list[float]], sizes: list[int], chance: float = 10.0,
     return "\n".join(lines)
 
 
-def _half_guess_score(cfg) -> float:
-    """Top-1 (%) of naming each held-out scene's shape and always guessing that shape's more frequent half."""
-    from ..data.named import open_source
-
-    labels = open_source(cfg.data, options=cfg.data_args).labels("val", _val_indices(cfg))
+def _half_guess_score(labels) -> float:
+    """Top-1 (%) of naming each scene's shape and always guessing that shape's more frequent half."""
     counts = labels.bincount(minlength=10).view(-1, 2)
     return 100 * counts.max(dim=1).values.sum().item() / labels.numel()
 
 
-def _val_indices(cfg) -> range:
-    from ..data.named import open_source
-
-    n = open_source(cfg.data, options=cfg.data_args).sizes["val"]
-    return range(min(n, cfg.val_limit or n))
-
-
-def draw_scenes(cfg, runs: list[str], sizes: list[int], path: Path, scenes: int = 4) -> Path:
+def draw_scenes(cfg, source, runs: list[str], sizes: list[int], path: Path, scenes: int = 4) -> Path:
     """A few held-out scenes at each test size, each with every demo model's prediction (green: right)."""
     import torch
 
-    from ..data.named import open_source
     from ..models.registry import model_from_checkpoint
     from ..utils.plotting import pyplot
 
-    source = open_source(cfg.data, options=cfg.data_args)  # the scenes the runs were validated on
-    models = {PEG: model_from_checkpoint(runs[0]).eval(), FIXED: model_from_checkpoint(runs[0], fixed_grid="auto"),
-              APE: model_from_checkpoint(runs[1]).eval(), NOPE: model_from_checkpoint(runs[2]).eval()}
-    models[FIXED].eval()
+    built = {PEG: (runs[0], {}), FIXED: (runs[0], {"fixed_grid": "auto"}), APE: (runs[1], {}), NOPE: (runs[2], {})}
+    models = {label: model_from_checkpoint(run, **opts).eval() for label, (run, opts) in built.items()}
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.mean, cfg.std))
     idx = list(range(scenes))
     truth = source.labels("val", idx).tolist()
