@@ -333,3 +333,24 @@ def test_a_new_run_in_a_used_folder_starts_a_new_log(tmp_path):
     train(tiny_config(tmp_path / "run", epochs=1))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert epochs == [1]
+
+
+@pytest.mark.parametrize("attention, device, tokens, dtype, math_only", [
+    ("auto", "cpu", 65, None, False),  # fp32: the fused kernel is 1.4-1.9x faster (benchmarks/attention_backends.py)
+    ("auto", "cpu", 65, torch.bfloat16, True),  # bf16, short: the math path is about 3.5x faster
+    ("auto", "cpu", 257, torch.bfloat16, False),
+    ("auto", "cuda", 65, torch.bfloat16, False),
+    ("math-short", "cpu", 65, None, True),  # the rule the committed classification records were trained with
+    ("math-short", "cpu", 257, None, False),
+    ("math", "cpu", 257, None, True),
+    ("default", "cpu", 65, torch.bfloat16, False),
+])
+def test_attention_auto_takes_the_math_path_only_where_it_measured_faster(attention, device, tokens, dtype, math_only):
+    from cpvt.train.engine import attention_context
+
+    cfg = TrainConfig(attention=attention)
+    with attention_context(cfg, torch.device(device), tokens, dtype):
+        fused_allowed = torch.backends.cuda.flash_sdp_enabled()  # sdpa_kernel's switch, the CPU's fused kernel too
+    assert fused_allowed is not math_only
+    with pytest.raises(ValueError, match="math-short"):
+        attention_context(TrainConfig(attention="fast"), torch.device("cpu"), 65)

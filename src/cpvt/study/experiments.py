@@ -143,6 +143,11 @@ def dataset_entries(budget: dict[str, Any]) -> list[dict[str, Any]]:
     in T2 the test-time rows (``eval_args``) by their own name, so ``["peg", "peg_dilate"]`` trains
     the PEG and tests it dilated but not resampled. ``study = "..."`` marks a
     variant of the protocol measured for the report's "why" section rather than for the tables.
+    ``recorded_with = { key = value }`` holds config settings that reproduce how the entry's committed records
+    were computed after a default changed what it computes (``attention = "math-short"``: the training
+    attention path before ``auto`` was measured in fp32). They apply to every run of the entry, and are
+    inherited, but stay out of run names: the names already meant them, so no record is orphaned and no
+    new run of the entry mixes other numerics into its rows.
     """
     out: dict[str, dict[str, Any]] = {}
     for raw in budget.get("datasets", []):

@@ -200,7 +200,7 @@ def test_plan(entry: dict, budget: dict, cfg, patch: int) -> tuple[dict[str, Any
 def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_root: str | None = None,
                cache_dir: str | None = None, sets: list | None = None):
     """The TrainConfig of one (row, dataset, seed): recipe <- budget [train] <- ``--set`` <- model <- model_args
-    <- seed. ``sets``: the command's ``--set`` pairs, config keys and ``model.KEY`` options for every run."""
+    <- seed, then the entry's ``recorded_with`` (left out of the run's name). ``sets``: the command's ``--set`` pairs, config keys and ``model.KEY`` options for every run."""
 
     size = entry.get("size", budget.get("size", "micro"))
     family = row.model.split("_")[0]  # DeiT sizes are spelled out (deit_tiny), CPVT's abbreviated (cpvt_ti)
@@ -224,6 +224,9 @@ def row_config(row: Row, entry: dict, budget: dict, seed: int, out: Path, data_r
     cfg.model_args = {k: v for k, v in cfg.model_args.items() if k not in defaults or norm(v) != norm(defaults[k])}
     cfg.img_size, cfg.seed = (list(img_size) if isinstance(img_size, tuple) else img_size), seed
     cfg.out = str(out / "runs" / entry["name"] / run_name(cfg))
+    # settings that keep the numerics the entry's committed records were made with after a default changed
+    # what it computes: applied after naming, since the name already meant them (see dataset_entries)
+    apply_overrides(cfg, dict(entry.get("recorded_with", {})))
     return cfg, patch
 
 

@@ -90,7 +90,7 @@ class TrainConfig:
     # running
     seed: int = 0
     amp: str = "auto"  # auto (bf16 where supported) | bf16 | off
-    attention: str = "auto"  # auto | default | math (see benchmarks/attention_backends.py)
+    attention: str = "auto"  # auto | default | math | math-short (cpvt.train.engine.attention_context)
     compile: bool = False  # torch.compile the model for training and evaluation (an execution detail, like workers)
     device: str = "auto"
     eval_every: int = 1  # epochs
@@ -203,7 +203,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seg_scale": (lambda v: _numbers(v, 2, lambda x: x > 0) and v[0] <= v[1], "two numbers 0 < min <= max"),
     "seed": (lambda v: v >= 0, "at least 0"),
     "amp": (lambda v: v in ("auto", "bf16", "off"), "auto, bf16 or off"),
-    "attention": (lambda v: v in ("auto", "default", "math"), "auto, default or math"),
+    "attention": (lambda v: v in ("auto", "default", "math", "math-short"), "auto, default, math or math-short"),
     "eval_every": _count,
     "ckpt_every_steps": (lambda v: v >= 0, "at least 0 (0: only at epoch ends)"),
     "eval_batch_size": _count,

@@ -62,14 +62,27 @@ from .tasks import Task, resolve_task, size_text
 
 
 # -- pieces --------------------------------------------------------------------
-def attention_context(cfg: TrainConfig, device: torch.device, tokens: int):
-    """SDPA backend. ``auto``: the math path on the CPU for short sequences, where
-    PyTorch's fused CPU kernel is slower in bf16 (benchmarks/attention_backends.py);
-    PyTorch's own choice everywhere else."""
-    if cfg.attention == "math" or (cfg.attention == "auto" and device.type == "cpu" and tokens <= 128):
+#: The longest sequence for which ``attention="auto"`` takes SDPA's math path on the CPU under bf16 autocast.
+SHORT_SEQUENCE = 128
+
+
+def attention_context(cfg: TrainConfig, device: torch.device, tokens: int, dtype: torch.dtype | None = None):
+    """The SDPA backend of a training step with ``tokens`` per image under autocast ``dtype`` (None: fp32).
+
+    ``auto`` takes the math path on the CPU for sequences of up to :data:`SHORT_SEQUENCE` tokens under
+    reduced-precision autocast, and PyTorch's own choice everywhere else: PyTorch's fused CPU kernel is about
+    3.5x slower than the math path in bf16 there, and 1.4-1.9x faster in fp32 at every shape measured
+    (``benchmarks/attention_backends.py``, docs/benchmarks.md). ``math-short`` is the rule ``auto`` followed
+    before that fp32 measurement, the math path for short sequences in any precision: the reproduction
+    budgets pin it for the protocols whose committed records were trained so (``recorded_with`` in
+    ``experiments/budgets.toml``), so their runs stay bit-identical.
+    """
+    if cfg.attention not in ("auto", "default", "math", "math-short"):
+        raise ValueError(f"attention must be auto, default, math or math-short, got {cfg.attention!r}")
+    short = device.type == "cpu" and tokens <= SHORT_SEQUENCE
+    if (cfg.attention == "math" or (cfg.attention == "math-short" and short)
+            or (cfg.attention == "auto" and short and dtype is not None)):
         return sdpa_kernel(SDPBackend.MATH)
-    if cfg.attention not in ("auto", "default", "math"):
-        raise ValueError(f"attention must be auto, default or math, got {cfg.attention!r}")
     return contextlib.nullcontext()
 
 
@@ -476,7 +489,7 @@ def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
     """
     cfg, device = st.cfg, st.device
     x, target = st.task.train_batch(st.augment[size], st.train_split, idx, device)
-    with attention_context(cfg, device, st.tokens[size]), torch.autocast(
+    with attention_context(cfg, device, st.tokens[size], st.dtype), torch.autocast(
         device.type, dtype=st.dtype or torch.float32, enabled=st.dtype is not None
     ):
         logits = st.ddp(x)
@@ -493,7 +506,7 @@ def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
             f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
         )
     st.optimizer.zero_grad(set_to_none=True)
-    with attention_context(cfg, device, st.tokens[size]):
+    with attention_context(cfg, device, st.tokens[size], st.dtype):
         loss.backward()
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_(st.model.parameters(), cfg.clip_grad)
