@@ -25,6 +25,7 @@ from cpvt.deploy.export import (
     blocking_part,
     default_sizes,
     export_model,
+    is_compiled_pt2,
     onnx_opset,
     read_metadata,
     verify_export,
@@ -252,6 +253,25 @@ def test_positions_interpolated_to_the_training_grid_export_with_dynamic_sizes(f
 def test_pt2_export_runs_at_other_sizes(tmp_path):
     assert_export_matches(slim("deit_micro", SLIM), tmp_path / "m.pt2", [(32, 32), (48, 48), (20, 44)], format="pt2",
                           tol=1e-5)
+
+
+@pytest.mark.slow  # AOTInductor compiles C++: 40 s for a micro model on one busy core
+def test_compiled_pt2_package_has_frozen_weights_and_matches_pytorch_at_three_sizes(tmp_path):
+    model = slim("cpvt_micro", SLIM)
+    path = export_model(model, tmp_path / "m.pt2", format="pt2", compile=True)
+    assert is_compiled_pt2(path)
+    assert len(verify_export(model, path, [(32, 32), (48, 48), (20, 44)], format="pt2", tol=1e-5)) == 3
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # frozen: the package holds its own copy of the weights
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        verify_export(model, path, [(32, 32)], format="pt2")
+
+
+def test_compile_applies_to_pt2_only(tmp_path):
+    assert not is_compiled_pt2(export_model(slim("deit_micro", SLIM), tmp_path / "m.pt2", format="pt2"))
+    for fmt in ("onnx", "hub"):
+        with pytest.raises(ValueError, match=f"compile applies to --format pt2.*not to {fmt}"):
+            export_model(slim("deit_micro", SLIM), tmp_path / f"m.{fmt}", format=fmt, compile=True)
 
 
 def test_verification_fails_over_the_tolerance(tmp_path):

@@ -8,7 +8,7 @@
     cpvt demo                             train 3 micro models and test them at 1x-3x
     cpvt convert WEIGHTS OUT --model M    timm Twins / official or HF CvT weights -> a cpvt checkpoint
     cpvt analyze KIND MODEL_OR_RUN ...    position information inside models
-    cpvt export RUN_OR_MODEL [--format onnx|pt2|hub] [--out F]   dynamic batch/height/width, verified at 3+ sizes
+    cpvt export RUN_OR_MODEL [--format onnx|pt2|hub] [--compile] [--out F]   dynamic batch/height/width, verified
                                           (hub: a Hugging Face Hub layout folder, config.json + model.safetensors)
     cpvt predict RUN IMAGE_OR_FOLDER ... [--img-size S] [--topk K] [--json F] [--onnx F] [--out DIR]
 
@@ -322,17 +322,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     sizes = [s if isinstance(s, tuple) else (s, s) for s in (args.verify_sizes or [])]
     report = export(args.run_or_model, out=args.out, format=args.format, opset=args.opset, img_size=args.img_size,
-                    sizes=sizes, tol=args.tol, overrides=deploy_options(args.set, "export"), verify=not args.no_verify)
+                    sizes=sizes, tol=args.tol, overrides=deploy_options(args.set, "export"), verify=not args.no_verify,
+                    compile=args.compile)
     opset = f", opset {report['opset']}" if report["opset"] else ""
     if report["format"] == "hub":
         print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), Hugging Face Hub layout "
               f"(config.json + model.safetensors); load it with cpvt.create_model({report['model']!r}, "
               f"pretrained={report['path']!r})")
     else:
-        print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {report['format']}{opset}, "
+        kind = f"{report['format']}{opset}" + (", compiled ahead of time (AOTInductor, frozen weights)"
+                                                  if report["compiled"] else "")
+        print(f"wrote {report['path']}: {report['model']} (pos={report['pos']}), {kind}, "
               f"dynamic batch, height and width (size {report['export_size']}, traced at {report['trace_size']})")
     if report["verified"]:
-        backend = {"onnx": "onnxruntime", "pt2": "torch.export.load", "hub": "reloaded"}[report["format"]]
+        backend = {"onnx": "onnxruntime", "pt2": "aoti_load_package" if report["compiled"] else "torch.export.load",
+                   "hub": "reloaded"}[report["format"]]
         rows = [[r["size"], f"{r['max_abs_diff']:.2e}", f"{r['max_abs_logit']:.2f}"] for r in report["verified"]]
         print(format_table(rows, ["size", f"max |{backend} - pytorch|", "max |logit|"]))
         print(f"verified at {len(rows)} sizes: every difference within {report['tolerance']:.0e}")
@@ -554,6 +558,8 @@ def _deploy_commands(sub) -> None:
                    "(default: the export size, 1.5x and a non-square one; at least 3 are checked)")
     s.add_argument("--tol", type=positive_float, default=1e-4, help="max |logit difference| allowed (default 1e-4)")
     s.add_argument("--no-verify", action="store_true", help="write the file without checking it")
+    s.add_argument("--compile", action="store_true", help="pt2 only: compile ahead of time with AOTInductor, weights "
+                   "frozen and pre-packed (needs a C++ compiler; load with torch._inductor.aoti_load_package)")
     add_set(s, "model.KEY=VALUE", "model option: a registry model's (model.num_classes=10) or a run's test-time "
             "fix (default model.fixed_grid=auto; model.fixed_grid=off exports the model as trained)")
     s.add_argument("--json", help="write the export report (sizes and differences) here")

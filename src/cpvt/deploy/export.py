@@ -12,7 +12,11 @@ so both formats keep the batch, height and width symbolic:
   its ``antialias`` attribute, which the learned APE's resampling needs, in opset
   18). The file's metadata holds the model name, class names and preprocessing.
 * ``pt2``: ``torch.export.save`` of the same ``ExportedProgram``; load it with
-  ``torch.export.load(path).module()``.
+  ``torch.export.load(path).module()``. With ``compile=True`` (``cpvt export --format pt2 --compile``) the
+  program is compiled ahead of time by AOTInductor with inductor's ``freezing`` (weights folded into the
+  compiled code and pre-packed, as ``cpvt eval --compile`` runs them) into a .pt2 package, still dynamic in
+  batch, height and width; it needs a C++ compiler at export time, and loads with
+  ``torch._inductor.aoti_load_package(path)`` (:func:`load_pt2` takes either kind).
 * ``hub``: no tracing; a folder in the Hugging Face Hub layout, ``config.json``
   (model name, options, ``pretrained_cfg``, class names) and ``model.safetensors``
   (:func:`cpvt.models.hub.save_pretrained`); load it with
@@ -146,11 +150,17 @@ def export_program(model: nn.Module, img_size: int | None = None, batch: int = 2
 
 
 def export_model(model: nn.Module, path: str | Path, format: str = "onnx", opset: int = DEFAULT_OPSET,
-                 img_size: int | None = None, metadata: dict[str, Any] | None = None) -> Path:
+                 img_size: int | None = None, metadata: dict[str, Any] | None = None, compile: bool = False) -> Path:
     """Write ``model`` to ``path`` as ONNX or a ``torch.export`` .pt2 program, batch/height/width dynamic, or as
-    a Hugging Face Hub layout folder (``hub``: the class names from ``metadata["classes"]``)."""
+    a Hugging Face Hub layout folder (``hub``: the class names from ``metadata["classes"]``).
+
+    ``compile`` (pt2 only): an AOTInductor package of the program with frozen, pre-packed weights instead.
+    """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if compile and format != "pt2":
+        raise ValueError(f"compile applies to --format pt2 (an AOTInductor package), not to {format}: ONNX runs "
+                         "through onnxruntime's own optimiser, and a hub folder holds weights only")
     path = Path(path)
     if format == "hub":
         from ..models.hub import save_pretrained
@@ -158,6 +168,16 @@ def export_model(model: nn.Module, path: str | Path, format: str = "onnx", opset
         return save_pretrained(model, path, classes=(metadata or {}).get("classes"))
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, img_size)
+    if format == "pt2" and compile:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                         inductor_configs={"freezing": True})
+        except Exception as e:  # noqa: BLE001 - a missing compiler or a lowering failure: one clear error
+            raise ExportError(f"cannot compile {model.model_name} ahead of time with AOTInductor: {_summary(e)} "
+                              "[it needs a C++ compiler; without --compile the .pt2 program needs none]") from e
+        return path
     if format == "pt2":
         torch.export.save(program, str(path))
         return path
@@ -215,6 +235,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {p.key[5:]: json.loads(p.value) for p in m.metadata_props if p.key.startswith("cpvt.")}
 
 
+def is_compiled_pt2(path: str | Path) -> bool:
+    """Whether a .pt2 file is an AOTInductor package (``export --compile``) rather than a saved program."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return any("/data/aotinductor/" in name for name in z.namelist())
+
+
+def load_pt2(path: str | Path):
+    """A callable for a .pt2 file written here: an AOTInductor package (compiled, frozen weights) or a saved
+    ``torch.export`` program (run as an eager module)."""
+    if is_compiled_pt2(path):
+        return torch._inductor.aoti_load_package(str(path))
+    return torch.export.load(str(path)).module()
+
+
 # -- verification -------------------------------------------------------------------------------------------------
 def _runner(path: Path, format: str):
     if format == "hub":  # the folder read back through create_model's pretrained= path
@@ -227,7 +263,7 @@ def _runner(path: Path, format: str):
                 return module(x)
         return run
     if format == "pt2":
-        module = torch.export.load(str(path)).module()
+        module = load_pt2(path)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -283,8 +319,10 @@ def verify_export(model: nn.Module, path: str | Path, sizes: list[tuple[int, int
 
 def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx", opset: int = DEFAULT_OPSET,
            img_size: int | None = None, sizes: list[tuple[int, int]] | None = None, tol: float = DEFAULT_TOLERANCE,
-           overrides: dict[str, Any] | None = None, verify: bool = True) -> dict[str, Any]:
+           overrides: dict[str, Any] | None = None, verify: bool = True, compile: bool = False) -> dict[str, Any]:
     """Export a run or registry model and verify it; returns a report (path, sizes and their max |diff|).
+
+    ``compile`` (pt2 only): an AOTInductor package with frozen weights (:func:`export_model`).
 
     ``out`` defaults to ``RUN/model.<format>`` for a run folder, ``<name>.<format>`` otherwise (for ``hub``, a
     folder: ``RUN/hub``, ``<name>-hub``).
@@ -298,6 +336,8 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
             out = src / "hub" if src.is_dir() else Path(f"{stem}-hub")
         else:
             out = src / f"model.{format}" if src.is_dir() else Path(f"{stem}.{format}")
+    if compile and format != "pt2":  # before the model is loaded
+        raise ValueError(f"--compile applies to --format pt2 (an AOTInductor package), not to {format}")
     sizes = list(sizes or [])
     for s in sizes:  # a size the model cannot take is a clear error before anything is written
         model.grid_for(s)
@@ -306,8 +346,9 @@ def export(run_or_model: str, out: str | Path | None = None, format: str = "onnx
             break
         if s not in sizes:
             sizes.append(s)
-    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format != "pt2" else None)
-    report = {"path": str(out), "format": format, "model": meta["model"], "pos": meta["pos"],
+    export_model(model, out, format, opset, meta["img_size"], metadata=meta if format != "pt2" else None,
+                 compile=compile)
+    report = {"path": str(out), "format": format, "compiled": compile, "model": meta["model"], "pos": meta["pos"],
               "opset": opset if format == "onnx" else None, "export_size": meta["img_size"],
               "trace_size": trace_size(model, meta["img_size"]) if format != "hub" else None, "tolerance": tol,
               "verified": []}
