@@ -19,6 +19,13 @@ their training plus evaluation time, with the same totals as the report (``cpvt.
 ``<!-- /readme_table -->`` (the rows named in the marker, in that order) and the text
 between ``<!-- compute -->`` and ``<!-- /compute -->`` of each file, so a fresh clone can refresh
 the pages after a sweep with nothing but this command.
+
+A page may also hold the CamVid headline (issue #37), from the CamVid report's own ``results.json``
+(``--dense-results``): ``<!-- dense_table rows=a,b,c -->`` ... ``<!-- /dense_table -->``, one line per
+row of ``experiments/t6_scale`` and ``t6_canvas`` (same names): mIoU at 1x and at 3x under Scale and under
+Canvas, mean ± sd over seeds, and ``<!-- dense_compute -->`` ... ``<!-- /dense_compute -->``.
+
+    .venv/bin/python scripts/readme_table.py --dense --rows none,ape,peg,peg_dilate   # print it
 """
 
 from __future__ import annotations
@@ -75,8 +82,58 @@ def compute(results: list[dict], data: str) -> str:
     return f"{n} runs and {len(runs) - n} tests, {minutes(runs):,.0f} min of training and evaluation in all"
 
 
+#: The CamVid protocols' dataset entries and row folders (experiments/t6_scale, t6_canvas).
+DENSE = (("camvid-scale", "t6_scale", "Scale"), ("camvid-canvas", "t6_canvas", "Canvas"))
+
+
+def dense_headline(results: list[dict], rows: dict, names: list[str]) -> str:
+    """Markdown table: per row name, mIoU at 1x and at the largest size under each CamVid protocol (mean ± sd)."""
+    headers, columns = ["encoding", "seeds"], []
+    for data, folder, title in DENSE:
+        runs = [r for r in results if r["data"] == data]
+        if not runs:
+            raise SystemExit(f"no runs on {data!r}; datasets: {sorted({r['data'] for r in results})}")
+        sizes = runs[0]["sizes"]
+        far = max(sizes, key=float)
+        headers += [f"{title} 1x", f"{title} {far}x"]
+        columns.append((data, folder, far, Results(runs, rows)))
+    body = []
+    for name in names:
+        line, seeds = [], []
+        for data, folder, far, res in columns:
+            rid = f"{folder}/{name}"
+            if rid not in rows:
+                raise SystemExit(f"unknown row {name!r}: no experiments/{folder}/{name}.toml")
+            one, last = res.metric(data, f"{rid}:miou"), res.metric(data, f"{rid}:miou@{far}")
+            if not one.n:
+                raise SystemExit(f"{name}: no record on {data}")
+            seeds.append(str(one.n))
+            line += [one.fmt(short=True), last.fmt(short=True)]
+        body.append([rows[f"{DENSE[0][1]}/{name}"].label, "/".join(dict.fromkeys(seeds)), *line])
+    return format_table(body, headers, markdown=True)
+
+
+def dense_compute(results: list[dict]) -> str:
+    """One line: the CamVid runs, tests and minutes over both protocols."""
+    runs = [r for r in results if r["data"] in {d for d, _, _ in DENSE}]
+    if not runs:
+        raise SystemExit("no CamVid runs")
+    n = len(trained(runs))
+    return f"{n} runs and {len(runs) - n} tests, {minutes(runs):,.0f} min of training and evaluation in all"
+
+
 TABLE = re.compile(r"(<!-- readme_table rows=(\S+) -->\n)(.*?)(\n<!-- /readme_table -->)", re.S)
 COMPUTE = re.compile(r"(<!-- compute -->)(.*?)(<!-- /compute -->)", re.S)
+DENSE_TABLE = re.compile(r"(<!-- dense_table rows=(\S+) -->\n)(.*?)(\n<!-- /dense_table -->)", re.S)
+DENSE_COMPUTE = re.compile(r"(<!-- dense_compute -->)(.*?)(<!-- /dense_compute -->)", re.S)
+
+
+def write_dense(text: str, results: list[dict], rows: dict) -> str:
+    """``text`` with its marked CamVid table and compute line (if it has them) regenerated from ``results``."""
+    names = [n for m in DENSE_TABLE.findall(text) for n in m[1].split(",") if n]
+    text = DENSE_TABLE.sub(lambda m: m[1] + dense_headline(results, rows, [n for n in m[2].split(",") if n]) + m[4],
+                           text)
+    return DENSE_COMPUTE.sub(lambda m: m[1] + dense_compute(results) + m[3], text) if names else text
 
 
 def write(text: str, results: list[dict], rows: dict, data: str) -> str:
@@ -97,19 +154,30 @@ def main() -> None:
     p.add_argument("--rows", help="comma-separated T2 row names (experiments/t2_resolution/NAME.toml), in order")
     p.add_argument("--write", type=Path, nargs="+", metavar="PAGE",
                    help="rewrite the marked table and compute line of these files (README.md docs/findings.md)")
+    p.add_argument("--dense", action="store_true", help="print the CamVid headline of --rows instead")
+    p.add_argument("--dense-results", type=Path, default=ROOT / "docs/results/cpu/camvid/results.json")
     args = p.parse_args()
     results = json.loads(args.results.read_text())["runs"]
+    rows = load_rows(ROOT / "experiments")
+    if args.dense and not args.write:
+        dense = json.loads(args.dense_results.read_text())["runs"]
+        print(dense_headline(dense, rows, [n.strip() for n in (args.rows or "none,ape,peg,peg_dilate").split(",")]))
+        print()
+        print(dense_compute(dense))
+        return
     if args.write:
         if args.rows:
             p.error("--write takes its rows from each page's marker, not --rows")
         for page in args.write:
             old = page.read_text()
-            new = write(old, results, load_rows(ROOT / "experiments"), args.data)
+            new = write(old, results, rows, args.data)
+            if DENSE_TABLE.search(new):
+                new = write_dense(new, json.loads(args.dense_results.read_text())["runs"], rows)
             page.write_text(new)
             print(f"{page}: {'updated' if new != old else 'already up to date'}")
         return
     names = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
-    print(headline(results, load_rows(ROOT / "experiments"), args.data, names))
+    print(headline(results, rows, args.data, names))
     print()
     print(compute(results, args.data))
 

@@ -84,3 +84,40 @@ def test_readme_table_has_at_most_ten_rows(script):
     text = (script.ROOT / "README.md").read_text()
     [(_, names, _, _)] = script.TABLE.findall(text)
     assert 0 < len(names.split(",")) <= 10, "the README's headline table is at most 10 rows; all of them: docs/findings.md"
+
+
+def _seg(data, rid, seed, curve):
+    sizes = {"1": "120x160", "2": "240x320", "3": "360x480"}
+    return {"data": data, "rows": [rid], "seed": seed, "sizes": sizes, "metric": "miou",
+            "scales": dict(zip(sizes, curve)), "train_s": 600.0, "eval_s": 60.0}
+
+
+def test_dense_headline_sets_scale_and_canvas_side_by_side(script):
+    rows = load_rows(experiments_dir())
+    results = [_seg("camvid-scale", "t6_scale/peg", 0, [30.0, 29.0, 27.0]),
+               _seg("camvid-scale", "t6_scale/peg", 1, [32.0, 30.0, 28.0]),
+               _seg("camvid-canvas", "t6_canvas/peg", 0, [31.0, 28.0, 24.0]),
+               _seg("camvid-canvas", "t6_canvas/peg", 1, [33.0, 29.0, 26.0])]
+    lines = script.dense_headline(results, rows, ["peg"]).splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["encoding", "seeds", "Scale 1x", "Scale 3x",
+                                                             "Canvas 1x", "Canvas 3x"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == [rows["t6_scale/peg"].label, "2", "31.00 ± 1.41",
+                                                             "27.50 ± 0.71", "32.00 ± 1.41", "25.00 ± 1.41"]
+    assert script.dense_compute(results) == "4 runs and 0 tests, 44 min of training and evaluation in all"
+    with pytest.raises(SystemExit, match="ape: no record on camvid-scale"):
+        script.dense_headline(results, rows, ["ape"])
+    with pytest.raises(SystemExit, match="unknown row 'nope'"):
+        script.dense_headline(results, rows, ["nope"])
+    page = "a\n<!-- dense_table rows=peg -->\nold\n<!-- /dense_table -->\n(<!-- dense_compute -->x<!-- /dense_compute -->)"
+    out = script.write_dense(page, results, rows)
+    assert "old" not in out and "31.00 ± 1.41" in out and "4 runs and 0 tests" in out
+    assert script.write_dense(out, results, rows) == out
+    assert script.write_dense("no markers", results, rows) == "no markers"
+
+
+def test_committed_readme_dense_table_matches_the_committed_camvid_results(script):
+    results = json.loads((script.ROOT / "docs/results/cpu/camvid/results.json").read_text())["runs"]
+    text = (script.ROOT / "README.md").read_text()
+    assert script.DENSE_TABLE.search(text), "README.md has no <!-- dense_table rows=... --> block"
+    assert script.write_dense(text, results, load_rows(experiments_dir())) == text, (
+        "README.md CamVid table is stale: run scripts/readme_table.py --write README.md docs/findings.md")
