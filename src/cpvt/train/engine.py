@@ -306,7 +306,9 @@ class TrainState:
     best: float = -1.0  # best validation metric so far (the task's: top-1, mIoU)
     saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written (or resumed from)
     stop: StopSignal = field(default_factory=lambda: StopSignal(verbose=False))  # installed by _train
-    stop_agreed: bool = False  # every process has seen the stop request (checked once per step)
+    stop_agreed: bool = False  # every process has seen the stop request (agreed at each checked step)
+    nonfinite: Tensor | None = None  # a non-finite loss since the last checked step (on the device)
+    checked: int = 0  # steps of the epoch done at the last check
     task: Task | None = None  # what the run trains (cpvt.train.tasks), resolved once by setup
 
     @property
@@ -481,11 +483,41 @@ def _stop_requested_anywhere(st: TrainState) -> bool:
     return all_reduce_sum(flag, st.info).item() > 0
 
 
-def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
+def sync_interval(device: torch.device) -> int:
+    """Steps between the training loop's host synchronisations: the non-finite-loss check, the agreed stop and
+    the progress bar's loss. On the CPU every step (reading a CPU tensor waits for nothing); on an accelerator
+    every 16 steps, so the host queues steps ahead instead of waiting for each one to finish. A checkpoint and
+    an epoch's end are always checked first, so no checkpoint holds the weights of a non-finite step."""
+    return 1 if device.type == "cpu" else 16
+
+
+def _check_step(st: TrainState, loss: Tensor) -> None:
+    """The one host synchronisation of a checked step: a non-finite loss anywhere since the last check (raises
+    :class:`TrainingDiverged` on every process) and a stop request anywhere, in one all_reduce."""
+    flags = torch.stack([st.nonfinite.float(), torch.tensor(float(st.stop.requested), device=st.device)])
+    bad, stop = all_reduce_sum(flags, st.info).tolist()
+    st.stop_agreed = stop > 0
+    st.nonfinite = torch.zeros((), dtype=torch.bool, device=st.device)
+    first = st.checked + 1  # the first step since the last check, 1-based as in the message
+    st.checked = st.step + 1
+    if bad > 0:
+        cfg, last = st.cfg, st.out / "last.safetensors"
+        where = (f"became {loss.item()} at epoch {st.epoch + 1} step {st.step + 1}" if first == st.step + 1 else
+                 f"was not finite at a step of epoch {st.epoch + 1} between step {first} and step {st.step + 1} "
+                 f"(checked every {sync_interval(st.device)} steps on {st.device.type})")
+        raise TrainingDiverged(
+            f"loss {where}; stopping. The last good checkpoint is kept in "
+            f"{last if last.exists() else '(none written yet)'}. "
+            f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
+        )
+
+
+def train_step(st: TrainState, idx: Tensor, size, check: bool = True) -> Tensor:
     """One optimiser step on the samples ``idx`` at input size ``size``; returns the loss.
 
-    The batch, its targets and the loss are the task's (:mod:`cpvt.train.tasks`).
-    Raises :class:`TrainingDiverged` (on every process) if the loss is not finite.
+    The batch, its targets and the loss are the task's (:mod:`cpvt.train.tasks`). A non-finite loss is noted
+    on the device; ``check`` runs :func:`_check_step` before the update, which raises :class:`TrainingDiverged`
+    (on every process) if any loss since the last check was not finite.
     """
     cfg, device = st.cfg, st.device
     x, target = st.task.train_batch(st.augment[size], st.train_split, idx, device)
@@ -494,17 +526,9 @@ def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
     ):
         logits = st.ddp(x)
     loss = st.task.loss(logits.float(), target)
-    # one all_reduce per step carries both checks: a non-finite loss anywhere, a stop request anywhere
-    flags = torch.tensor([float(not torch.isfinite(loss)), float(st.stop.requested)], device=device)
-    bad, stop = all_reduce_sum(flags, st.info).tolist()
-    st.stop_agreed = stop > 0
-    if bad > 0:
-        last = st.out / "last.safetensors"
-        raise TrainingDiverged(
-            f"loss became {loss.item()} at epoch {st.epoch + 1} step {st.step + 1}; stopping. The last good "
-            f"checkpoint is kept in {last if last.exists() else '(none written yet)'}. "
-            f"Try a lower lr (now {cfg.scaled_lr():.2e}), clip_grad, or amp=off."
-        )
+    st.nonfinite = st.nonfinite | ~torch.isfinite(loss.detach())
+    if check:
+        _check_step(st, loss)
     st.optimizer.zero_grad(set_to_none=True)
     with attention_context(cfg, device, st.tokens[size], st.dtype):
         loss.backward()
@@ -518,23 +542,32 @@ def train_step(st: TrainState, idx: Tensor, size) -> Tensor:
 
 
 def train_one_epoch(st: TrainState) -> dict[str, Any]:
-    """The rest of epoch ``st.epoch`` from step ``st.step``; returns its log record (loss, lr, speed)."""
+    """The rest of epoch ``st.epoch`` from step ``st.step``; returns its log record (loss, lr, speed).
+
+    The host waits for the device only at checked steps (:func:`sync_interval`), at a checkpoint and at the
+    epoch's last step; the loss is summed on the device.
+    """
     cfg, order = st.cfg, st.order
     st.ddp.train()
     t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=st.device)
+    st.nonfinite, st.checked = torch.zeros((), dtype=torch.bool, device=st.device), st.step
     bar = tqdm(range(st.step, order.steps), desc=f"epoch {st.epoch + 1}/{cfg.epochs}", leave=False,
                disable=None if st.info.is_main else True, file=sys.stderr)  # None: off when not a terminal
     size_of_step = step_sizes(st.sizes, cfg.seed, st.epoch, order.steps)
+    every = sync_interval(st.device)
     for step in bar:
         st.step = step
+        mid_epoch = step + 1 < order.steps  # at an epoch's last step a stop waits for its validation and checkpoint
+        save = bool(cfg.ckpt_every_steps) and (step + 1) % cfg.ckpt_every_steps == 0 and mid_epoch
+        check = (step + 1) % every == 0 or save or not mid_epoch
         idx = order.indices(st.epoch, step)
-        loss = train_step(st, idx, size_of_step[step])
+        loss = train_step(st, idx, size_of_step[step], check)
         loss_sum += loss.detach() * len(idx)
         seen += len(idx)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
-        mid_epoch = step + 1 < order.steps  # at an epoch's last step a stop waits for its validation and checkpoint
-        stop = st.stop_agreed and mid_epoch
-        if stop or (cfg.ckpt_every_steps and (step + 1) % cfg.ckpt_every_steps == 0 and mid_epoch):
+        if check:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
+        stop = check and st.stop_agreed and mid_epoch
+        if stop or save:
             save_last(st, st.epoch, step + 1)
         if stop:
             bar.close()
