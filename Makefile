@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint test-slow test-timm timm-env test-hf docs reproduce clean
+.PHONY: demo test lint test-slow test-timm test-cuda timm-env test-hf docs reproduce clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 # The onnx extra is installed above, so its tests must run: CPVT_REQUIRE turns their skip into a failure.
 test: $(STAMP)
 	CPVT_REQUIRE=onnx,onnxscript,onnxruntime $(BIN)/python -m pytest -q
+
+# The GPU tests (tests/test_cuda.py): on a machine with CUDA; CPVT_TEST_DEVICE=cpu is their dry run.
+test-cuda: $(STAMP)
+	$(BIN)/python -m pytest -q -m cuda tests/test_cuda.py
 
 # Static checks (rules in pyproject.toml's [tool.ruff]); CI runs them before the tests.
 lint: $(STAMP)

@@ -1,6 +1,7 @@
 """Throughput: cpvt models eager and compiled, beside timm's DeiT-Ti and the machine's matmul limit, in one run.
 
     .venv/bin/python benchmarks/throughput.py [--sizes 224,384] [--batch 32] [--rounds 5] [--json out.json]
+    python3 benchmarks/throughput.py --device cuda --modes "infer bf16,train bf16" ...   # on a GPU
     .venv-timm/bin/python benchmarks/throughput.py ...   # adds timm's deit_tiny_patch16_224 (`make timm-env`)
     ... --memory                                         # also peak RSS of training / evaluation, one process each
 
@@ -56,7 +57,12 @@ def timm_model(size: int):
     return timm.create_model("deit_tiny_patch16_224", img_size=size, num_classes=1000)
 
 
-def subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
+def subjects(size: int, compiled: bool, device: torch.device = torch.device("cpu")) -> dict[str, torch.nn.Module]:
+    out = _subjects(size, compiled)
+    return {name: m.to(device) for name, m in out.items()}
+
+
+def _subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
     out: dict[str, torch.nn.Module] = {}
     t = timm_model(size)
     if t is not None:
@@ -76,21 +82,22 @@ def subjects(size: int, compiled: bool) -> dict[str, torch.nn.Module]:
 
 def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
     """One timed call: inference, or a training step (its own optimiser), in fp32 or under bf16 autocast."""
+    kind = x.device.type
     if mode.startswith("infer"):
         model.eval()
         bf16 = mode.endswith("bf16")
 
         def infer():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
                 model(x)
         return infer
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    y = torch.randint(0, model.num_classes, (x.shape[0],))  # timm models have num_classes too
+    y = torch.randint(0, model.num_classes, (x.shape[0],), device=x.device)  # timm models have num_classes too
     bf16 = mode.endswith("bf16")
 
     def train():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,21 +105,31 @@ def step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor):
     return train
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's kernels run after the host returns); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: torch.device = torch.device("cpu")) -> float:
+    n = 8192 if device.type == "cuda" else n  # a GPU needs a larger product to reach its limit
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def measure(args) -> dict:
     results: dict = {"sizes": {}, "limit_gflops": {}}
     limits: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    device = torch.device(args.device)
     for size in args.sizes:
-        models = subjects(size, not args.no_compile)
-        x = torch.randn(args.batch, 3, size, size)
+        models = subjects(size, not args.no_compile, device)
+        x = torch.randn(args.batch, 3, size, size, device=device)
         flops = {name: count_flops(cpvt.create_model(name.split()[1], img_size=size), size) / 1e9
                  for name in models if name.startswith("cpvt")}
         calls = {(name, mode): step_fn(m, mode, x) for name, m in models.items() for mode in args.modes
@@ -123,12 +140,15 @@ def measure(args) -> dict:
         times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
         for r in range(args.rounds):
             for key, fn in calls.items():
+                synchronize(device)
                 t = time.perf_counter()
                 for _ in range(args.iters):
                     fn()
+                synchronize(device)
                 times[key].append((time.perf_counter() - t) / args.iters)
             for dtype in {"bf16" if m.endswith("bf16") else "fp32" for m in args.modes}:  # an emulated bf16 matmul
-                limits[dtype].append(matmul_gflops(getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype])))
+                limits[dtype].append(matmul_gflops(getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype]),
+                                                   device=device))
             print(f"  {size} px: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         results["sizes"][str(size)] = {
             f"{name}|{mode}": {"img_per_s": args.batch / statistics.median(ts),
@@ -166,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                    "on a CPU without bf16 instructions bf16 is emulated and slow)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS (fresh process per case)")
     p.add_argument("--memory-only", action="store_true", help="only the peak RSS cases")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--json", help="write every number here")
     args = p.parse_args(argv)
+    if args.device != "cpu" and args.memory:
+        p.error("--memory measures the peak RSS of CPU processes; leave it out with --device cuda")
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
     if unknown := [m for m in args.modes if m not in MODES]:
@@ -179,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     args.memory = args.memory or args.memory_only
     res = {"sizes": {}, "limit_gflops": {}} if args.memory_only else measure(args)
     cpu_name, bf16_sets = cpu_description()
+    if args.device.startswith("cuda"):
+        print(f"\nGPU: {torch.cuda.get_device_name(torch.device(args.device))}")
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name, "bf16_instructions": bf16_sets,
            "batch": args.batch, "rounds": args.rounds, "iters": args.iters, "native_bf16": cpu_has_native_bf16(),
-           "keep_freed_memory": malloc}
+           "keep_freed_memory": malloc, "device": args.device,
+           "gpu": torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None}
     print(f"\nCPU: {cpu_name}; bf16 instructions: {', '.join(bf16_sets) or 'none (AVX2 only: bf16 emulated)'}")
     print(f"torch {env['torch']}, {env['threads']} threads, batch {args.batch}, median of {args.rounds} interleaved "
           f"rounds; matmul limit "
