@@ -46,6 +46,7 @@ from cpvt.train.precision import cpu_description, cpu_has_native_bf16
 from cpvt.utils.table import format_table
 
 MODES = ("infer fp32", "infer bf16", "train fp32", "train bf16")
+CPU = torch.device("cpu")
 
 
 def timm_model(size: int):
@@ -57,7 +58,7 @@ def timm_model(size: int):
     return timm.create_model("deit_tiny_patch16_224", img_size=size, num_classes=1000)
 
 
-def subjects(size: int, compiled: bool, device: torch.device = torch.device("cpu")) -> dict[str, torch.nn.Module]:
+def subjects(size: int, compiled: bool, device: torch.device = CPU) -> dict[str, torch.nn.Module]:
     out = _subjects(size, compiled)
     return {name: m.to(device) for name, m in out.items()}
 
@@ -111,7 +112,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: torch.device = torch.device("cpu")) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: torch.device = CPU) -> float:
     n = 8192 if device.type == "cuda" else n  # a GPU needs a larger product to reach its limit
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
