@@ -6,7 +6,8 @@
     ... --memory                                         # also peak RSS of training / evaluation, one process each
 
 Every subject is measured in the same process, in interleaved rounds (subject after
-subject, round after round), and each cell is the median over rounds, so a noisy
+subject, round after round; the order reversed in every other round, so no subject always
+runs first or last), and each cell is the median over rounds, so a noisy
 machine moves every column alike: read the ratios, not the absolute numbers.
 
 Subjects: timm's DeiT-Ti (when timm imports), cpvt's DeiT-Ti, DeiT-Ti without position and CPVT-Ti, eager;
@@ -140,7 +141,10 @@ def measure(args) -> dict:
             fn()
         times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
         for r in range(args.rounds):
-            for key, fn in calls.items():
+            # forward order in even rounds, reversed in odd ones: a subject's place in a round moves its time (in one
+            # run the later subjects of a round trained up to 10 % slower), and alternating evens it out
+            order = list(calls.items()) if r % 2 == 0 else list(reversed(calls.items()))
+            for key, fn in order:
                 synchronize(device)
                 t = time.perf_counter()
                 for _ in range(args.iters):
@@ -152,7 +156,7 @@ def measure(args) -> dict:
                                                    device=device))
             print(f"  {size} px: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         results["sizes"][str(size)] = {
-            f"{name}|{mode}": {"img_per_s": args.batch / statistics.median(ts),
+            f"{name}|{mode}": {"img_per_s": args.batch / statistics.median(ts), "round_s": ts,
                                "gflops_per_img": flops.get(name) or flops.get(f"cpvt {name.split()[1]}")}
             for (name, mode), ts in times.items()}
     results["limit_gflops"] = {k: max(v) for k, v in limits.items() if v}  # (on AVX2 takes a minute)
