@@ -154,3 +154,32 @@ def test_classification_run_refuses_out_and_a_non_square_size(tiny_run, tmp_path
     assert "a classification run predicts at a square size (N or NxN), got 16x24" in capsys.readouterr().err
     assert main(["predict", str(run), str(data / "val"), "--img-size", "24x24", "--topk", "1"]) == 0
     assert "at 24px" in capsys.readouterr().out
+
+
+def test_a_window_runs_the_frame_as_crops_of_that_size(seg_run, images, tmp_path):
+    """--window: the frame at --img-size is run as a sliding window of crops, overlapping logits averaged (the
+    Canvas protocol's inference), the same labels as segment_eval.sliding_logits gives."""
+    from cpvt.train.segment_eval import sliding_logits
+
+    file = images / "big.jpg"  # 80x120
+    preds = predict(seg_run, [file], img_size=(80, 120), out_dir=tmp_path / "win", window=(H, W))
+    assert preds.backend.endswith(f"{H}x{W} windows")
+    model, preprocess, _ = cpvt.load_run(seg_run)
+    rgb = Image.open(file).convert("RGB")
+    x = np.asarray(rgb.resize((120, 80), Image.Resampling.BICUBIC), np.uint8).transpose(2, 0, 1)[None]
+    with torch.inference_mode():
+        logits = sliding_logits(model, preprocess.normalise(x), (H, W), len(CLASSES))
+    want = F.interpolate(logits, size=(80, 120), mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+    got = np.asarray(Image.open(preds.results[0]["labels"]))
+    assert (got == want).mean() > 0.999  # bicubic resizes may round a pixel differently
+    whole = predict(seg_run, [file], img_size=(80, 120), out_dir=tmp_path / "whole")
+    frame = predict(seg_run, [file], img_size=(80, 120), out_dir=tmp_path / "frame", window=(80, 120))
+    assert np.array_equal(np.asarray(Image.open(whole.results[0]["labels"])),
+                          np.asarray(Image.open(frame.results[0]["labels"])))  # a window as large as the frame
+    with pytest.raises(ValueError, match="multiple"):
+        predict(seg_run, [file], img_size=(80, 120), out_dir=tmp_path / "bad", window=(30, 45))
+
+
+def test_a_window_on_a_classification_run_is_a_clear_error(tiny_run, images, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="--window is for a segmentation run"):
+        predict(tiny_run[0], [images / "big.jpg"], window=16)

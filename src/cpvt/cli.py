@@ -354,7 +354,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     overrides = (model_options if args.onnx else deploy_options)(args.set, "predict")
     preds = predict(args.run, args.inputs, img_size=args.img_size, topk=args.topk, onnx=args.onnx,
                     batch_size=args.batch_size, overrides=overrides, out_dir=args.out, alpha=args.alpha,
-                    compile=args.compile)
+                    compile=args.compile, window=args.window)
     print(format_predictions(preds))
     if args.json:
         preds.write_json(args.json)
@@ -576,6 +576,9 @@ def _deploy_commands(sub) -> None:
     s.add_argument("--out", help="segmentation run (required): folder for NAME.png (class index per pixel, at the "
                    "image's size) and NAME.overlay.png")
     s.add_argument("--alpha", type=float, default=0.5, help="segmentation: palette weight in the overlays (default 0.5)")
+    s.add_argument("--window", type=parse_size, metavar="HxW", help="segmentation: run each frame (at --img-size) as a "
+                   "sliding window of HxW crops, overlapping logits averaged: for a model trained on crops of larger "
+                   "frames (the Canvas protocol; best at its training crop)")
     s.add_argument("--json", help="write predictions and skipped files here")
     s.add_argument("--onnx", help="run this exported file with onnxruntime instead of PyTorch")
     s.add_argument("--batch-size", type=positive_int, default=32)

@@ -223,6 +223,7 @@ def predict(
     out_dir: str | os.PathLike | None = None,
     alpha: float = 0.5,
     compile: bool = False,
+    window: int | tuple[int, int] | None = None,
 ) -> Predictions:
     """Classify (or segment) image files and folders with a trained run.
 
@@ -237,8 +238,11 @@ def predict(
     A segmentation run needs ``out_dir`` (the label maps and overlays are written
     there, see the module docstring) and takes ``img_size`` as ``N`` or ``(h, w)``;
     ``topk`` is then the number of most frequent classes listed per image (at
-    most 3). ``alpha``: the palette's weight in the overlays. A classification run
-    takes a square ``img_size`` and no ``out_dir``.
+    most 3). ``alpha``: the palette's weight in the overlays. ``window`` (``N`` or ``(h, w)``): run the
+    frame at ``img_size`` as a sliding window of crops of that size, overlapping logits averaged
+    (:func:`cpvt.train.segment_eval.sliding_logits`), as a model trained on crops is best run on a larger
+    field of view (the Canvas protocol, docs/results/cpu/camvid.md). A classification run
+    takes a square ``img_size`` and no ``out_dir`` or ``window``.
     """
     if onnx is not None and overrides:
         raise ValueError("--set model options rebuild the PyTorch model; an --onnx file runs as it was exported "
@@ -247,6 +251,7 @@ def predict(
         raise ValueError("--compile is for the PyTorch model; an --onnx file runs in onnxruntime")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must be within 0..1, got {alpha}")
+    win: tuple[int, int] | None = None
     if isinstance(img_size, tuple) and img_size[0] == img_size[1]:
         img_size = img_size[0]
     model, preprocess, classes = load_run(run, None if isinstance(img_size, tuple) else img_size,
@@ -262,6 +267,9 @@ def predict(
         out_path.mkdir(parents=True, exist_ok=True)
         palette = seg_palette(len(classes))
         used: set[str] = set()
+        if window is not None:
+            win = (window, window) if isinstance(window, int) else (int(window[0]), int(window[1]))
+            model.grid_for(win)  # a clear error for a window the model cannot take
     else:
         if isinstance(img_size, tuple):
             raise ValueError(f"a classification run predicts at a square size (N or NxN), "
@@ -269,6 +277,8 @@ def predict(
         if out_dir is not None:
             raise ValueError("--out is for a segmentation run's label maps; a classification run prints its "
                              "predictions (--json writes them)")
+        if window is not None:
+            raise ValueError("--window is for a segmentation run (sliding-window inference over a frame)")
         size = preprocess.img_size
     if onnx is not None:
         forward, backend = onnx_runner(onnx), f"onnxruntime ({Path(onnx).name})"
@@ -285,6 +295,8 @@ def predict(
                 return runner(torch.from_numpy(x)).float().numpy()
         backend = "pytorch, compiled and frozen" if compile else "pytorch"
     files, skipped, folders = find_images(inputs)
+    if task == "segmentation" and win is not None:
+        backend += f", {win[0]}x{win[1]} windows"
     out = Predictions(skipped=skipped, backend=backend, img_size=size, task=task,
                       out_dir=str(out_dir) if task == "segmentation" else None)
     k = max(1, min(topk, len(classes), 3 if task == "segmentation" else len(classes)))
@@ -322,9 +334,17 @@ def predict(
                                 "top": [{"class": classes[c], "index": int(c), "share": float(counts[c] / labels.size)}
                                         for c in order if counts[c]]})
 
+    def forward_tensor(x: Tensor) -> Tensor:
+        return torch.from_numpy(np.asarray(forward(np.ascontiguousarray(x.numpy())), dtype=np.float32))
+
     def flush() -> None:
-        x = preprocess.normalise(np.stack([a for _, a, _ in batch])).numpy()
-        logits = torch.from_numpy(np.asarray(forward(x), dtype=np.float32))
+        x = preprocess.normalise(np.stack([a for _, a, _ in batch]))
+        if task == "segmentation" and win is not None:
+            from ..train.segment_eval import sliding_logits
+
+            logits = sliding_logits(forward_tensor, x, win, len(classes))
+        else:
+            logits = forward_tensor(x)
         (segment if task == "segmentation" else classify)(logits)
         batch.clear()
 
