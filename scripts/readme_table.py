@@ -23,7 +23,9 @@ the pages after a sweep with nothing but this command.
 A page may also hold the CamVid headline (issue #37), from the CamVid report's own ``results.json``
 (``--dense-results``): ``<!-- dense_table rows=a,b,c -->`` ... ``<!-- /dense_table -->``, one line per
 row of ``experiments/t6_scale`` and ``t6_canvas`` (same names): mIoU at 1x and at 3x under Scale and under
-Canvas, mean ± sd over seeds, and ``<!-- dense_compute -->`` ... ``<!-- /dense_compute -->``.
+Canvas, mean ± sd over seeds, and ``<!-- dense_compute -->`` ... ``<!-- /dense_compute -->``. A page may hold either kind of block, or both.
+
+    .venv/bin/python scripts/readme_table.py --write README.md docs/findings.md docs/results/cpu/camvid.md
 
     .venv/bin/python scripts/readme_table.py --dense --rows none,ape,peg,peg_dilate   # print it
 """
@@ -170,7 +172,10 @@ def main() -> None:
             p.error("--write takes its rows from each page's marker, not --rows")
         for page in args.write:
             old = page.read_text()
-            new = write(old, results, rows, args.data)
+            if not (TABLE.search(old) or DENSE_TABLE.search(old)):
+                raise SystemExit(f"{page} has no '<!-- readme_table rows=... -->' or '<!-- dense_table rows=... -->' "
+                                 "block")
+            new = write(old, results, rows, args.data) if TABLE.search(old) else old
             if DENSE_TABLE.search(new):
                 new = write_dense(new, json.loads(args.dense_results.read_text())["runs"], rows)
             page.write_text(new)

@@ -115,9 +115,11 @@ def test_dense_headline_sets_scale_and_canvas_side_by_side(script):
     assert script.write_dense("no markers", results, rows) == "no markers"
 
 
-def test_committed_readme_dense_table_matches_the_committed_camvid_results(script):
+@pytest.mark.parametrize("page", ["README.md", "docs/results/cpu/camvid.md"])
+def test_committed_dense_tables_match_the_committed_camvid_results(script, page):
     results = json.loads((script.ROOT / "docs/results/cpu/camvid/results.json").read_text())["runs"]
-    text = (script.ROOT / "README.md").read_text()
-    assert script.DENSE_TABLE.search(text), "README.md has no <!-- dense_table rows=... --> block"
+    text = (script.ROOT / page).read_text()
+    assert script.DENSE_TABLE.search(text), f"{page} has no <!-- dense_table rows=... --> block"
     assert script.write_dense(text, results, load_rows(experiments_dir())) == text, (
-        "README.md CamVid table is stale: run scripts/readme_table.py --write README.md docs/findings.md")
+        f"{page} CamVid table is stale: run scripts/readme_table.py --write README.md docs/findings.md "
+        "docs/results/cpu/camvid.md")
