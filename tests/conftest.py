@@ -147,3 +147,17 @@ def lr_trace(cfg, steps_per_epoch: int) -> list[float]:
         opt.step()
         sched.step()
     return lrs + [opt.param_groups[0]["lr"]]  # and the one after the last step
+
+
+def poison_batch(monkeypatch, n: int) -> None:
+    """Make the ``n``-th training batch (1-based) all NaN, through the classification task's ``mix_batch``."""
+    import cpvt.train.tasks as tasks
+
+    calls, real = {"n": 0}, tasks.mix_batch
+
+    def poisoned(x, *args, **kwargs):
+        calls["n"] += 1
+        x, target = real(x, *args, **kwargs)
+        return (x * float("nan"), target) if calls["n"] == n else (x, target)
+
+    monkeypatch.setattr(tasks, "mix_batch", poisoned)

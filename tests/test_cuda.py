@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import poison_batch, tiny_config
 
 import cpvt
 from cpvt.models import model_from_checkpoint
@@ -43,16 +43,7 @@ def test_a_run_trained_on_the_device_predicts_the_same_on_the_cpu(tmp_path):
 
 
 def test_a_nan_loss_is_caught_at_the_devices_check_before_any_checkpoint(tmp_path, monkeypatch):
-    import cpvt.train.tasks as tasks
-
-    calls, real = {"n": 0}, tasks.mix_batch
-
-    def poison_the_3rd_batch(x, *args, **kwargs):
-        calls["n"] += 1
-        x, target = real(x, *args, **kwargs)
-        return (x * float("nan"), target) if calls["n"] == 3 else (x, target)
-
-    monkeypatch.setattr(tasks, "mix_batch", poison_the_3rd_batch)
+    poison_batch(monkeypatch, 3)
     every = sync_interval(DEVICE)
     expected = "became nan at epoch 1 step 3" if every == 1 else "was not finite at a step of epoch 1 between step 1"
     with pytest.raises(TrainingDiverged, match=expected):

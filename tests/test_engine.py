@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_weights, run_weights, tiny_config
+from conftest import assert_same_weights, poison_batch, run_weights, tiny_config
 
 from cpvt.checkpoint import CheckpointError, load_checkpoint
 from cpvt.cli import main
@@ -206,16 +206,7 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_final_weights(tmp_path)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import cpvt.train.tasks as tasks
-
-    calls, real = {"n": 0}, tasks.mix_batch
-
-    def poison_the_7th_batch(x, *args, **kwargs):
-        calls["n"] += 1
-        x, target = real(x, *args, **kwargs)
-        return (x * float("nan"), target) if calls["n"] == 7 else (x, target)
-
-    monkeypatch.setattr(tasks, "mix_batch", poison_the_7th_batch)
+    poison_batch(monkeypatch, 7)
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1 step 7.*last good checkpoint is kept"):
         train(tiny_config(tmp_path, ckpt_every_steps=3))
     progress = load_checkpoint(tmp_path / "last.safetensors").progress
@@ -227,21 +218,13 @@ def test_checking_every_few_steps_catches_a_nan_before_any_checkpoint_and_change
     """On an accelerator the loop synchronises every few steps (``sync_interval``), here forced on the CPU: a NaN
     loss is still caught before the next checkpoint, and a run without one ends with the same weights."""
     import cpvt.train.engine as engine
-    import cpvt.train.tasks as tasks
 
     train(tiny_config(tmp_path / "every-step", epochs=1))
     monkeypatch.setattr(engine, "sync_interval", lambda device: 4)
     train(tiny_config(tmp_path / "every-4", epochs=1))
     assert_same_weights(tmp_path / "every-step", tmp_path / "every-4")
 
-    calls, real = {"n": 0}, tasks.mix_batch
-
-    def poison_the_7th_batch(x, *args, **kwargs):
-        calls["n"] += 1
-        x, target = real(x, *args, **kwargs)
-        return (x * float("nan"), target) if calls["n"] == 7 else (x, target)
-
-    monkeypatch.setattr(tasks, "mix_batch", poison_the_7th_batch)
+    poison_batch(monkeypatch, 7)
     with pytest.raises(TrainingDiverged, match=r"loss was not finite at a step of epoch 1 between step 7 and step 8 "
                                                r"\(checked every 4 steps on cpu\).*last good checkpoint is kept"):
         train(tiny_config(tmp_path / "nan", ckpt_every_steps=3))
