@@ -163,6 +163,15 @@ def measure(args) -> dict:
     return results
 
 
+def paired_ratio(cells: dict, name: str, ref: str, mode: str) -> str:
+    """``name``'s speed over ``ref``'s, one ratio per round (the two ran minutes apart at most, so a slow spell of
+    the machine moves both): the median over rounds and the range, e.g. ``0.97 [0.91, 1.04]``."""
+    if f"{name}|{mode}" not in cells:
+        return "-"
+    ratios = sorted(b / a for a, b in zip(cells[f"{name}|{mode}"]["round_s"], cells[f"{ref}|{mode}"]["round_s"]))
+    return f"{statistics.median(ratios):.2f} [{ratios[0]:.2f}, {ratios[-1]:.2f}]"
+
+
 def peak_rss_mb(kind: str, name: str, mode: str, size: int, batch: int, malloc: str = "") -> float:
     """Peak resident memory (MB) of a fresh process that runs 3 steps of one measurement
     (``malloc="default"``: without ``keep_freed_memory``)."""
@@ -237,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         print(f"{size} px: img/s (ratio to {ref}, share of the matmul limit)")
         print(format_table(rows, ["model"] + list(args.modes), markdown=True) + "\n")
+        paired = [[name] + [paired_ratio(cells, name, ref, mode) for mode in args.modes] for name in names if name != ref]
+        print(f"{size} px: speed ratio to {ref} paired by round (median over rounds [lowest, highest]; a range that "
+              f"spans 1.00 does not separate the two from this machine's noise)")
+        print(format_table(paired, ["model"] + list(args.modes), markdown=True) + "\n")
         for mode in args.modes:
             peg, nope = (cells[f"cpvt {n}|{mode}"]["img_per_s"] for n in ("cpvt_ti", "deit_tiny_nope"))
-            print(f"PEG cost at {size} px ({mode}): cpvt_ti runs at {peg / nope:.3f} of deit_tiny_nope")
+            print(f"PEG cost at {size} px ({mode}): cpvt_ti runs at {peg / nope:.3f} of deit_tiny_nope "
+                  f"(paired by round: {paired_ratio(cells, 'cpvt cpvt_ti', 'cpvt deit_tiny_nope', mode)})")
         print()
     if args.memory:
         train, infer = ("train bf16", "infer bf16") if cpu_has_native_bf16() else ("train fp32", "infer fp32")
